@@ -1,0 +1,302 @@
+//! One subscriber's stream: the writer side of a connection.
+//!
+//! A [`Connection`] turns its queue and the event log into the chunks of bytes
+//! the HTTP layer writes. It is in one of two modes:
+//! - **live**: it drains its queue, coalescing every ready frame into one chunk;
+//! - **catch-up**: it reads the log after the last id it wrote, with its own
+//!   filter, until it reaches the end; entered on resume and on queue overflow.
+//!
+//! Leaving catch-up without a gap or a duplicate: the writer clears the
+//! `lagging` flag, *then* reads the log once more. An event the hub skipped
+//! (it saw the flag set) was stored before the flag was cleared, so that last
+//! read finds it; an event the hub queued may also come from that read, and is
+//! dropped because its id is not above the last id written. Ids only grow, so
+//! "id ≤ last written" is exactly "already sent".
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use crate::event::EventId;
+use crate::filter::Filter;
+use crate::hub::{ConnId, ConnShared, Hub, Outbound};
+use crate::log::{Gap, Position};
+
+/// Events read from the log per catch-up step.
+const CATCH_UP_BATCH: usize = 512;
+/// A chunk stops growing past this many bytes, so one write stays bounded.
+const MAX_CHUNK_BYTES: usize = 64 * 1024;
+/// Longest part of an untrusted `Last-Event-ID` echoed back in `herald.gap`.
+const MAX_ECHOED_ID_BYTES: usize = 128;
+
+/// Where a new stream starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// No `Last-Event-ID`: only events from now on.
+    Live,
+    /// Resume after this id.
+    After(EventId),
+    /// A `Last-Event-ID` that is not one of our ids: `herald.gap`, then
+    /// everything retained.
+    Unknown(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Live,
+    CatchUp {
+        from: Position,
+        /// The lagging flag has been cleared; one more read to the end, then live.
+        final_pass: bool,
+    },
+}
+
+/// The writer of one stream. Dropping it unregisters the stream from the hub.
+#[derive(Debug)]
+pub struct Connection {
+    hub: Arc<Hub>,
+    id: ConnId,
+    shared: Arc<ConnShared>,
+    filter: Arc<Filter>,
+    rx: mpsc::Receiver<Outbound>,
+    mode: Mode,
+    /// Whether the `retry:` preamble has been sent.
+    opened: bool,
+    /// Id of the last event written (or the log head when a live stream opened).
+    last_written: Option<EventId>,
+    /// A `herald.gap` owed to the client for an id we could not place.
+    unknown_resume: Option<String>,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        id: ConnId,
+        shared: Arc<ConnShared>,
+        filter: Arc<Filter>,
+        rx: mpsc::Receiver<Outbound>,
+        resume: Resume,
+        live_from: Option<EventId>,
+    ) -> Self {
+        let (last_written, unknown_resume, mode) = match resume {
+            Resume::Live => (live_from, None, Mode::Live),
+            Resume::After(id) => (
+                Some(id),
+                None,
+                Mode::CatchUp {
+                    from: Position::After(id),
+                    final_pass: false,
+                },
+            ),
+            Resume::Unknown(raw) => (
+                None,
+                Some(truncate_utf8(&raw, MAX_ECHOED_ID_BYTES).to_owned()),
+                Mode::CatchUp {
+                    from: Position::Oldest,
+                    final_pass: false,
+                },
+            ),
+        };
+        Self {
+            hub,
+            id,
+            shared,
+            filter,
+            rx,
+            mode,
+            opened: false,
+            last_written,
+            unknown_resume,
+        }
+    }
+
+    /// The next bytes to write, waiting until there are some; `None` ends the
+    /// stream (kicked, expired, or the log failed — the client reconnects and
+    /// resumes).
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        if !self.opened {
+            self.opened = true;
+            let retry = self.hub.config().retry_ms;
+            return Some(Bytes::from(format!("retry: {retry}\n:ok\n\n")));
+        }
+        loop {
+            if self.shared.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            let chunk = match self.mode {
+                Mode::Live => self.next_live().await?,
+                Mode::CatchUp { from, final_pass } => self.next_catch_up(from, final_pass).await?,
+            };
+            if !chunk.is_empty() {
+                self.shared.wrote_recently.store(true, Ordering::Relaxed);
+                return Some(chunk);
+            }
+        }
+    }
+
+    /// Drains the queue; an empty chunk means "nothing to write, look again".
+    async fn next_live(&mut self) -> Option<Bytes> {
+        if self.shared.lagging.load(Ordering::SeqCst) && self.rx.is_empty() {
+            self.start_catch_up();
+            return Some(Bytes::new());
+        }
+        let first = self.rx.recv().await?;
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut single = None;
+        let mut coalesced: Option<BytesMut> = None;
+        let mut events = 0u64;
+        let mut item = Some(first);
+        while let Some(outbound) = item.take() {
+            let frame = match outbound {
+                Outbound::Heartbeat => Hub::heartbeat_frame(),
+                Outbound::Event(event) => {
+                    if self.last_written.is_some_and(|last| event.id <= last) {
+                        Bytes::new()
+                    } else {
+                        self.last_written = Some(event.id);
+                        events += 1;
+                        event.frame().clone()
+                    }
+                }
+            };
+            if !frame.is_empty() {
+                match (&mut single, &mut coalesced) {
+                    (None, None) => single = Some(frame),
+                    (Some(first), None) => {
+                        let mut buf = BytesMut::with_capacity(first.len() + frame.len() * 4);
+                        buf.extend_from_slice(first);
+                        buf.extend_from_slice(&frame);
+                        single = None;
+                        coalesced = Some(buf);
+                    }
+                    (_, Some(buf)) => buf.extend_from_slice(&frame),
+                }
+            }
+            let size = single.as_ref().map_or(0, Bytes::len) + coalesced.as_ref().map_or(0, BytesMut::len);
+            if size < MAX_CHUNK_BYTES {
+                item = self.rx.try_recv().ok();
+            }
+        }
+        self.count_delivered(events);
+        Some(match coalesced {
+            Some(buf) => buf.freeze(),
+            None => single.unwrap_or_default(),
+        })
+    }
+
+    fn start_catch_up(&mut self) {
+        let from = self.last_written.map_or(Position::Oldest, Position::After);
+        self.hub.counters.lagged.fetch_add(1, Ordering::Relaxed);
+        self.mode = Mode::CatchUp {
+            from,
+            final_pass: false,
+        };
+    }
+
+    /// One page of catch-up from the log.
+    async fn next_catch_up(&mut self, from: Position, final_pass: bool) -> Option<Bytes> {
+        let batch = match self
+            .hub
+            .log()
+            .read_after(from, &self.filter, CATCH_UP_BATCH)
+            .await
+        {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(%err, conn = self.id, "catch-up read failed; closing the stream so the client resumes");
+                return None;
+            }
+        };
+        let mut buf = BytesMut::new();
+        let gap = match (batch.gap, self.unknown_resume.take()) {
+            (Some(gap), raw) => Some((gap, raw.unwrap_or_else(|| describe(from)))),
+            (None, Some(raw)) => Some((Gap { oldest_available: None }, raw)),
+            (None, None) => None,
+        };
+        if let Some((gap, last_event_id)) = gap {
+            buf.extend_from_slice(&gap_frame(&last_event_id, &gap));
+        }
+        let mut events = 0u64;
+        for event in &batch.events {
+            if self.last_written.is_some_and(|last| event.id <= last) {
+                continue;
+            }
+            buf.extend_from_slice(event.frame());
+            self.last_written = Some(event.id);
+            events += 1;
+        }
+        self.count_delivered(events);
+        let from = batch.scanned_to.map_or(from, Position::After);
+        self.mode = if !batch.reached_end {
+            Mode::CatchUp { from, final_pass }
+        } else if final_pass {
+            Mode::Live
+        } else {
+            self.shared.lagging.store(false, Ordering::SeqCst);
+            Mode::CatchUp {
+                from,
+                final_pass: true,
+            }
+        };
+        if buf.is_empty() {
+            // Scanning past non-matching events: let other tasks run.
+            tokio::task::yield_now().await;
+        }
+        Some(buf.freeze())
+    }
+
+    fn count_delivered(&self, events: u64) {
+        if events > 0 {
+            self.hub
+                .counters
+                .delivered
+                .fetch_add(events, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.hub.unregister(self.id);
+    }
+}
+
+fn describe(position: Position) -> String {
+    match position {
+        Position::Oldest => String::new(),
+        Position::After(id) => id.to_string(),
+    }
+}
+
+/// The `herald.gap` event: no `id:` line, so the client's last id is kept.
+fn gap_frame(last_event_id: &str, gap: &Gap) -> Bytes {
+    let data = serde_json::json!({
+        "last_event_id": last_event_id,
+        "oldest_available": gap.oldest_available.map(|id| id.to_string()),
+    })
+    .to_string();
+    herald_sse::encode_event(&herald_sse::EventFields {
+        id: None,
+        event: Some("herald.gap"),
+        data: &data,
+        retry: None,
+    })
+    .unwrap_or_default()
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+

@@ -1,0 +1,25 @@
+//! Herald's core: what an event is, where it is stored (the [`EventLog`]
+//! trait), and how it reaches connections (the [`Hub`] and each
+//! [`Connection`]'s writer). Nothing here knows about HTTP or sockets.
+//!
+//! The flow of one event: a publisher's [`NewEvent`] is appended to the log,
+//! which assigns its [`EventId`]; [`Hub::run_dispatcher`] tails the log and
+//! offers the event to each matching connection's bounded queue; each
+//! [`Connection`] turns its queue (or, when it lags or resumes, the log) into
+//! bytes for the wire.
+
+#![forbid(unsafe_code)]
+
+pub mod connection;
+pub mod event;
+pub mod filter;
+pub mod hub;
+pub mod log;
+pub mod topic;
+
+pub use connection::{Connection, Resume};
+pub use event::{now_ms, Event, EventId, NewEvent, RESERVED_EVENT_PREFIX};
+pub use filter::Filter;
+pub use hub::{Hub, HubConfig, HubCounts, Subscriber};
+pub use log::{Appended, EventLog, Gap, LogError, Position, ReadBatch};
+pub use topic::{Topic, TopicError, TopicPattern, MAX_TOPIC_BYTES};

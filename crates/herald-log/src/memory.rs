@@ -1,0 +1,255 @@
+//! The in-memory event log.
+//!
+//! Invariants:
+//! - ids are contiguous within one process: the event at position `i` of the
+//!   deque has id `front.id + i`, so finding a resume point is O(1);
+//! - the first id is the wall clock in microseconds at start, so ids keep
+//!   increasing across restarts and a client holding an id from before a
+//!   restart gets `herald.gap` instead of silently skipping new events;
+//! - retention (count, bytes, age) only ever removes from the front.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_core::{
+    now_ms, Appended, Event, EventId, EventLog, Filter, Gap, LogError, NewEvent, Position,
+    ReadBatch, Topic,
+};
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+/// Events examined per read at most, so one reader never holds the lock long.
+const MAX_SCAN_PER_READ: usize = 8192;
+/// Idempotency keys remembered at most, whatever the window.
+const MAX_IDEMPOTENCY_KEYS: usize = 1_000_000;
+
+/// How much history a log keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Events kept at most.
+    pub max_events: usize,
+    /// Payload bytes kept at most (data + topics + type).
+    pub max_bytes: usize,
+    /// Events older than this are dropped.
+    pub max_age: Duration,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_events: 1_000_000,
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(24 * 3600),
+            idempotency_window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// An [`EventLog`] in process memory.
+#[derive(Debug)]
+pub struct MemoryLog {
+    retention: Retention,
+    inner: RwLock<Inner>,
+    head: watch::Sender<Option<EventId>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    events: VecDeque<Arc<Event>>,
+    /// The id the next appended event gets.
+    next_id: u64,
+    bytes: usize,
+    idempotency: HashMap<String, (EventId, u64)>,
+    /// Keys in insertion order, for expiry.
+    idempotency_order: VecDeque<(u64, String)>,
+}
+
+fn event_bytes(event: &Event) -> usize {
+    event.data.len()
+        + event.event_type.as_ref().map_or(0, String::len)
+        + event.topics.iter().map(|t| t.as_str().len()).sum::<usize>()
+        + 64
+}
+
+impl MemoryLog {
+    /// An empty log with the given retention.
+    pub fn new(retention: Retention) -> Self {
+        let first_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1)
+            .max(1);
+        Self {
+            retention,
+            inner: RwLock::new(Inner {
+                events: VecDeque::new(),
+                next_id: first_id,
+                bytes: 0,
+                idempotency: HashMap::new(),
+                idempotency_order: VecDeque::new(),
+            }),
+            head: watch::channel(None).0,
+        }
+    }
+
+    /// Drops what retention no longer allows (age is checked here; count and
+    /// bytes also on every append). Call it periodically.
+    pub fn trim(&self) {
+        let mut inner = self.inner.write();
+        inner.trim(&self.retention, now_ms());
+    }
+
+    /// Events currently retained.
+    pub fn len(&self) -> usize {
+        self.inner.read().events.len()
+    }
+
+    /// Whether no event is retained.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Inner {
+    fn trim(&mut self, retention: &Retention, now: u64) {
+        let max_age_ms = retention.max_age.as_millis() as u64;
+        while let Some(front) = self.events.front() {
+            let too_many = self.events.len() > retention.max_events;
+            let too_big = self.bytes > retention.max_bytes;
+            let too_old = now.saturating_sub(front.stored_at_ms) > max_age_ms;
+            if !(too_many || too_big || too_old) {
+                break;
+            }
+            self.bytes -= event_bytes(front);
+            self.events.pop_front();
+        }
+        let window_ms = retention.idempotency_window.as_millis() as u64;
+        while let Some((at, _)) = self.idempotency_order.front() {
+            let expired = now.saturating_sub(*at) > window_ms;
+            if !expired && self.idempotency_order.len() <= MAX_IDEMPOTENCY_KEYS {
+                break;
+            }
+            if let Some((at, key)) = self.idempotency_order.pop_front() {
+                // Only forget the key if this is the entry that set it.
+                if self.idempotency.get(&key).is_some_and(|(_, t)| *t == at) {
+                    self.idempotency.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn oldest_id(&self) -> Option<EventId> {
+        self.events.front().map(|e| e.id)
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryLog {
+    async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
+        let now = now_ms();
+        let window_ms = self.retention.idempotency_window.as_millis() as u64;
+        let mut results = Vec::with_capacity(batch.len());
+        let newest = {
+            let mut inner = self.inner.write();
+            for new in batch {
+                if let Some(key) = &new.idempotency_key {
+                    if let Some((id, at)) = inner.idempotency.get(key) {
+                        if now.saturating_sub(*at) <= window_ms {
+                            results.push(Appended {
+                                id: *id,
+                                duplicate: true,
+                            });
+                            continue;
+                        }
+                    }
+                }
+                let id = EventId(inner.next_id);
+                inner.next_id += 1;
+                if let Some(key) = &new.idempotency_key {
+                    inner.idempotency.insert(key.clone(), (id, now));
+                    inner.idempotency_order.push_back((now, key.clone()));
+                }
+                let event = Event::from_new(id, new, now);
+                inner.bytes += event_bytes(&event);
+                inner.events.push_back(Arc::new(event));
+                results.push(Appended {
+                    id,
+                    duplicate: false,
+                });
+            }
+            inner.trim(&self.retention, now);
+            inner.next_id.checked_sub(1).map(EventId)
+        };
+        if results.iter().any(|r| !r.duplicate) {
+            self.head.send_replace(newest);
+        }
+        Ok(results)
+    }
+
+    async fn read_after(
+        &self,
+        from: Position,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<ReadBatch, LogError> {
+        let inner = self.inner.read();
+        let oldest = inner.oldest_id();
+        let last_issued = inner.next_id - 1;
+        let mut gap = None;
+        let start = match from {
+            Position::Oldest => 0,
+            Position::After(after) => {
+                // The first id we still hold (or would issue next).
+                let first_held = oldest.map_or(inner.next_id, |id| id.0);
+                if after.0 > last_issued || after.0.saturating_add(1) < first_held {
+                    gap = Some(Gap {
+                        oldest_available: oldest,
+                    });
+                    0
+                } else {
+                    (after.0 + 1 - first_held) as usize
+                }
+            }
+        };
+        let mut batch = ReadBatch {
+            gap,
+            ..ReadBatch::default()
+        };
+        let end = inner.events.len().min(start.saturating_add(MAX_SCAN_PER_READ));
+        let mut examined_to = start;
+        for (i, event) in inner.events.range(start.min(end)..end).enumerate() {
+            examined_to = start + i + 1;
+            batch.scanned_to = Some(event.id);
+            if filter.matches(event) {
+                batch.events.push(event.clone());
+                if batch.events.len() >= limit {
+                    break;
+                }
+            }
+        }
+        batch.reached_end = examined_to >= inner.events.len();
+        Ok(batch)
+    }
+
+    fn head(&self) -> watch::Receiver<Option<EventId>> {
+        self.head.subscribe()
+    }
+
+    async fn last_id_for_topic(&self, topic: &Topic) -> Result<Option<EventId>, LogError> {
+        let inner = self.inner.read();
+        Ok(inner
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.topics.contains(topic))
+            .map(|e| e.id))
+    }
+
+    async fn ready(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+}
