@@ -94,8 +94,9 @@ impl Connection {
             Resume::Unknown(raw) => (
                 None,
                 Some(truncate_utf8(&raw, MAX_ECHOED_ID_BYTES).to_owned()),
+                // No real id is 0, so the log reports the gap and the oldest id.
                 Mode::CatchUp {
-                    from: Position::Oldest,
+                    from: Position::After(EventId(0)),
                     final_pass: false,
                 },
             ),

@@ -403,6 +403,14 @@ impl Hub {
         ids.len()
     }
 
+    /// Ends every stream (shutdown).
+    pub fn close_all(&self) {
+        let mut index = self.index.write();
+        for entry in std::mem::take(&mut *index).conns.into_values() {
+            entry.close();
+        }
+    }
+
     /// Current counts, taken under one lock.
     pub fn counts(&self) -> HubCounts {
         let index = self.index.read();

@@ -1,1 +1,95 @@
-//! stub
+//! Herald's HTTP layer.
+//!
+//! Routes (the contract is API.md): subscribe `GET /v1/events`, publish
+//! `POST /v1/publish`, the admin routes under `/v1/`, and `/healthz`,
+//! `/readyz`, `/metrics`, `/demo`. This crate owns HTTP concerns only —
+//! parsing, auth, CORS, limits, status codes, the accept loop; what an event is
+//! and how it fans out belongs to `herald-core`.
+
+#![forbid(unsafe_code)]
+
+mod accept;
+mod auth;
+mod cors;
+mod error;
+mod query;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{delete, get, post};
+use axum::Router;
+use herald_core::Hub;
+
+pub use accept::serve;
+pub use auth::Auth;
+pub use error::ApiError;
+
+/// HTTP-level options (the hub and the log have their own).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Dev mode: no tokens; identity from `?user=`; the demo page is served.
+    pub dev: bool,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest `data` of one event, in bytes.
+    pub max_data_bytes: usize,
+    /// Most open streams; over it a subscriber is told to come back later.
+    pub max_connections: usize,
+    /// Origins allowed by CORS; `*` allows any origin (echoed exactly).
+    pub allowed_origins: Vec<String>,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            dev: false,
+            max_body_bytes: 4 << 20,
+            max_data_bytes: 256 << 10,
+            max_connections: 100_000,
+            allowed_origins: vec!["*".into()],
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// Subscriptions and fan-out.
+    pub hub: Arc<Hub>,
+    /// HTTP options.
+    pub config: ServerConfig,
+    /// How identities are established.
+    pub auth: Auth,
+}
+
+/// The full router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut app = Router::new()
+        .route("/v1/events", get(routes::subscribe::subscribe))
+        .route("/v1/publish", post(routes::publish::publish))
+        .route("/v1/stats", get(routes::admin::stats))
+        .route("/v1/users", get(routes::admin::users))
+        .route("/v1/users/{id}", get(routes::admin::user))
+        .route("/v1/users/{id}/connections", delete(routes::admin::kick))
+        .route("/v1/topics/{*topic}", get(routes::admin::topic))
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics));
+    if state.config.dev {
+        app = app
+            .route("/demo", get(routes::demo::page))
+            .route("/", get(routes::demo::root));
+    }
+    app.fallback(routes::ops::not_found)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::cors,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,108 @@
+//! Admin routes: who is online, closing a user's streams, topic info, stats.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_core::Topic;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::query::QueryPairs;
+use crate::AppState;
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// `GET /v1/stats`.
+pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    state.auth.admin()?;
+    let counts = state.hub.counts();
+    let counters = &state.hub.counters;
+    Ok(Json(json!({
+        "connections": counts.connections,
+        "users_online": counts.users_online,
+        "topics": counts.topics,
+        "events_published": counters.published.load(Ordering::Relaxed),
+        "events_delivered": counters.delivered.load(Ordering::Relaxed),
+        "uptime_s": state.hub.uptime().as_secs(),
+        "nodes": ["local"],
+    }))
+    .into_response())
+}
+
+/// `GET /v1/users?limit=100&cursor=...`: online users, sorted by id. The
+/// cursor is the last id of the previous page.
+pub(crate) async fn users(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    state.auth.admin()?;
+    let query = QueryPairs::parse(request.uri().query());
+    let limit = match query.first("limit") {
+        None => DEFAULT_PAGE,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_PAGE}"))
+            })?,
+    };
+    let cursor = query.first("cursor").filter(|c| !c.is_empty());
+    // One more than asked tells whether there is a next page.
+    let mut page = state.hub.users_page(cursor, limit + 1);
+    let next = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        page.last().map(|(id, _)| id.to_string())
+    });
+    let users: Vec<_> = page
+        .iter()
+        .map(|(id, n)| json!({"id": &**id, "connections": n}))
+        .collect();
+    Ok(Json(json!({"users": users, "next": next.flatten()})).into_response())
+}
+
+/// `GET /v1/users/{id}`.
+pub(crate) async fn user(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    state.auth.admin()?;
+    let connections = state.hub.user_connections(&id);
+    Ok(Json(json!({"id": id, "online": connections > 0, "connections": connections})).into_response())
+}
+
+/// `DELETE /v1/users/{id}/connections`: ends every stream of that user.
+pub(crate) async fn kick(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    state.auth.admin()?;
+    let closed = state.hub.close_user(&id);
+    Ok(Json(json!({"closed": closed})).into_response())
+}
+
+/// `GET /v1/topics/{topic}` (the topic URL-encoded; a raw `/` works too).
+pub(crate) async fn topic(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    state.auth.admin()?;
+    let topic = Topic::new(&name)
+        .map_err(|e| ApiError::bad_request("invalid_topic", format!("topic {name:?}: {e}")))?;
+    let last = state
+        .hub
+        .log()
+        .last_id_for_topic(&topic)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(json!({
+        "topic": name,
+        "subscribers": state.hub.topic_subscribers(&name),
+        "last_event_id": last.map(|id| id.to_string()),
+    }))
+    .into_response())
+}

@@ -1,0 +1,63 @@
+//! Health, readiness, metrics, and the JSON answers for unknown routes.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// `GET /healthz`: the process is alive.
+pub(crate) async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`: the event log can take events.
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.hub.log().ready().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => ApiError::unavailable(e.to_string()).into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let counts = state.hub.counts();
+    let c = &state.hub.counters;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    };
+    metric("herald_connections", "gauge", "Open event streams.", counts.connections as u64);
+    metric("herald_users_online", "gauge", "Users with an open stream.", counts.users_online as u64);
+    metric("herald_topics", "gauge", "Subscribed topics and patterns.", counts.topics as u64);
+    metric("herald_events_published_total", "counter", "Events stored via this node.", c.published.load(Ordering::Relaxed));
+    metric("herald_events_dispatched_total", "counter", "Events fanned out by this node.", c.dispatched.load(Ordering::Relaxed));
+    metric("herald_events_delivered_total", "counter", "Event frames written to streams.", c.delivered.load(Ordering::Relaxed));
+    metric("herald_stream_lagged_total", "counter", "Times a slow stream switched to catch-up from the log.", c.lagged.load(Ordering::Relaxed));
+    metric("herald_connections_opened_total", "counter", "Streams opened.", c.connections_opened.load(Ordering::Relaxed));
+    metric("herald_uptime_seconds", "gauge", "Seconds since start.", state.hub.uptime().as_secs());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Any route not in API.md.
+pub(crate) async fn not_found() -> Response {
+    ApiError::not_found("not_found", "no such route; see the API reference").into_response()
+}
+
+/// A known route with the wrong method.
+pub(crate) async fn method_not_allowed() -> Response {
+    let mut response = ApiError::method_not_allowed().into_response();
+    // Keep the 405 status even though the handler is a fallback.
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}

@@ -1,0 +1,245 @@
+//! `POST /v1/publish`: store events; the log's tail delivers them.
+//!
+//! A 2xx means every event of the request is stored; a batch is validated
+//! whole before anything is appended, so a bad item stores nothing.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_core::{Appended, NewEvent, Topic, RESERVED_EVENT_PREFIX};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::query::QueryPairs;
+use crate::AppState;
+
+/// Most events in one batch.
+const MAX_BATCH: usize = 10_000;
+
+/// One event as a publisher sends it (API.md field names).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    broadcast: bool,
+    event: Option<String>,
+    data: Option<Value>,
+    retry: Option<u64>,
+    idempotency_key: Option<String>,
+}
+
+/// Stores one event or a batch.
+pub(crate) async fn publish(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    match handle(&state, request).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    state.auth.publisher()?;
+    let (parts, body) = request.into_parts();
+    let is_text = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/plain"));
+    let body = read_body(body, state.config.max_body_bytes).await?;
+    let (requests, single) = if is_text {
+        (vec![simple_form(parts.uri.query(), body)?], true)
+    } else {
+        json_requests(&body)?
+    };
+    let batch = requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| validate(r, state.config.max_data_bytes).map_err(|e| in_item(e, i, single)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = state
+        .hub
+        .log()
+        .append(batch)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("{e}; the event was not stored, retry later")))?;
+    let stored = results.iter().filter(|r| !r.duplicate).count() as u64;
+    state
+        .hub
+        .counters
+        .published
+        .fetch_add(stored, Ordering::Relaxed);
+    Ok(answer(&results, single))
+}
+
+fn answer(results: &[Appended], single: bool) -> Response {
+    let json = |r: &Appended| {
+        if r.duplicate {
+            serde_json::json!({"id": r.id.to_string(), "duplicate": true})
+        } else {
+            serde_json::json!({"id": r.id.to_string()})
+        }
+    };
+    match results {
+        [only] if single => {
+            let status = if only.duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            (status, Json(json(only))).into_response()
+        }
+        _ => {
+            let status = if results.iter().all(|r| r.duplicate) {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            (status, Json(Value::Array(results.iter().map(json).collect()))).into_response()
+        }
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::too_large(
+            "body_too_large",
+            format!("the request body is over the {limit}-byte limit; split the batch"),
+        )
+    })
+}
+
+/// The JSON body: one object (single) or an array of objects (batch).
+fn json_requests(body: &[u8]) -> Result<(Vec<PublishRequest>, bool), ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}")))?;
+    let (items, single) = match value {
+        Value::Array(items) => (items, false),
+        other @ Value::Object(_) => (vec![other], true),
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_json",
+                "the body must be a JSON object or an array of objects",
+            ))
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request("empty_batch", "the batch has no events"));
+    }
+    if items.len() > MAX_BATCH {
+        return Err(ApiError::too_large(
+            "batch_too_large",
+            format!("a batch holds at most {MAX_BATCH} events"),
+        ));
+    }
+    let requests = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            serde_json::from_value::<PublishRequest>(item).map_err(|e| {
+                in_item(ApiError::bad_request("invalid_field", e.to_string()), i, single)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((requests, single))
+}
+
+/// `POST /v1/publish?topic=news&event=notice` with a text/plain body.
+fn simple_form(query: Option<&str>, body: bytes::Bytes) -> Result<PublishRequest, ApiError> {
+    let query = QueryPairs::parse(query);
+    let data = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("invalid_data", "a text/plain body must be UTF-8"))?;
+    let retry = match query.first("retry") {
+        None => None,
+        Some(r) => Some(r.parse::<u64>().map_err(|_| {
+            ApiError::bad_request("invalid_field", "retry must be a whole number of milliseconds")
+        })?),
+    };
+    Ok(PublishRequest {
+        topics: query.all("topic").map(String::from).collect(),
+        users: query.all("user").map(String::from).collect(),
+        broadcast: matches!(query.first("broadcast"), Some("true" | "1")),
+        event: query.first("event").map(String::from),
+        data: Some(Value::String(data)),
+        retry,
+        idempotency_key: query.first("idempotency_key").map(String::from),
+    })
+}
+
+fn validate(request: PublishRequest, max_data_bytes: usize) -> Result<NewEvent, ApiError> {
+    let mut topics = Vec::with_capacity(request.topics.len() + request.users.len());
+    for name in &request.topics {
+        let topic = Topic::new(name)
+            .map_err(|e| ApiError::bad_request("invalid_topic", format!("topic {name:?}: {e}")))?;
+        topics.push(topic);
+    }
+    for user in &request.users {
+        let topic = Topic::for_user(user)
+            .map_err(|e| ApiError::bad_request("invalid_user", format!("user {user:?}: {e}")))?;
+        topics.push(topic);
+    }
+    topics.sort();
+    topics.dedup();
+    if topics.is_empty() && !request.broadcast {
+        return Err(ApiError::bad_request(
+            "missing_target",
+            "give `topics`, `users` or `broadcast: true`",
+        ));
+    }
+    if let Some(event) = &request.event {
+        herald_sse::validate_event_type(event)
+            .map_err(|e| ApiError::bad_request("invalid_event_type", e.to_string()))?;
+        if event.starts_with(RESERVED_EVENT_PREFIX) {
+            return Err(ApiError::bad_request(
+                "reserved_event_type",
+                format!("event types starting with {RESERVED_EVENT_PREFIX:?} are Herald's own"),
+            ));
+        }
+    }
+    let data = match request.data {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+    };
+    if data.len() > max_data_bytes {
+        return Err(ApiError::too_large(
+            "data_too_large",
+            format!(
+                "event data is {} bytes, over the {max_data_bytes}-byte limit",
+                data.len()
+            ),
+        ));
+    }
+    if let Some(key) = &request.idempotency_key {
+        if key.is_empty() || key.len() > 256 {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "idempotency_key must be 1 to 256 bytes",
+            ));
+        }
+    }
+    Ok(NewEvent {
+        topics,
+        broadcast: request.broadcast,
+        event_type: request.event,
+        data,
+        retry: request.retry,
+        idempotency_key: request.idempotency_key,
+    })
+}
+
+/// Names the failing item of a batch in the message.
+fn in_item(mut err: ApiError, index: usize, single: bool) -> ApiError {
+    if !single {
+        err.message = format!("event {index} of the batch: {}", err.message);
+    }
+    err
+}

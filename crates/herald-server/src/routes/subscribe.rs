@@ -1,0 +1,126 @@
+//! `GET /v1/events`: open a stream.
+//!
+//! Any answer but 200 + `text/event-stream` makes EventSource give up for
+//! good, so only a request that can never succeed gets a 4xx; a subscriber
+//! over the connection limit gets a 200 that tells it when to come back.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use herald_core::{EventId, Filter, Resume, Subscriber, Topic, TopicPattern};
+
+use crate::error::ApiError;
+use crate::query::QueryPairs;
+use crate::AppState;
+
+/// Opens an event stream for the caller.
+pub(crate) async fn subscribe(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    match open(&state, request) {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+fn open(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
+    let query = QueryPairs::parse(request.uri().query());
+    let access = state.auth.subscriber(&query)?;
+    let mut patterns = Vec::new();
+    for spec in query.all("topic") {
+        let pattern = TopicPattern::parse(spec).map_err(|e| {
+            ApiError::bad_request("invalid_topic", format!("topic {spec:?}: {e}"))
+        })?;
+        patterns.push(pattern);
+    }
+    if let Some(user) = &access.user {
+        let personal = Topic::for_user(user)
+            .map_err(|e| ApiError::bad_request("invalid_user", e.to_string()))?;
+        patterns.push(TopicPattern::Exact(personal));
+    }
+    if patterns.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_topic",
+            "give at least one `topic` (or subscribe as a user)",
+        ));
+    }
+    let types = query.first("types").map(|t| {
+        t.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect::<Vec<_>>()
+    });
+    let resume = resume_point(request.headers(), &query);
+    let version = request.version();
+
+    if state.hub.counts().connections >= state.config.max_connections {
+        return Ok(come_back_later(state, version));
+    }
+
+    let subscriber = Subscriber {
+        user: access.user,
+        filter: Filter::new(patterns, types),
+        resume,
+    };
+    let connection = state.hub.connect(subscriber);
+    let stream = futures_util::stream::unfold(connection, |mut connection| async move {
+        let chunk = connection.next_chunk().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(chunk), connection))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    set_stream_headers(response.headers_mut(), version);
+    Ok(response)
+}
+
+/// `Last-Event-ID` header, else the `lastEventId` query parameter.
+fn resume_point(headers: &HeaderMap, query: &QueryPairs) -> Resume {
+    let raw = headers
+        .get("last-event-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .or_else(|| query.first("lastEventId").map(String::from));
+    match raw {
+        None => Resume::Live,
+        Some(raw) if raw.is_empty() => Resume::Live,
+        Some(raw) => match raw.parse::<EventId>() {
+            Ok(id) => Resume::After(id),
+            Err(_) => Resume::Unknown(raw),
+        },
+    }
+}
+
+fn set_stream_headers(headers: &mut HeaderMap, version: Version) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // HTTP/2 forbids connection-specific headers.
+    if version == Version::HTTP_11 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    }
+}
+
+/// Over the connection limit: a valid, empty stream whose `retry:` (with
+/// jitter, so refused clients do not return together) asks the client to
+/// reconnect later.
+fn come_back_later(state: &AppState, version: Version) -> Response {
+    let base = state.hub.config().retry_ms.max(1000);
+    let retry = base + rand_jitter(base);
+    let body = Body::from(format!("retry: {retry}\n:over capacity, come back later\n\n"));
+    let mut response = (StatusCode::OK, body).into_response();
+    set_stream_headers(response.headers_mut(), version);
+    response
+}
+
+fn rand_jitter(base: u64) -> u64 {
+    // Sub-second clock noise is jitter enough here, without a RNG dependency.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()))
+        .unwrap_or(0);
+    nanos % base.max(1)
+}

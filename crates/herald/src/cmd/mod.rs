@@ -1,0 +1,5 @@
+//! One module per subcommand.
+
+pub(crate) mod publish;
+pub(crate) mod serve;
+pub(crate) mod subscribe;

@@ -1,0 +1,120 @@
+//! `herald serve`: validate the configuration, then bind and serve.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use herald_core::{EventLog, Hub, HubConfig};
+use herald_log::{MemoryLog, Retention};
+use herald_server::{AppState, Auth, ServerConfig};
+
+use crate::config::{Config, ServeArgs, Validated};
+
+/// Runs the server until SIGINT or SIGTERM.
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Validate everything before a runtime starts or a port is bound.
+    let Validated { config, listen } = Config::load(&args)?;
+    init_logging(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config, listen))
+}
+
+async fn serve(config: Config, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    if config.dev {
+        tracing::warn!(
+            "DEV MODE: no authentication; anyone who can reach {listen} may subscribe as any user, publish and use admin routes"
+        );
+    }
+    if !config.memory {
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "the durable event log is not available in this version yet: events are kept in memory and lost on restart"
+        );
+    }
+    let log = Arc::new(MemoryLog::new(Retention {
+        max_events: config.retention_events,
+        max_bytes: config.retention_bytes,
+        max_age: Duration::from_secs(config.retention_secs),
+        idempotency_window: Duration::from_secs(config.idempotency_window_secs),
+    }));
+    let hub = Hub::new(
+        log.clone() as Arc<dyn EventLog>,
+        HubConfig {
+            queue_capacity: config.queue_capacity,
+            heartbeat: config.heartbeat(),
+            max_connection_lifetime: (config.max_connection_lifetime_secs > 0)
+                .then(|| Duration::from_secs(config.max_connection_lifetime_secs)),
+            retry_ms: config.retry_ms,
+        },
+    );
+    tokio::spawn(hub.clone().run_dispatcher());
+    tokio::spawn(hub.clone().run_housekeeping());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            log.trim();
+        }
+    });
+    let state = Arc::new(AppState {
+        hub,
+        config: ServerConfig {
+            dev: config.dev,
+            max_body_bytes: config.max_body_bytes,
+            max_data_bytes: config.max_data_bytes,
+            max_connections: config.max_connections,
+            allowed_origins: config.allowed_origins.clone(),
+            ..ServerConfig::default()
+        },
+        auth: Auth::Dev,
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    // Tests and scripts read this line to find the port.
+    println!("herald listening on http://{local}");
+    if config.dev {
+        tracing::info!("demo page: http://{local}/demo");
+    }
+    herald_server::serve(listener, state, shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
