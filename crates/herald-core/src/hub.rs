@@ -126,6 +126,24 @@ struct Index {
 }
 
 impl Index {
+    fn dispatch(&self, event: &Arc<Event>) {
+        if event.broadcast {
+            self.conns.values().for_each(|e| e.offer(event));
+            return;
+        }
+        for topic in &event.topics {
+            if let Some(set) = self.exact.get(topic.as_str()) {
+                set.values().for_each(|e| e.offer(event));
+            }
+            for (prefix, set) in &self.prefixes {
+                if topic.as_str().starts_with(&**prefix) {
+                    set.values().for_each(|e| e.offer(event));
+                }
+            }
+            self.everything.values().for_each(|e| e.offer(event));
+        }
+    }
+
     fn insert(&mut self, entry: Arc<ConnEntry>) {
         for pattern in entry.filter.patterns() {
             let set = match pattern {
@@ -282,26 +300,15 @@ impl Hub {
         self.index.write().remove(id);
     }
 
-    /// Offers `event` to every connection it matches, once each.
-    pub fn dispatch(&self, event: &Arc<Event>) {
-        self.counters.dispatched.fetch_add(1, Ordering::Relaxed);
+    /// Offers each event, in order, to every connection it matches, once each.
+    pub fn dispatch(&self, events: &[Arc<Event>]) {
+        self.counters
+            .dispatched
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        // One lock per batch, not per event.
         let index = self.index.read();
-        if event.broadcast {
-            for entry in index.conns.values() {
-                entry.offer(event);
-            }
-            return;
-        }
-        for topic in &event.topics {
-            if let Some(set) = index.exact.get(topic.as_str()) {
-                set.values().for_each(|e| e.offer(event));
-            }
-            for (prefix, set) in &index.prefixes {
-                if topic.as_str().starts_with(&**prefix) {
-                    set.values().for_each(|e| e.offer(event));
-                }
-            }
-            index.everything.values().for_each(|e| e.offer(event));
+        for event in events {
+            index.dispatch(event);
         }
     }
 
@@ -316,9 +323,7 @@ impl Hub {
         loop {
             match self.log.read_after(position, &everything, TAIL_BATCH).await {
                 Ok(batch) => {
-                    for event in &batch.events {
-                        self.dispatch(event);
-                    }
+                    self.dispatch(&batch.events);
                     if let Some(id) = batch.scanned_to {
                         position = Position::After(id);
                     }
@@ -337,11 +342,9 @@ impl Hub {
                 (Position::After(at), Some(newest)) => at >= *newest,
                 (Position::Oldest, Some(_)) => false,
             };
-            if head.wait_for(caught_up).await.is_err() {
-                return;
-            }
-            // `wait_for` returns at once when already caught up: wait for a change.
-            if caught_up(&head.borrow()) && head.changed().await.is_err() {
+            // Checks the current value first, so an append that raced the
+            // read above is not missed.
+            if head.wait_for(|newest| !caught_up(newest)).await.is_err() {
                 return;
             }
         }
