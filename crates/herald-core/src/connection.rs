@@ -221,6 +221,9 @@ impl Connection {
         };
         if let Some((gap, last_event_id)) = gap {
             buf.extend_from_slice(&gap_frame(&last_event_id, &gap));
+            // The resume point is not in the log (trimmed, or never issued
+            // here): what follows is new to the client, whatever its ids.
+            self.last_written = None;
         }
         let mut events = 0u64;
         for event in &batch.events {

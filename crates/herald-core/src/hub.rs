@@ -109,6 +109,12 @@ impl ConnEntry {
         }
     }
 
+    /// Switches the stream to catch-up, and wakes its writer so it notices.
+    fn force_catch_up(&self) {
+        self.shared.lagging.store(true, Ordering::SeqCst);
+        let _ = self.tx.try_send(Outbound::Heartbeat);
+    }
+
     fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
     }
@@ -224,6 +230,9 @@ pub struct Hub {
     /// Counters shown by the stats and metrics routes.
     pub counters: Counters,
     started: Instant,
+    /// Where the dispatcher starts: the log head when the hub was made, so an
+    /// event stored between then and the dispatcher's first run is delivered.
+    dispatch_from: Position,
 }
 
 /// Who is connecting and what they want.
@@ -240,7 +249,12 @@ pub struct Subscriber {
 impl Hub {
     /// A hub delivering from `log`.
     pub fn new(log: Arc<dyn EventLog>, config: HubConfig) -> Arc<Self> {
+        let dispatch_from = match *log.head().borrow() {
+            Some(id) => Position::After(id),
+            None => Position::Oldest,
+        };
         Arc::new(Self {
+            dispatch_from,
             config,
             log,
             index: RwLock::new(Index::default()),
@@ -316,13 +330,17 @@ impl Hub {
     pub async fn run_dispatcher(self: Arc<Self>) {
         let mut head = self.log.head();
         let everything = Filter::everything();
-        let mut position = match *head.borrow_and_update() {
-            Some(id) => Position::After(id),
-            None => Position::Oldest,
-        };
+        let mut position = self.dispatch_from;
         loop {
             match self.log.read_after(position, &everything, TAIL_BATCH).await {
                 Ok(batch) => {
+                    if batch.gap.is_some() {
+                        // Events left retention before the tail read them:
+                        // every stream catches up on its own and so learns
+                        // of the gap (herald.gap) instead of missing them.
+                        tracing::warn!("the log tail fell behind retention; all streams catch up from the log");
+                        self.index.read().conns.values().for_each(|e| e.force_catch_up());
+                    }
                     self.dispatch(&batch.events);
                     if let Some(id) = batch.scanned_to {
                         position = Position::After(id);
@@ -420,7 +438,9 @@ impl Hub {
         HubCounts {
             connections: index.conns.len(),
             users_online: index.users.len(),
-            topics: index.exact.len() + index.prefixes.len(),
+            topics: index.exact.len()
+                + index.prefixes.len()
+                + usize::from(!index.everything.is_empty()),
         }
     }
 

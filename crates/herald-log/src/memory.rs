@@ -219,7 +219,13 @@ impl EventLog for MemoryLog {
             gap,
             ..ReadBatch::default()
         };
-        let end = inner.events.len().min(start.saturating_add(MAX_SCAN_PER_READ));
+        if limit == 0 {
+            return Ok(batch);
+        }
+        let end = inner
+            .events
+            .len()
+            .min(start.saturating_add(MAX_SCAN_PER_READ));
         let mut examined_to = start;
         for (i, event) in inner.events.range(start.min(end)..end).enumerate() {
             examined_to = start + i + 1;

@@ -1,0 +1,1010 @@
+//! The conformance suite every [`EventLog`] backend must pass.
+//!
+//! The checks are plain async functions taking a [`Factory`]; the
+//! `conformance_suite!` macro at the bottom turns them into tests for one
+//! backend. A new backend adds one line: `conformance_suite!(name, factory);`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::{
+    Event, EventId, EventLog, Filter, NewEvent, Position, ReadBatch, Topic, TopicPattern,
+};
+use herald_log::{MemoryLog, Retention};
+
+/// Builds an empty log with the given retention.
+pub type Factory = fn(Retention) -> Arc<dyn EventLog>;
+
+/// Upper bound on pages read by any paging loop, so a backend that never
+/// reports `reached_end` fails instead of hanging.
+const MAX_PAGES: usize = 100_000;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn big() -> Retention {
+    Retention::default()
+}
+
+fn keep(max_events: usize) -> Retention {
+    Retention {
+        max_events,
+        ..Retention::default()
+    }
+}
+
+fn new_event(topics: &[&str], event_type: Option<&str>, data: &str) -> NewEvent {
+    NewEvent {
+        topics: topics.iter().map(|t| Topic::new(t).unwrap()).collect(),
+        broadcast: false,
+        event_type: event_type.map(str::to_owned),
+        data: data.to_owned(),
+        retry: None,
+        idempotency_key: None,
+    }
+}
+
+fn on(topic: &str, data: &str) -> NewEvent {
+    new_event(&[topic], None, data)
+}
+
+fn keyed(topic: &str, data: &str, key: &str) -> NewEvent {
+    NewEvent {
+        idempotency_key: Some(key.to_owned()),
+        ..on(topic, data)
+    }
+}
+
+fn broadcast(data: &str) -> NewEvent {
+    NewEvent {
+        broadcast: true,
+        ..new_event(&[], None, data)
+    }
+}
+
+fn filter(patterns: &[&str], types: Option<&[&str]>) -> Filter {
+    Filter::new(
+        patterns.iter().map(|p| TopicPattern::parse(p).unwrap()),
+        types.map(|t| t.iter().map(|s| (*s).to_owned()).collect()),
+    )
+}
+
+fn ids(events: &[Arc<Event>]) -> Vec<EventId> {
+    events.iter().map(|e| e.id).collect()
+}
+
+fn datas(events: &[Arc<Event>]) -> Vec<String> {
+    events.iter().map(|e| e.data.clone()).collect()
+}
+
+/// Appends events one batch each, returning their (non-duplicate) ids.
+async fn append_each(log: &Arc<dyn EventLog>, events: Vec<NewEvent>) -> Vec<EventId> {
+    let mut out = Vec::new();
+    for e in events {
+        let r = log.append(vec![e]).await.unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(!r[0].duplicate);
+        out.push(r[0].id);
+    }
+    out
+}
+
+/// Appends `n` events on `topic` with data "0".."n-1" in one batch.
+async fn append_n(log: &Arc<dyn EventLog>, topic: &str, n: usize) -> Vec<EventId> {
+    let batch = (0..n).map(|i| on(topic, &i.to_string())).collect();
+    let r = log.append(batch).await.unwrap();
+    assert_eq!(r.len(), n);
+    assert!(r.iter().all(|a| !a.duplicate));
+    r.iter().map(|a| a.id).collect()
+}
+
+/// Reads every page from `from` to the end, following `scanned_to`. Returns
+/// the concatenated events and the gap of the first page.
+async fn read_to_end(
+    log: &Arc<dyn EventLog>,
+    from: Position,
+    filter: &Filter,
+    limit: usize,
+) -> (Vec<Arc<Event>>, Option<herald_core::Gap>) {
+    let mut position = from;
+    let mut all = Vec::new();
+    let mut first_gap = None;
+    for page in 0..MAX_PAGES {
+        let batch = log.read_after(position, filter, limit).await.unwrap();
+        assert!(
+            batch.events.len() <= limit,
+            "page larger than limit {limit}"
+        );
+        if page == 0 {
+            first_gap = batch.gap.clone();
+        } else {
+            assert_eq!(batch.gap, None, "gap on a follow-up page at {position:?}");
+        }
+        check_page(&batch, position);
+        all.extend(batch.events.iter().cloned());
+        if batch.reached_end {
+            return (all, first_gap);
+        }
+        let next = batch
+            .scanned_to
+            .expect("a page that did not reach the end must say how far it scanned");
+        position = Position::After(next);
+    }
+    panic!("no reached_end after {MAX_PAGES} pages");
+}
+
+/// Invariants of a single page.
+fn check_page(batch: &ReadBatch, from: Position) {
+    for w in batch.events.windows(2) {
+        assert!(w[0].id < w[1].id, "events not in id order");
+    }
+    if let (Position::After(after), None) = (from, &batch.gap) {
+        if let Some(first) = batch.events.first() {
+            assert!(first.id > after, "event {} not after {after}", first.id);
+        }
+        if let Some(scanned) = batch.scanned_to {
+            assert!(
+                scanned > after,
+                "scanned_to {scanned} did not advance past {after}"
+            );
+        }
+    }
+    if let (Some(last), Some(scanned)) = (batch.events.last(), batch.scanned_to) {
+        assert!(
+            scanned >= last.id,
+            "scanned_to {scanned} behind the last returned {}",
+            last.id
+        );
+    }
+    if !batch.events.is_empty() {
+        assert!(
+            batch.scanned_to.is_some(),
+            "events returned but scanned_to is None"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The suite
+// ---------------------------------------------------------------------------
+
+pub async fn ids_strictly_increase(factory: Factory) {
+    let log = factory(big());
+    let mut all = Vec::new();
+    for size in [1usize, 3, 5, 1, 2] {
+        let batch = (0..size).map(|i| on("a", &i.to_string())).collect();
+        let r = log.append(batch).await.unwrap();
+        assert_eq!(r.len(), size);
+        assert!(r.iter().all(|a| !a.duplicate));
+        all.extend(r.iter().map(|a| a.id));
+    }
+    for w in all.windows(2) {
+        assert!(w[0] < w[1], "ids not strictly increasing: {all:?}");
+    }
+    assert!(all[0] > EventId(0), "0 is never an id");
+}
+
+pub async fn empty_log_reads(factory: Factory) {
+    let log = factory(big());
+    let b = log
+        .read_after(Position::Oldest, &Filter::everything(), 10)
+        .await
+        .unwrap();
+    assert!(b.events.is_empty());
+    assert_eq!(b.gap, None);
+    assert_eq!(b.scanned_to, None);
+    assert!(b.reached_end);
+    assert_eq!(*log.head().borrow(), None);
+    log.ready().await.unwrap();
+}
+
+pub async fn read_oldest_returns_all_in_order(factory: Factory) {
+    let log = factory(big());
+    let mut expected = append_n(&log, "a", 4).await;
+    expected.extend(append_n(&log, "b", 6).await);
+    let b = log
+        .read_after(Position::Oldest, &Filter::everything(), 100)
+        .await
+        .unwrap();
+    assert_eq!(ids(&b.events), expected);
+    assert_eq!(
+        datas(&b.events),
+        ["0", "1", "2", "3", "0", "1", "2", "3", "4", "5"]
+    );
+    assert_eq!(b.gap, None);
+    assert!(b.reached_end);
+    assert_eq!(b.scanned_to, expected.last().copied());
+    // Stored fields come back as given.
+    let e = &b.events[4];
+    assert_eq!(e.topics, vec![Topic::new("b").unwrap()]);
+    assert!(!e.broadcast);
+    assert_eq!(e.event_type, None);
+}
+
+pub async fn read_after_returns_exactly_later_events(factory: Factory) {
+    let log = factory(big());
+    let all = append_n(&log, "a", 12).await;
+    for k in 0..all.len() {
+        let b = log
+            .read_after(Position::After(all[k]), &Filter::everything(), 100)
+            .await
+            .unwrap();
+        assert_eq!(b.gap, None, "after {}", all[k]);
+        assert_eq!(ids(&b.events), all[k + 1..].to_vec(), "after {}", all[k]);
+        assert!(b.reached_end);
+    }
+}
+
+pub async fn limit_and_paging(factory: Factory) {
+    let log = factory(big());
+    let mut all = Vec::new();
+    for i in 0..30 {
+        let topic = if i % 3 == 0 { "hit" } else { "miss" };
+        all.extend(append_each(&log, vec![on(topic, &i.to_string())]).await);
+    }
+    // Everything, 7 per page.
+    let mut position = Position::Oldest;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        assert!(pages < 100);
+        let b = log
+            .read_after(position, &Filter::everything(), 7)
+            .await
+            .unwrap();
+        assert!(b.events.len() <= 7);
+        check_page(&b, position);
+        seen.extend(ids(&b.events));
+        if b.reached_end {
+            break;
+        }
+        position = Position::After(b.scanned_to.unwrap());
+    }
+    assert_eq!(seen, all, "paging must reach every event exactly once");
+
+    // A limit of 1 returns one event.
+    let b = log
+        .read_after(Position::Oldest, &Filter::everything(), 1)
+        .await
+        .unwrap();
+    assert_eq!(ids(&b.events), vec![all[0]]);
+    assert!(!b.reached_end);
+
+    // Filtered, 2 per page: every match exactly once.
+    let hits = filter(&["hit"], None);
+    let (got, gap) = read_to_end(&log, Position::Oldest, &hits, 2).await;
+    assert_eq!(gap, None);
+    let expected: Vec<EventId> = all.iter().copied().step_by(3).collect();
+    assert_eq!(ids(&got), expected);
+}
+
+/// "Up to `limit` events": a limit of 0 returns none.
+pub async fn limit_zero_returns_nothing(factory: Factory) {
+    let log = factory(big());
+    append_n(&log, "a", 3).await;
+    let b = log
+        .read_after(Position::Oldest, &Filter::everything(), 0)
+        .await
+        .unwrap();
+    assert!(
+        b.events.is_empty(),
+        "limit 0 returned {} events",
+        b.events.len()
+    );
+}
+
+pub async fn filter_applies(factory: Factory) {
+    let log = factory(big());
+    let e = append_each(
+        &log,
+        vec![
+            on("orders/1", "0"),                            // 0
+            on("orders/2", "1"),                            // 1
+            on("order", "2"),                               // 2
+            on("news", "3"),                                // 3
+            broadcast("4"),                                 // 4
+            new_event(&["orders/1"], Some("created"), "5"), // 5
+            new_event(&["news", "orders/3"], None, "6"),    // 6
+            new_event(&["ordersX"], Some("deleted"), "7"),  // 7
+            NewEvent {
+                broadcast: true,
+                ..new_event(&["zzz"], Some("created"), "8")
+            }, // 8
+        ],
+    )
+    .await;
+    let pick = |idx: &[usize]| idx.iter().map(|&i| e[i]).collect::<Vec<_>>();
+    let cases: Vec<(Filter, Vec<EventId>, &str)> = vec![
+        (filter(&["news"], None), pick(&[3, 4, 6, 8]), "exact news"),
+        (
+            filter(&["orders/1"], None),
+            pick(&[0, 4, 5, 8]),
+            "exact orders/1",
+        ),
+        (filter(&["order"], None), pick(&[2, 4, 8]), "exact order"),
+        (
+            filter(&["orders/*"], None),
+            pick(&[0, 1, 4, 5, 6, 8]),
+            "prefix orders/",
+        ),
+        (
+            filter(&["orders*"], None),
+            pick(&[0, 1, 4, 5, 6, 7, 8]),
+            "prefix orders",
+        ),
+        (
+            filter(&["*"], None),
+            pick(&[0, 1, 2, 3, 4, 5, 6, 7, 8]),
+            "all",
+        ),
+        (filter(&["nothing"], None), pick(&[4, 8]), "broadcast only"),
+        (
+            filter(&["news", "order"], None),
+            pick(&[2, 3, 4, 6, 8]),
+            "two exact",
+        ),
+        (
+            filter(&["*"], Some(&["created"])),
+            pick(&[5, 8]),
+            "type created",
+        ),
+        (
+            filter(&["*"], Some(&["message"])),
+            pick(&[0, 1, 2, 3, 4, 6]),
+            "untyped is message",
+        ),
+        (
+            filter(&["orders/*"], Some(&["message", "deleted"])),
+            pick(&[0, 1, 4, 6]),
+            "prefix + types",
+        ),
+        (
+            filter(&["nothing"], Some(&["created"])),
+            pick(&[8]),
+            "typed broadcast",
+        ),
+    ];
+    for (f, expected, name) in cases {
+        for limit in [1, 3, 100] {
+            let (got, gap) = read_to_end(&log, Position::Oldest, &f, limit).await;
+            assert_eq!(gap, None, "{name}");
+            assert_eq!(ids(&got), expected, "{name}, limit {limit}");
+        }
+    }
+}
+
+pub async fn scanned_to_advances_without_matches(factory: Factory) {
+    let log = factory(big());
+    let all = append_n(&log, "a", 5).await;
+    let none = filter(&["zzz"], None);
+    let b = log.read_after(Position::Oldest, &none, 10).await.unwrap();
+    assert!(b.events.is_empty());
+    assert_eq!(b.scanned_to, Some(all[4]));
+    assert!(b.reached_end);
+    let b = log
+        .read_after(Position::After(all[1]), &none, 10)
+        .await
+        .unwrap();
+    assert!(b.events.is_empty());
+    assert_eq!(b.gap, None);
+    assert_eq!(b.scanned_to, Some(all[4]));
+    assert!(b.reached_end);
+
+    // Many non-matching events: a reader following scanned_to always makes
+    // progress and reaches the end (even if the backend bounds its scan).
+    let log = factory(big());
+    let mut last = EventId(0);
+    for _ in 0..4 {
+        last = *append_n(&log, "a", 5_000).await.last().unwrap();
+    }
+    let hit = append_each(&log, vec![on("zzz", "hit")]).await[0];
+    append_n(&log, "a", 10).await;
+    let mut position = Position::Oldest;
+    let mut found = Vec::new();
+    let mut previous: Option<EventId> = None;
+    for pages in 0.. {
+        assert!(pages < 1_000, "reader does not reach the end");
+        let b = log.read_after(position, &none, 10).await.unwrap();
+        check_page(&b, position);
+        found.extend(ids(&b.events));
+        if b.reached_end {
+            break;
+        }
+        let scanned = b
+            .scanned_to
+            .expect("not at the end, so something was scanned");
+        assert!(
+            previous.is_none_or(|p| scanned > p),
+            "scanned_to did not advance"
+        );
+        previous = Some(scanned);
+        position = Position::After(scanned);
+    }
+    assert!(hit > last);
+    assert_eq!(found, vec![hit]);
+}
+
+pub async fn gap_when_after_is_older_than_retention(factory: Factory) {
+    let log = factory(keep(5));
+    let mut all = append_n(&log, "a", 4).await;
+    all.extend(append_n(&log, "a", 8).await);
+    assert_eq!(all.len(), 12);
+    let retained = all[7..].to_vec();
+    let everything = Filter::everything();
+
+    let (got, gap) = read_to_end(&log, Position::Oldest, &everything, 100).await;
+    assert_eq!(gap, None, "Oldest never reports a gap");
+    assert_eq!(ids(&got), retained);
+
+    for &trimmed in &all[..6] {
+        let b = log
+            .read_after(Position::After(trimmed), &everything, 100)
+            .await
+            .unwrap();
+        let gap = b
+            .gap
+            .unwrap_or_else(|| panic!("no gap after trimmed id {trimmed}"));
+        assert_eq!(gap.oldest_available, Some(retained[0]));
+        assert_eq!(ids(&b.events), retained, "after a gap: the retained events");
+    }
+    // all[6] was trimmed, but nothing after it is missing: no gap.
+    let b = log
+        .read_after(Position::After(all[6]), &everything, 100)
+        .await
+        .unwrap();
+    assert_eq!(b.gap, None);
+    assert_eq!(ids(&b.events), retained);
+    // A filtered read after a trimmed id still reports the gap.
+    let b = log
+        .read_after(Position::After(all[0]), &filter(&["zzz"], None), 100)
+        .await
+        .unwrap();
+    assert_eq!(b.gap.map(|g| g.oldest_available), Some(Some(retained[0])));
+    assert!(b.events.is_empty());
+}
+
+pub async fn gap_for_ids_never_issued(factory: Factory) {
+    let log = factory(big());
+    let all = append_n(&log, "a", 3).await;
+    let newest = all[2];
+    for bogus in [
+        EventId(0),
+        EventId(newest.0 + 1),
+        EventId(newest.0 + 1_000),
+        EventId(u64::MAX),
+    ] {
+        let b = log
+            .read_after(Position::After(bogus), &Filter::everything(), 100)
+            .await
+            .unwrap();
+        let gap = b
+            .gap
+            .unwrap_or_else(|| panic!("no gap for never-issued id {bogus}"));
+        assert_eq!(gap.oldest_available, Some(all[0]), "for {bogus}");
+        assert_eq!(
+            ids(&b.events),
+            all,
+            "after a gap for {bogus}: everything retained"
+        );
+        assert!(b.reached_end);
+    }
+
+    // An empty log reports the gap with nothing available.
+    let log = factory(big());
+    let b = log
+        .read_after(Position::After(EventId(0)), &Filter::everything(), 100)
+        .await
+        .unwrap();
+    assert_eq!(b.gap.map(|g| g.oldest_available), Some(None));
+    assert!(b.events.is_empty());
+}
+
+pub async fn no_gap_after_newest(factory: Factory) {
+    let log = factory(big());
+    let all = append_n(&log, "a", 3).await;
+    let b = log
+        .read_after(Position::After(all[2]), &Filter::everything(), 100)
+        .await
+        .unwrap();
+    assert_eq!(b.gap, None);
+    assert!(b.events.is_empty());
+    assert!(b.reached_end);
+    assert!(b.scanned_to.is_none_or(|s| s <= all[2]));
+
+    // Also when retention has trimmed everything but the newest.
+    let log = factory(keep(1));
+    let all = append_n(&log, "a", 3).await;
+    let b = log
+        .read_after(Position::After(all[2]), &Filter::everything(), 100)
+        .await
+        .unwrap();
+    assert_eq!(b.gap, None);
+    assert!(b.events.is_empty());
+    assert!(b.reached_end);
+}
+
+pub async fn idempotency_keys(factory: Factory) {
+    let log = factory(big());
+    let first = log
+        .append(vec![keyed("a", "original", "k1")])
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(!first[0].duplicate);
+    let head_before = *log.head().borrow();
+
+    let again = log.append(vec![keyed("a", "retry", "k1")]).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].id, first[0].id);
+    assert_eq!(
+        *log.head().borrow(),
+        head_before,
+        "a duplicate stores nothing"
+    );
+
+    // Repeated within one batch, mixed with a new key, an unkeyed event and an old key.
+    let r = log
+        .append(vec![
+            keyed("a", "k2-first", "k2"),
+            keyed("a", "k2-second", "k2"),
+            on("a", "plain"),
+            keyed("a", "k1-again", "k1"),
+            keyed("a", "k2-third", "k2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 5);
+    assert!(!r[0].duplicate);
+    assert!(r[1].duplicate);
+    assert_eq!(r[1].id, r[0].id);
+    assert!(!r[2].duplicate);
+    assert!(r[2].id > r[0].id);
+    assert!(r[3].duplicate);
+    assert_eq!(r[3].id, first[0].id);
+    assert!(r[4].duplicate);
+    assert_eq!(r[4].id, r[0].id);
+
+    let (got, _) = read_to_end(&log, Position::Oldest, &Filter::everything(), 100).await;
+    assert_eq!(datas(&got), ["original", "k2-first", "plain"]);
+    assert_eq!(ids(&got), vec![first[0].id, r[0].id, r[2].id]);
+    assert_eq!(got[0].idempotency_key.as_deref(), Some("k1"));
+    assert_eq!(*log.head().borrow(), Some(r[2].id));
+}
+
+pub async fn head_follows_appends(factory: Factory) {
+    let log = factory(big());
+    let mut head = log.head();
+    assert_eq!(*head.borrow_and_update(), None);
+
+    let a = append_n(&log, "a", 1).await;
+    tokio::time::timeout(Duration::from_secs(5), head.changed())
+        .await
+        .expect("head did not change after append")
+        .unwrap();
+    assert_eq!(*head.borrow_and_update(), Some(a[0]));
+
+    let b = append_n(&log, "a", 3).await;
+    tokio::time::timeout(Duration::from_secs(5), head.changed())
+        .await
+        .expect("head did not change after append")
+        .unwrap();
+    assert_eq!(*head.borrow_and_update(), Some(b[2]));
+
+    // A receiver taken later sees the current value.
+    assert_eq!(*log.head().borrow(), Some(b[2]));
+
+    // A waiter parked before the append is woken.
+    let waiter = {
+        let mut head = log.head();
+        head.borrow_and_update();
+        tokio::spawn(async move {
+            head.changed().await.unwrap();
+            *head.borrow()
+        })
+    };
+    tokio::task::yield_now().await;
+    let c = append_n(&log, "a", 2).await;
+    let seen = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("waiter not woken")
+        .unwrap();
+    assert_eq!(seen, Some(c[1]));
+}
+
+pub async fn last_id_for_topic(factory: Factory) {
+    let log = factory(big());
+    let t = |s: &str| Topic::new(s).unwrap();
+    assert_eq!(log.last_id_for_topic(&t("a")).await.unwrap(), None);
+    let e = append_each(
+        &log,
+        vec![
+            on("a", "0"),
+            on("b", "1"),
+            new_event(&["a", "c"], None, "2"),
+            on("b", "3"),
+            on("a/1", "4"),
+        ],
+    )
+    .await;
+    assert_eq!(log.last_id_for_topic(&t("a")).await.unwrap(), Some(e[2]));
+    assert_eq!(log.last_id_for_topic(&t("b")).await.unwrap(), Some(e[3]));
+    assert_eq!(log.last_id_for_topic(&t("c")).await.unwrap(), Some(e[2]));
+    assert_eq!(log.last_id_for_topic(&t("a/1")).await.unwrap(), Some(e[4]));
+    assert_eq!(log.last_id_for_topic(&t("zzz")).await.unwrap(), None);
+
+    // Only retained events count.
+    let log = factory(keep(2));
+    let e = append_each(&log, vec![on("a", "0"), on("b", "1"), on("b", "2")]).await;
+    assert_eq!(log.last_id_for_topic(&t("a")).await.unwrap(), None);
+    assert_eq!(log.last_id_for_topic(&t("b")).await.unwrap(), Some(e[2]));
+}
+
+pub async fn retention_by_count(factory: Factory) {
+    let log = factory(keep(10));
+    let mut all = Vec::new();
+    for size in [3usize, 1, 15, 4, 2] {
+        all.extend(append_n(&log, "a", size).await);
+        let (got, gap) = read_to_end(&log, Position::Oldest, &Filter::everything(), 100).await;
+        assert_eq!(gap, None);
+        let keep_from = all.len().saturating_sub(10);
+        assert_eq!(
+            ids(&got),
+            all[keep_from..].to_vec(),
+            "after {} events",
+            all.len()
+        );
+    }
+    assert_eq!(*log.head().borrow(), all.last().copied());
+}
+
+// ---------------------------------------------------------------------------
+// Model-based property test
+// ---------------------------------------------------------------------------
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    const TOPICS: &[&str] = &["a", "a/1", "a/2", "b", "ab"];
+    const PATTERNS: &[&str] = &["a", "a/1", "b", "a/*", "a*", "*", "zzz"];
+    const TYPES: &[Option<&str>] = &[None, Some("t1"), Some("t2")];
+    const TYPE_FILTERS: &[Option<&[&str]>] = &[
+        None,
+        Some(&["message"]),
+        Some(&["t1"]),
+        Some(&["message", "t1"]),
+    ];
+
+    #[derive(Debug, Clone)]
+    struct Spec {
+        topics: Vec<usize>,
+        broadcast: bool,
+        event_type: usize,
+        key: Option<u8>,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Pos {
+        Oldest,
+        /// After the n-th stored event (mod the count).
+        AfterStored(usize),
+        /// After id 0: never issued.
+        Zero,
+        /// After an id beyond the newest.
+        Future(u64),
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(Vec<Spec>),
+        Read {
+            pos: Pos,
+            patterns: Vec<usize>,
+            types: usize,
+            limit: usize,
+        },
+        LastId(usize),
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (
+            proptest::collection::vec(0..TOPICS.len(), 0..3),
+            proptest::bool::weighted(0.15),
+            0..TYPES.len(),
+            proptest::option::weighted(0.4, 0u8..4),
+        )
+            .prop_map(|(mut topics, broadcast, event_type, key)| {
+                topics.sort_unstable();
+                topics.dedup();
+                // A targeted event needs a topic.
+                if topics.is_empty() && !broadcast {
+                    topics.push(0);
+                }
+                Spec {
+                    topics,
+                    broadcast,
+                    event_type,
+                    key,
+                }
+            })
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let pos = prop_oneof![
+            2 => Just(Pos::Oldest),
+            6 => any::<usize>().prop_map(Pos::AfterStored),
+            1 => Just(Pos::Zero),
+            1 => (1u64..1000).prop_map(Pos::Future),
+        ];
+        prop_oneof![
+            4 => proptest::collection::vec(spec(), 1..=5).prop_map(Op::Append),
+            5 => (
+                pos,
+                proptest::collection::vec(0..PATTERNS.len(), 1..=3),
+                0..TYPE_FILTERS.len(),
+                1usize..=8,
+            )
+                .prop_map(|(pos, patterns, types, limit)| Op::Read {
+                    pos,
+                    patterns,
+                    types,
+                    limit,
+                }),
+            1 => (0..TOPICS.len()).prop_map(Op::LastId),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    struct Stored {
+        id: EventId,
+        topics: Vec<&'static str>,
+        broadcast: bool,
+        event_type: Option<&'static str>,
+        data: String,
+    }
+
+    /// The model's idea of a filter, written from the spec, not from `Filter`.
+    fn model_matches(e: &Stored, patterns: &[&str], types: Option<&[&str]>) -> bool {
+        let type_ok = types.is_none_or(|ts| ts.contains(&e.event_type.unwrap_or("message")));
+        let topic_ok = e.broadcast
+            || e.topics.iter().any(|t| {
+                patterns.iter().any(|p| match p.strip_suffix('*') {
+                    Some(prefix) => t.starts_with(prefix),
+                    None => t == p,
+                })
+            });
+        type_ok && topic_ok
+    }
+
+    async fn run(log: Arc<dyn EventLog>, ops: Vec<Op>) {
+        let mut stored: Vec<Stored> = Vec::new();
+        let mut keys: HashMap<u8, EventId> = HashMap::new();
+        let mut counter = 0u64;
+        for op in ops {
+            match op {
+                Op::Append(specs) => {
+                    let batch: Vec<NewEvent> = specs
+                        .iter()
+                        .map(|s| {
+                            counter += 1;
+                            NewEvent {
+                                topics: s
+                                    .topics
+                                    .iter()
+                                    .map(|&i| Topic::new(TOPICS[i]).unwrap())
+                                    .collect(),
+                                broadcast: s.broadcast,
+                                event_type: TYPES[s.event_type].map(str::to_owned),
+                                data: format!("d{counter}"),
+                                retry: None,
+                                idempotency_key: s.key.map(|k| format!("key-{k}")),
+                            }
+                        })
+                        .collect();
+                    let datas: Vec<String> = batch.iter().map(|e| e.data.clone()).collect();
+                    let result = log.append(batch).await.unwrap();
+                    assert_eq!(result.len(), specs.len());
+                    for ((s, r), data) in specs.iter().zip(&result).zip(datas) {
+                        let known = s.key.and_then(|k| keys.get(&k).copied());
+                        match known {
+                            Some(id) => {
+                                assert!(
+                                    r.duplicate,
+                                    "key {:?} repeated but not a duplicate",
+                                    s.key
+                                );
+                                assert_eq!(r.id, id);
+                            }
+                            None => {
+                                assert!(!r.duplicate, "fresh event marked duplicate");
+                                if let Some(last) = stored.last() {
+                                    assert!(r.id > last.id, "ids must increase");
+                                }
+                                if let Some(k) = s.key {
+                                    keys.insert(k, r.id);
+                                }
+                                stored.push(Stored {
+                                    id: r.id,
+                                    topics: s.topics.iter().map(|&i| TOPICS[i]).collect(),
+                                    broadcast: s.broadcast,
+                                    event_type: TYPES[s.event_type],
+                                    data,
+                                });
+                            }
+                        }
+                    }
+                    assert_eq!(*log.head().borrow(), stored.last().map(|e| e.id));
+                }
+                Op::Read {
+                    pos,
+                    patterns,
+                    types,
+                    limit,
+                } => {
+                    let patterns: Vec<&str> = patterns.iter().map(|&i| PATTERNS[i]).collect();
+                    let types = TYPE_FILTERS[types];
+                    let f = filter(&patterns, types);
+                    let newest = stored.last().map_or(0, |e| e.id.0);
+                    // (position, index of the first event after it, gap expected)
+                    let (position, start, gap) = match pos {
+                        Pos::Oldest => (Position::Oldest, 0, false),
+                        Pos::AfterStored(n) if !stored.is_empty() => {
+                            let k = n % stored.len();
+                            (Position::After(stored[k].id), k + 1, false)
+                        }
+                        Pos::AfterStored(_) | Pos::Zero => (Position::After(EventId(0)), 0, true),
+                        Pos::Future(d) => {
+                            (Position::After(EventId(newest.saturating_add(d))), 0, true)
+                        }
+                    };
+                    let expected: Vec<&Stored> = stored[start..]
+                        .iter()
+                        .filter(|e| model_matches(e, &patterns, types))
+                        .collect();
+
+                    // The first page.
+                    let b = log.read_after(position, &f, limit).await.unwrap();
+                    check_page(&b, position);
+                    assert!(b.events.len() <= limit);
+                    if gap {
+                        let g = b.gap.clone().expect("gap expected");
+                        assert_eq!(g.oldest_available, stored.first().map(|e| e.id));
+                    } else {
+                        assert_eq!(b.gap, None);
+                    }
+                    // Exactly the matches up to scanned_to, in order.
+                    let upto: Vec<EventId> = expected
+                        .iter()
+                        .filter(|e| b.scanned_to.is_some_and(|s| e.id <= s))
+                        .map(|e| e.id)
+                        .collect();
+                    assert_eq!(
+                        ids(&b.events),
+                        upto,
+                        "first page for {patterns:?} {types:?}"
+                    );
+                    for (got, want) in b.events.iter().zip(&expected) {
+                        assert_eq!(got.data, want.data);
+                        assert_eq!(got.event_type.as_deref(), want.event_type);
+                        assert_eq!(got.broadcast, want.broadcast);
+                    }
+                    if b.reached_end {
+                        assert_eq!(
+                            b.events.len(),
+                            expected.len(),
+                            "reached_end but matches missing"
+                        );
+                        // Everything after the start position was examined.
+                        if start < stored.len() {
+                            assert_eq!(b.scanned_to, stored.last().map(|e| e.id));
+                        }
+                    } else {
+                        assert!(b.scanned_to.is_some(), "no progress and not at the end");
+                    }
+
+                    // Paging from the same position reaches every match once.
+                    let (all, _) = read_to_end(&log, position, &f, limit).await;
+                    let want: Vec<EventId> = expected.iter().map(|e| e.id).collect();
+                    assert_eq!(ids(&all), want, "paged read for {patterns:?} {types:?}");
+                }
+                Op::LastId(t) => {
+                    let want = stored
+                        .iter()
+                        .rev()
+                        .find(|e| e.topics.contains(&TOPICS[t]))
+                        .map(|e| e.id);
+                    let got = log
+                        .last_id_for_topic(&Topic::new(TOPICS[t]).unwrap())
+                        .await
+                        .unwrap();
+                    assert_eq!(got, want, "last_id_for_topic({})", TOPICS[t]);
+                }
+            }
+        }
+    }
+
+    pub fn model_check(factory: Factory) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut runner = TestRunner::new(Config {
+            cases: 128,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let strategy = proptest::collection::vec(op(), 1..60);
+        let result = runner.run(&strategy, |ops| {
+            rt.block_on(run(factory(big()), ops));
+            Ok(())
+        });
+        if let Err(err) = result {
+            panic!("{err}");
+        }
+    }
+}
+
+pub use model::model_check;
+
+// ---------------------------------------------------------------------------
+// Instantiation
+// ---------------------------------------------------------------------------
+
+/// Generates the whole suite as tests for one backend.
+macro_rules! conformance_suite {
+    ($backend:ident, $factory:expr) => {
+        mod $backend {
+            use super::Factory;
+
+            const FACTORY: Factory = $factory;
+
+            conformance_suite!(@async FACTORY;
+                ids_strictly_increase,
+                empty_log_reads,
+                read_oldest_returns_all_in_order,
+                read_after_returns_exactly_later_events,
+                limit_and_paging,
+                filter_applies,
+                scanned_to_advances_without_matches,
+                gap_when_after_is_older_than_retention,
+                gap_for_ids_never_issued,
+                no_gap_after_newest,
+                idempotency_keys,
+                head_follows_appends,
+                last_id_for_topic,
+                retention_by_count,
+            );
+
+            #[tokio::test]
+            async fn limit_zero_returns_nothing() {
+                super::limit_zero_returns_nothing(FACTORY).await;
+            }
+
+            #[test]
+            fn model_check() {
+                super::model_check(FACTORY);
+            }
+        }
+    };
+    (@async $factory:ident; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                super::$name($factory).await;
+            }
+        )*
+    };
+}
+
+fn memory_log(retention: Retention) -> Arc<dyn EventLog> {
+    Arc::new(MemoryLog::new(retention))
+}
+
+conformance_suite!(memory, super::memory_log);
