@@ -25,8 +25,10 @@ use crate::filter::Filter;
 use crate::hub::{ConnId, ConnShared, Hub, Outbound};
 use crate::log::{Gap, Position};
 
-/// Events read from the log per catch-up step.
-const CATCH_UP_BATCH: usize = 512;
+/// Events read from the log per catch-up step. Small on purpose: the chunk it
+/// makes is held per connection until the socket takes it, and when thousands
+/// of streams catch up at once (a broadcast storm) that is the memory bill.
+const CATCH_UP_BATCH: usize = 128;
 /// A chunk stops growing past this many bytes, so one write stays bounded.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
 /// Longest part of an untrusted `Last-Event-ID` echoed back in `herald.gap`.

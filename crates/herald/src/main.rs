@@ -34,6 +34,8 @@ enum Command {
     Publish(cmd::publish::PublishArgs),
     /// Print events as they arrive (reconnects and resumes by itself).
     Subscribe(cmd::subscribe::SubscribeArgs),
+    /// Load generators: `conns` (memory per stream), `fanout` (throughput, latency).
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cmd::serve::run(*args),
         Command::Publish(args) => cmd::publish::run(args),
         Command::Subscribe(args) => cmd::subscribe::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

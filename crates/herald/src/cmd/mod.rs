@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod bench;
 pub(crate) mod publish;
 pub(crate) mod serve;
 pub(crate) mod subscribe;

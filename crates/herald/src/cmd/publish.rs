@@ -79,11 +79,16 @@ pub(crate) fn run(args: PublishArgs) -> anyhow::Result<()> {
         if let Some(token) = &args.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.context("sending the publish request")?;
+        let response = request
+            .send()
+            .await
+            .context("sending the publish request")?;
         let status = response.status();
         let answer: Value = response.json().await.context("reading the answer")?;
         if !status.is_success() {
-            let message = answer["error"]["message"].as_str().unwrap_or("unknown error");
+            let message = answer["error"]["message"]
+                .as_str()
+                .unwrap_or("unknown error");
             bail!("publish refused ({status}): {message}");
         }
         println!("{}", answer["id"].as_str().unwrap_or_default());

@@ -70,7 +70,9 @@ async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     let mut printed = 0u64;
     let stdout = std::io::stdout();
     loop {
-        let mut request = client.get(url.clone()).header("accept", "text/event-stream");
+        let mut request = client
+            .get(url.clone())
+            .header("accept", "text/event-stream");
         if let Some(token) = &args.token {
             request = request.bearer_auth(token);
         }

@@ -1,0 +1,362 @@
+//! A minimal HTTP/1.1 SSE client: one request, the response head skipped, the
+//! body de-chunked. Just enough for a benchmark to hold many streams cheaply.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::{anyhow, bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Largest response head we accept before the body.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Where the server is, resolved once.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// Base URL as given (for reqwest).
+    pub base: reqwest::Url,
+    /// Resolved socket address.
+    pub addr: SocketAddr,
+    /// `Host` header value.
+    host: String,
+}
+
+impl Target {
+    /// Parses and resolves `--url`.
+    pub(crate) async fn resolve(url: &str) -> anyhow::Result<Self> {
+        let base =
+            reqwest::Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
+        if base.scheme() != "http" {
+            bail!(
+                "--url: bench speaks plain http only, got {:?}",
+                base.scheme()
+            );
+        }
+        let host = base.host_str().context("--url has no host")?.to_owned();
+        let port = base.port_or_known_default().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} resolves to no address"))?;
+        let host = match base.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        };
+        Ok(Self { base, addr, host })
+    }
+
+    /// A URL under the base, e.g. `/v1/publish`.
+    pub(crate) fn url(&self, path: &str) -> anyhow::Result<reqwest::Url> {
+        let base = self.base.as_str().trim_end_matches('/');
+        reqwest::Url::parse(&format!("{base}{path}")).context("building a URL")
+    }
+
+    /// Path and query of the subscribe route for `topic`.
+    pub(crate) fn events_path(&self, topic: &str) -> anyhow::Result<String> {
+        let mut url = self.url("/v1/events")?;
+        url.query_pairs_mut().append_pair("topic", topic);
+        Ok(match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        })
+    }
+
+    /// Connects; on loopback IPv4 the source address is 127.0.0.(1 + idx % 254)
+    /// so that many connections do not exhaust one address's ephemeral ports.
+    async fn connect(&self, idx: usize) -> anyhow::Result<TcpStream> {
+        let socket = match self.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .context("creating a socket")?;
+        if let IpAddr::V4(ip) = self.addr.ip() {
+            if ip.is_loopback() {
+                let last = u8::try_from(1 + idx % 254).unwrap_or(1);
+                let source = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)), 0);
+                socket
+                    .bind(source)
+                    .with_context(|| format!("binding {source}"))?;
+            }
+        }
+        let stream = socket
+            .connect(self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+        Ok(stream)
+    }
+}
+
+/// One open SSE stream.
+#[derive(Debug)]
+pub(crate) struct SseConn {
+    stream: TcpStream,
+    decoder: BodyDecoder,
+    buf: Vec<u8>,
+}
+
+impl SseConn {
+    /// Sends the request, skips the response head and waits for the first body
+    /// bytes (the server sends `retry:` and a comment at once). Returns them.
+    pub(crate) async fn open(
+        target: &Target,
+        idx: usize,
+        path_and_query: &str,
+        buf_size: usize,
+    ) -> anyhow::Result<(Self, Vec<u8>)> {
+        let mut stream = target.connect(idx).await?;
+        let request = format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            target.host
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .context("sending the request")?;
+
+        let mut head = Vec::with_capacity(1024);
+        let head_end = loop {
+            if let Some(pos) = find(&head, b"\r\n\r\n") {
+                break pos + 4;
+            }
+            if head.len() > MAX_HEAD {
+                bail!("response head over {MAX_HEAD} bytes");
+            }
+            let n = stream
+                .read_buf(&mut head)
+                .await
+                .context("reading the response head")?;
+            if n == 0 {
+                bail!("connection closed before the response head");
+            }
+        };
+        let decoder = parse_head(&head[..head_end])?;
+        let mut conn = Self {
+            stream,
+            decoder,
+            buf: vec![0; buf_size.max(64)],
+        };
+        let mut first = Vec::new();
+        conn.decoder
+            .decode(&head[head_end..], &mut |b| first.extend_from_slice(b))
+            .map_err(|e| anyhow!("bad chunked body: {e}"))?;
+        // Bounded: every round either adds bytes, or ends with an error at EOF.
+        while first.is_empty() {
+            if !conn.read_some(|b| first.extend_from_slice(b)).await? {
+                bail!("stream ended before its first bytes");
+            }
+        }
+        Ok((conn, first))
+    }
+
+    /// Reads once and passes the decoded body bytes to `sink`.
+    /// Returns `false` when the stream has ended.
+    pub(crate) async fn read_some(
+        &mut self,
+        mut sink: impl FnMut(&[u8]) + Send,
+    ) -> anyhow::Result<bool> {
+        let n = self.stream.read(&mut self.buf).await.context("reading")?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let ended = self
+            .decoder
+            .decode(&self.buf[..n], &mut sink)
+            .map_err(|e| anyhow!("bad chunked body: {e}"))?;
+        Ok(!ended)
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Checks the status and picks the body framing.
+fn parse_head(head: &[u8]) -> anyhow::Result<BodyDecoder> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line.split(' ').nth(1).unwrap_or_default();
+    if status != "200" {
+        bail!("server answered {status_line:?}");
+    }
+    let chunked = lines.any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("transfer-encoding")
+                && value.to_ascii_lowercase().contains("chunked")
+        })
+    });
+    Ok(if chunked {
+        BodyDecoder::Chunked(Chunk::Size {
+            value: 0,
+            digits: 0,
+            ext: false,
+        })
+    } else {
+        BodyDecoder::Raw
+    })
+}
+
+/// Body framing of the response.
+#[derive(Debug)]
+enum BodyDecoder {
+    /// Read until the connection closes.
+    Raw,
+    /// `Transfer-Encoding: chunked` (what hyper uses for a streaming body).
+    Chunked(Chunk),
+}
+
+/// Where the chunked decoder is.
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    /// In the chunk-size line.
+    Size { value: u64, digits: u8, ext: bool },
+    /// Inside chunk data, this many bytes left.
+    Data(u64),
+    /// After chunk data, expecting CRLF.
+    DataEnd,
+    /// After the last chunk, reading trailer lines; `len` of the current one.
+    Trailer { len: usize },
+    /// The body has ended.
+    Done,
+}
+
+impl BodyDecoder {
+    /// Decodes `input`, passing body bytes to `sink`; `Ok(true)` once the body ended.
+    fn decode(
+        &mut self,
+        mut input: &[u8],
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, &'static str> {
+        let BodyDecoder::Chunked(state) = self else {
+            if !input.is_empty() {
+                sink(input);
+            }
+            return Ok(false);
+        };
+        // Bounded: every round consumes at least one byte of `input`.
+        while let Some((&byte, rest)) = input.split_first() {
+            match *state {
+                Chunk::Size { value, digits, ext } => {
+                    input = rest;
+                    match byte {
+                        b'\n' if digits == 0 => return Err("chunk size missing"),
+                        b'\n' if value == 0 => *state = Chunk::Trailer { len: 0 },
+                        b'\n' => *state = Chunk::Data(value),
+                        b'\r' => {}
+                        _ if ext => {}
+                        b';' => {
+                            *state = Chunk::Size {
+                                value,
+                                digits,
+                                ext: true,
+                            }
+                        }
+                        _ => {
+                            let digit = char::from(byte).to_digit(16).ok_or("bad chunk size")?;
+                            if digits >= 15 {
+                                return Err("chunk size too large");
+                            }
+                            *state = Chunk::Size {
+                                value: value * 16 + u64::from(digit),
+                                digits: digits + 1,
+                                ext,
+                            };
+                        }
+                    }
+                }
+                Chunk::Data(left) => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+                    let (data, rest) = input.split_at(take);
+                    sink(data);
+                    input = rest;
+                    let left = left - take as u64;
+                    *state = if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    };
+                }
+                Chunk::DataEnd => {
+                    input = rest;
+                    match byte {
+                        b'\r' => {}
+                        b'\n' => {
+                            *state = Chunk::Size {
+                                value: 0,
+                                digits: 0,
+                                ext: false,
+                            }
+                        }
+                        _ => return Err("chunk data not followed by CRLF"),
+                    }
+                }
+                Chunk::Trailer { len } => {
+                    input = rest;
+                    match byte {
+                        b'\n' if len == 0 => *state = Chunk::Done,
+                        b'\n' => *state = Chunk::Trailer { len: 0 },
+                        b'\r' => {}
+                        _ => *state = Chunk::Trailer { len: len + 1 },
+                    }
+                }
+                Chunk::Done => return Ok(true),
+            }
+        }
+        Ok(matches!(state, Chunk::Done))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(pieces: &[&[u8]]) -> (Vec<u8>, bool) {
+        let mut decoder = BodyDecoder::Chunked(Chunk::Size {
+            value: 0,
+            digits: 0,
+            ext: false,
+        });
+        let mut out = Vec::new();
+        let mut ended = false;
+        for piece in pieces {
+            ended = decoder
+                .decode(piece, &mut |b| out.extend_from_slice(b))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        (out, ended)
+    }
+
+    #[test]
+    fn dechunks_split_anywhere() {
+        let wire: &[u8] = b"5\r\nhello\r\nB;x=y\r\n, world!!!!\r\n0\r\nX-T: 1\r\n\r\n";
+        for split in 0..wire.len() {
+            let (a, b) = wire.split_at(split);
+            let (out, ended) = decode_all(&[a, b]);
+            assert_eq!(out, b"hello, world!!!!");
+            assert!(ended);
+        }
+        let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+        assert_eq!(decode_all(&bytes).0, b"hello, world!!!!");
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        let mut decoder = BodyDecoder::Chunked(Chunk::Size {
+            value: 0,
+            digits: 0,
+            ext: false,
+        });
+        assert!(decoder.decode(b"zz\r\n", &mut |_| {}).is_err());
+    }
+
+    #[test]
+    fn head_needs_200() {
+        assert!(parse_head(b"HTTP/1.1 400 Bad Request\r\n\r\n").is_err());
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Ok(BodyDecoder::Chunked(_))
+        ));
+    }
+}
