@@ -62,7 +62,7 @@ test('stream head and body are byte-exact', { timeout: 20_000 }, async () => {
     [{ data: 'r', retry: 1500 }, (id) => `id: ${id}\ndata: r\nretry: 1500\n\n`, 'r'],
     [{ data: '' }, (id) => `id: ${id}\ndata: \n\n`, ''],
     [{ event: 'x', data: 'id: 1\n\nevent: evil\ndata: injected' },
-      (id) => `id: ${id}\nevent: x\ndata: id: 1\ndata: \ndata: event: evil\ndata: injected\n\n`,
+      (id) => `id: ${id}\nevent: x\ndata: id: 1\ndata: \ndata: event: evil\ndata: data: injected\n\n`,
       'id: 1\n\nevent: evil\ndata: injected'],
   ];
 

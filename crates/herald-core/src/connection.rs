@@ -16,7 +16,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
@@ -180,7 +179,8 @@ impl Connection {
                     (_, Some(buf)) => buf.extend_from_slice(&frame),
                 }
             }
-            let size = single.as_ref().map_or(0, Bytes::len) + coalesced.as_ref().map_or(0, BytesMut::len);
+            let size =
+                single.as_ref().map_or(0, Bytes::len) + coalesced.as_ref().map_or(0, BytesMut::len);
             if size < MAX_CHUNK_BYTES {
                 item = self.rx.try_recv().ok();
             }
@@ -218,7 +218,12 @@ impl Connection {
         let mut buf = BytesMut::new();
         let gap = match (batch.gap, self.unknown_resume.take()) {
             (Some(gap), raw) => Some((gap, raw.unwrap_or_else(|| describe(from)))),
-            (None, Some(raw)) => Some((Gap { oldest_available: None }, raw)),
+            (None, Some(raw)) => Some((
+                Gap {
+                    oldest_available: None,
+                },
+                raw,
+            )),
             (None, None) => None,
         };
         if let Some((gap, last_event_id)) = gap {
@@ -305,4 +310,3 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
-

@@ -6,10 +6,11 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
 
-use bytes::Bytes;
-use herald_sse::{encode_event, EventFields};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use herald_sse::{encode_event_into, EventFields};
 
 use crate::topic::Topic;
 
@@ -58,66 +59,138 @@ pub struct NewEvent {
 }
 
 /// A stored event.
+///
+/// It keeps its SSE frame rather than its data: the frame is what every
+/// recipient gets, it is encoded once when the event is made, and holding the
+/// data a second time would double what the log costs per event. The struct
+/// is kept small (it is the per-event cost of a retained log): the type is a
+/// shared string, the time is in seconds.
 #[derive(Debug)]
 pub struct Event {
     /// Its position in the log.
     pub id: EventId,
     /// Target topics.
-    pub topics: Vec<Topic>,
+    pub topics: Box<[Topic]>,
+    /// The SSE `event:` type (for the `types` filter).
+    pub event_type: Option<Arc<str>>,
+    /// The encoded SSE frame: `id:`, `event:`, `data:`..., `retry:`, blank line.
+    frame: Bytes,
+    /// When it was stored, in seconds since the Unix epoch (retention by age).
+    pub stored_at_s: u32,
     /// Whether every connection receives it.
     pub broadcast: bool,
-    /// The SSE `event:` type.
-    pub event_type: Option<String>,
-    /// The payload text.
-    pub data: String,
-    /// The SSE `retry:` field.
-    pub retry: Option<u64>,
-    /// When it was stored, in milliseconds since the Unix epoch (retention by age).
-    pub stored_at_ms: u64,
-    /// The idempotency key it was stored with, if any.
-    pub idempotency_key: Option<String>,
-    /// The encoded SSE frame, made on first use and then shared.
-    frame: OnceLock<Bytes>,
 }
 
 impl Event {
-    /// Gives `new` its id.
-    pub fn from_new(id: EventId, new: NewEvent, stored_at_ms: u64) -> Self {
-        Self {
+    /// Gives `new` its id and encodes its frame into `arena`. `new` must have
+    /// been validated (event type without CR/LF): should the type still be
+    /// refused, the event is sent without it rather than dropped.
+    pub fn from_new(id: EventId, new: NewEvent, stored_at_s: u32, arena: &mut FrameArena) -> Self {
+        let event_type = new.event_type.map(Arc::from);
+        Self::from_parts(
             id,
-            topics: new.topics,
-            broadcast: new.broadcast,
-            event_type: new.event_type,
-            data: new.data,
-            retry: new.retry,
-            stored_at_ms,
-            idempotency_key: new.idempotency_key,
-            frame: OnceLock::new(),
-        }
+            new.topics.into(),
+            new.broadcast,
+            event_type,
+            &new.data,
+            new.retry,
+            stored_at_s,
+            arena,
+        )
     }
 
-    /// The SSE frame of this event (`id:`, `event:`, `data:`..., `retry:`,
-    /// blank line), encoded once and shared.
-    pub fn frame(&self) -> &Bytes {
-        self.frame.get_or_init(|| {
-            let id = self.id.to_string();
-            let fields = EventFields {
-                id: Some(&id),
-                event: self.event_type.as_deref(),
-                data: &self.data,
-                retry: self.retry,
-            };
-            // Validation before storing makes this infallible; should it ever
-            // fail, sending the event without its type beats dropping it.
-            encode_event(&fields).unwrap_or_else(|_| {
-                encode_event(&EventFields {
+    /// Like [`Event::from_new`], for backends that share type names and
+    /// topic lists between events.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        id: EventId,
+        topics: Box<[Topic]>,
+        broadcast: bool,
+        event_type: Option<Arc<str>>,
+        data: &str,
+        retry: Option<u64>,
+        stored_at_s: u32,
+        arena: &mut FrameArena,
+    ) -> Self {
+        let id_text = id.to_string();
+        let fields = EventFields {
+            id: Some(&id_text),
+            event: event_type.as_deref(),
+            data,
+            retry,
+        };
+        let frame = arena
+            .encode(&fields)
+            .or_else(|_| {
+                arena.encode(&EventFields {
                     event: None,
                     ..fields
                 })
-                .unwrap_or_default()
             })
-        })
+            .unwrap_or_default();
+        Self {
+            id,
+            topics,
+            event_type,
+            frame,
+            stored_at_s,
+            broadcast,
+        }
     }
+
+    /// The SSE frame of this event, shared by every recipient.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    /// The data as a client receives it (line breaks normalised to LF),
+    /// decoded from the frame. For storage backends and tests, not hot paths.
+    pub fn data(&self) -> String {
+        self.decoded().map(|e| e.data).unwrap_or_default()
+    }
+
+    /// The `retry:` field, decoded from the frame.
+    pub fn retry(&self) -> Option<u64> {
+        self.decoded().and_then(|e| e.retry)
+    }
+
+    fn decoded(&self) -> Option<herald_sse::ParsedEvent> {
+        herald_sse::Parser::new().feed(&self.frame).pop()
+    }
+}
+
+/// Frames encoded back to back into shared 64 KiB buffers: one allocation
+/// per buffer instead of one per event, and no size-class slack. A buffer is
+/// freed when the last frame in it is dropped; logs drop events oldest first,
+/// so buffers are freed in order.
+#[derive(Debug, Default)]
+pub struct FrameArena {
+    buf: BytesMut,
+}
+
+/// Size of one arena buffer.
+const ARENA_BUFFER: usize = 64 * 1024;
+/// Start a new buffer rather than split one with less room than this left.
+const ARENA_MIN_ROOM: usize = 512;
+
+impl FrameArena {
+    /// An empty arena (allocates on first use).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn encode(&mut self, fields: &EventFields<'_>) -> Result<Bytes, herald_sse::EncodeError> {
+        if self.buf.capacity() - self.buf.len() < ARENA_MIN_ROOM {
+            self.buf = BytesMut::with_capacity(ARENA_BUFFER);
+        }
+        encode_event_into(fields, &mut self.buf)?;
+        Ok(self.buf.split().freeze())
+    }
+}
+
+/// Seconds since the Unix epoch, by the wall clock (fits `u32` until 2106).
+pub fn now_s() -> u32 {
+    (now_ms() / 1000) as u32
 }
 
 /// Milliseconds since the Unix epoch, by the wall clock.
@@ -131,6 +204,40 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The struct is the per-event cost of a retained log (with the `Arc`
+    /// header it must fit jemalloc's 96-byte class).
+    #[test]
+    fn event_stays_small() {
+        assert!(
+            std::mem::size_of::<Event>() <= 80,
+            "{}",
+            std::mem::size_of::<Event>()
+        );
+    }
+
+    #[test]
+    fn frames_round_trip_through_the_arena() {
+        let mut arena = FrameArena::new();
+        let events: Vec<Event> = (1..=1000)
+            .map(|i| {
+                let new = NewEvent {
+                    topics: vec![],
+                    broadcast: true,
+                    event_type: (i % 2 == 0).then(|| "t".to_owned()),
+                    data: format!("line {i}\r\nnext"),
+                    retry: Some(i),
+                    idempotency_key: None,
+                };
+                Event::from_new(EventId(i), new, 0, &mut arena)
+            })
+            .collect();
+        for (i, event) in (1..).zip(&events) {
+            assert_eq!(event.data(), format!("line {i}\nnext"));
+            assert_eq!(event.retry(), Some(i));
+            assert!(event.frame().starts_with(format!("id: {i}\n").as_bytes()));
+        }
+    }
 
     #[test]
     fn ids_parse_only_from_digits() {

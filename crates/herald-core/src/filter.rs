@@ -23,7 +23,10 @@ pub struct Filter {
 
 impl Filter {
     /// A filter over `patterns` (duplicates removed) and optional `types`.
-    pub fn new(patterns: impl IntoIterator<Item = TopicPattern>, types: Option<Vec<String>>) -> Self {
+    pub fn new(
+        patterns: impl IntoIterator<Item = TopicPattern>,
+        types: Option<Vec<String>>,
+    ) -> Self {
         let mut filter = Self {
             types: types.map(|t| t.into_iter().collect()),
             ..Self::default()
@@ -66,7 +69,10 @@ impl Filter {
     pub fn matches_topic(&self, topic: &Topic) -> bool {
         self.all
             || self.exact.contains(topic.as_str())
-            || self.prefixes.iter().any(|p| topic.as_str().starts_with(&**p))
+            || self
+                .prefixes
+                .iter()
+                .any(|p| topic.as_str().starts_with(&**p))
     }
 
     /// Whether `event` is delivered to a connection with this filter.

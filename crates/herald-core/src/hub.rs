@@ -307,7 +307,15 @@ impl Hub {
             .fetch_add(1, Ordering::Relaxed);
         // Read after registering: any event newer than this is dispatched to us.
         let live_from = *self.log.head().borrow();
-        Connection::new(self.clone(), id, shared, filter, rx, subscriber.resume, live_from)
+        Connection::new(
+            self.clone(),
+            id,
+            shared,
+            filter,
+            rx,
+            subscriber.resume,
+            live_from,
+        )
     }
 
     pub(crate) fn unregister(&self, id: ConnId) {
@@ -338,8 +346,14 @@ impl Hub {
                         // Events left retention before the tail read them:
                         // every stream catches up on its own and so learns
                         // of the gap (herald.gap) instead of missing them.
-                        tracing::warn!("the log tail fell behind retention; all streams catch up from the log");
-                        self.index.read().conns.values().for_each(|e| e.force_catch_up());
+                        tracing::warn!(
+                            "the log tail fell behind retention; all streams catch up from the log"
+                        );
+                        self.index
+                            .read()
+                            .conns
+                            .values()
+                            .for_each(|e| e.force_catch_up());
                     }
                     self.dispatch(&batch.events);
                     if let Some(id) = batch.scanned_to {
@@ -471,7 +485,10 @@ impl Hub {
             .conns
             .values()
             .filter(|e| {
-                index.exact.get(topic).is_some_and(|s| s.contains_key(&e.id))
+                index
+                    .exact
+                    .get(topic)
+                    .is_some_and(|s| s.contains_key(&e.id))
                     || e.filter
                         .patterns()
                         .iter()

@@ -18,7 +18,7 @@ pub mod log;
 pub mod topic;
 
 pub use connection::{Connection, Resume};
-pub use event::{now_ms, Event, EventId, NewEvent, RESERVED_EVENT_PREFIX};
+pub use event::{now_ms, now_s, Event, EventId, FrameArena, NewEvent, RESERVED_EVENT_PREFIX};
 pub use filter::Filter;
 pub use hub::{Hub, HubConfig, HubCounts, Subscriber};
 pub use log::{Appended, EventLog, Gap, LogError, Position, ReadBatch};

@@ -8,14 +8,14 @@
 //!   restart gets `herald.gap` instead of silently skipping new events;
 //! - retention (count, bytes, age) only ever removes from the front.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::{
-    now_ms, Appended, Event, EventId, EventLog, Filter, Gap, LogError, NewEvent, Position,
-    ReadBatch, Topic,
+    now_ms, Appended, Event, EventId, EventLog, Filter, FrameArena, Gap, LogError, NewEvent,
+    Position, ReadBatch, Topic,
 };
 use parking_lot::RwLock;
 use tokio::sync::watch;
@@ -66,13 +66,18 @@ struct Inner {
     idempotency: HashMap<String, (EventId, u64)>,
     /// Keys in insertion order, for expiry.
     idempotency_order: VecDeque<(u64, String)>,
+    /// One shared name per topic, so a million events on `news` hold one
+    /// string, not a million. Names no event holds any more are dropped by
+    /// [`MemoryLog::trim`].
+    topic_names: HashSet<Topic>,
+    /// The same for event type names.
+    type_names: HashSet<Arc<str>>,
+    /// Where frames are encoded.
+    frames: FrameArena,
 }
 
 fn event_bytes(event: &Event) -> usize {
-    event.data.len()
-        + event.event_type.as_ref().map_or(0, String::len)
-        + event.topics.iter().map(|t| t.as_str().len()).sum::<usize>()
-        + 64
+    event.frame().len() + event.topics.len() * 8 + 128
 }
 
 impl MemoryLog {
@@ -91,6 +96,9 @@ impl MemoryLog {
                 bytes: 0,
                 idempotency: HashMap::new(),
                 idempotency_order: VecDeque::new(),
+                topic_names: HashSet::new(),
+                type_names: HashSet::new(),
+                frames: FrameArena::new(),
             }),
             head: watch::channel(None).0,
         }
@@ -101,6 +109,10 @@ impl MemoryLog {
     pub fn trim(&self) {
         let mut inner = self.inner.write();
         inner.trim(&self.retention, now_ms());
+        inner
+            .topic_names
+            .retain(|t| Arc::strong_count(t.as_arc()) > 1);
+        inner.type_names.retain(|t| Arc::strong_count(t) > 1);
     }
 
     /// Events currently retained.
@@ -120,7 +132,8 @@ impl Inner {
         while let Some(front) = self.events.front() {
             let too_many = self.events.len() > retention.max_events;
             let too_big = self.bytes > retention.max_bytes;
-            let too_old = now.saturating_sub(front.stored_at_ms) > max_age_ms;
+            let stored_at_ms = u64::from(front.stored_at_s) * 1000;
+            let too_old = now.saturating_sub(stored_at_ms) > max_age_ms;
             if !(too_many || too_big || too_old) {
                 break;
             }
@@ -140,6 +153,23 @@ impl Inner {
                 }
             }
         }
+    }
+
+    fn intern(&mut self, topic: Topic) -> Topic {
+        if let Some(shared) = self.topic_names.get(topic.as_str()) {
+            return shared.clone();
+        }
+        self.topic_names.insert(topic.clone());
+        topic
+    }
+
+    fn intern_type(&mut self, name: String) -> Arc<str> {
+        if let Some(shared) = self.type_names.get(name.as_str()) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.type_names.insert(shared.clone());
+        shared
     }
 
     fn oldest_id(&self) -> Option<EventId> {
@@ -173,7 +203,19 @@ impl EventLog for MemoryLog {
                     inner.idempotency.insert(key.clone(), (id, now));
                     inner.idempotency_order.push_back((now, key.clone()));
                 }
-                let event = Event::from_new(id, new, now);
+                let inner = &mut *inner;
+                let topics = new.topics.into_iter().map(|t| inner.intern(t)).collect();
+                let event_type = new.event_type.map(|t| inner.intern_type(t));
+                let event = Event::from_parts(
+                    id,
+                    topics,
+                    new.broadcast,
+                    event_type,
+                    &new.data,
+                    new.retry,
+                    (now / 1000) as u32,
+                    &mut inner.frames,
+                );
                 inner.bytes += event_bytes(&event);
                 inner.events.push_back(Arc::new(event));
                 results.push(Appended {

@@ -36,7 +36,9 @@ pub async fn serve(
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     // Streams are long-lived, so this bounds sockets, not requests.
-    let permits = Arc::new(Semaphore::new(state.config.max_connections.saturating_add(1024)));
+    let permits = Arc::new(Semaphore::new(
+        state.config.max_connections.saturating_add(1024),
+    ));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

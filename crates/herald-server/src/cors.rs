@@ -15,7 +15,11 @@ use axum::response::{IntoResponse, Response};
 use crate::AppState;
 
 /// Adds CORS headers, and answers preflights itself.
-pub(crate) async fn cors(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub(crate) async fn cors(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let origin = request
         .headers()
         .get(header::ORIGIN)
@@ -36,7 +40,10 @@ pub(crate) async fn cors(State(state): State<Arc<AppState>>, request: Request, n
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("authorization, last-event-id, content-type, cache-control"),
         );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
         r
     } else {
         next.run(request).await
@@ -57,5 +64,7 @@ fn origin_allowed(allowed: &[String], origin: &HeaderValue) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
-    allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
 }

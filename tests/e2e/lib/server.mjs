@@ -86,13 +86,16 @@ export async function startHerald(extraArgs = [], { env = {}, startTimeoutMs = 2
   // Keep draining output so the child never blocks on a full pipe.
   proc.stdout.on('data', keep);
 
+  // A timer that does not keep the test process alive.
+  const idle = (ms) => new Promise((r) => setTimeout(r, ms, null).unref());
+
   async function stop() {
     if (exited) return exited;
     proc.kill('SIGTERM');
-    const res = await Promise.race([exitPromise, sleep(5_000).then(() => null)]);
+    const res = await Promise.race([exitPromise, idle(5_000)]);
     if (res) return res;
     proc.kill('SIGKILL');
-    return Promise.race([exitPromise, sleep(5_000).then(() => null)]);
+    return Promise.race([exitPromise, idle(5_000)]);
   }
 
   return { url, pid: proc.pid, proc, stop, output: () => log, exited: () => exited };
@@ -108,12 +111,18 @@ export function rssKiB(pid) {
 
 /** Generic HTTP request with fetch. Returns {status, headers, text, json}. */
 export async function request(url, path, { method = 'GET', headers = {}, body, timeoutMs = 10_000 } = {}) {
-  const res = await fetch(url + path, {
-    method,
-    headers,
-    body,
-    signal: AbortSignal.timeout(timeoutMs),
-  });
+  let res;
+  try {
+    res = await fetch(url + path, {
+      method,
+      headers,
+      body,
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+  } catch (err) {
+    const c = err.cause;
+    throw new Error(`${method} ${path}: ${err.message}${c ? ` (cause: ${c.code ?? ''} ${c.message ?? c})` : ''}`, { cause: err });
+  }
   const text = await res.text();
   let json;
   try { json = text.length ? JSON.parse(text) : undefined; } catch { json = undefined; }

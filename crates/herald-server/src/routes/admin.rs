@@ -72,7 +72,10 @@ pub(crate) async fn user(
 ) -> Result<Response, ApiError> {
     state.auth.admin()?;
     let connections = state.hub.user_connections(&id);
-    Ok(Json(json!({"id": id, "online": connections > 0, "connections": connections})).into_response())
+    Ok(
+        Json(json!({"id": id, "online": connections > 0, "connections": connections}))
+            .into_response(),
+    )
 }
 
 /// `DELETE /v1/users/{id}/connections`: ends every stream of that user.

@@ -37,15 +37,60 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         );
     };
-    metric("herald_connections", "gauge", "Open event streams.", counts.connections as u64);
-    metric("herald_users_online", "gauge", "Users with an open stream.", counts.users_online as u64);
-    metric("herald_topics", "gauge", "Subscribed topics and patterns.", counts.topics as u64);
-    metric("herald_events_published_total", "counter", "Events stored via this node.", c.published.load(Ordering::Relaxed));
-    metric("herald_events_dispatched_total", "counter", "Events fanned out by this node.", c.dispatched.load(Ordering::Relaxed));
-    metric("herald_events_delivered_total", "counter", "Event frames written to streams.", c.delivered.load(Ordering::Relaxed));
-    metric("herald_stream_lagged_total", "counter", "Times a slow stream switched to catch-up from the log.", c.lagged.load(Ordering::Relaxed));
-    metric("herald_connections_opened_total", "counter", "Streams opened.", c.connections_opened.load(Ordering::Relaxed));
-    metric("herald_uptime_seconds", "gauge", "Seconds since start.", state.hub.uptime().as_secs());
+    metric(
+        "herald_connections",
+        "gauge",
+        "Open event streams.",
+        counts.connections as u64,
+    );
+    metric(
+        "herald_users_online",
+        "gauge",
+        "Users with an open stream.",
+        counts.users_online as u64,
+    );
+    metric(
+        "herald_topics",
+        "gauge",
+        "Subscribed topics and patterns.",
+        counts.topics as u64,
+    );
+    metric(
+        "herald_events_published_total",
+        "counter",
+        "Events stored via this node.",
+        c.published.load(Ordering::Relaxed),
+    );
+    metric(
+        "herald_events_dispatched_total",
+        "counter",
+        "Events fanned out by this node.",
+        c.dispatched.load(Ordering::Relaxed),
+    );
+    metric(
+        "herald_events_delivered_total",
+        "counter",
+        "Event frames written to streams.",
+        c.delivered.load(Ordering::Relaxed),
+    );
+    metric(
+        "herald_stream_lagged_total",
+        "counter",
+        "Times a slow stream switched to catch-up from the log.",
+        c.lagged.load(Ordering::Relaxed),
+    );
+    metric(
+        "herald_connections_opened_total",
+        "counter",
+        "Streams opened.",
+        c.connections_opened.load(Ordering::Relaxed),
+    );
+    metric(
+        "herald_uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        state.hub.uptime().as_secs(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -53,7 +53,11 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/plain"));
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/plain")
+        });
     let body = read_body(body, state.config.max_body_bytes).await?;
     let (requests, single) = if is_text {
         (vec![simple_form(parts.uri.query(), body)?], true)
@@ -65,12 +69,9 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
         .enumerate()
         .map(|(i, r)| validate(r, state.config.max_data_bytes).map_err(|e| in_item(e, i, single)))
         .collect::<Result<Vec<_>, _>>()?;
-    let results = state
-        .hub
-        .log()
-        .append(batch)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("{e}; the event was not stored, retry later")))?;
+    let results = state.hub.log().append(batch).await.map_err(|e| {
+        ApiError::unavailable(format!("{e}; the event was not stored, retry later"))
+    })?;
     let stored = results.iter().filter(|r| !r.duplicate).count() as u64;
     state
         .hub
@@ -103,7 +104,11 @@ fn answer(results: &[Appended], single: bool) -> Response {
             } else {
                 StatusCode::CREATED
             };
-            (status, Json(Value::Array(results.iter().map(json).collect()))).into_response()
+            (
+                status,
+                Json(Value::Array(results.iter().map(json).collect())),
+            )
+                .into_response()
         }
     }
 }
@@ -119,8 +124,9 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
 
 /// The JSON body: one object (single) or an array of objects (batch).
 fn json_requests(body: &[u8]) -> Result<(Vec<PublishRequest>, bool), ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}"))
+    })?;
     let (items, single) = match value {
         Value::Array(items) => (items, false),
         other @ Value::Object(_) => (vec![other], true),
@@ -132,7 +138,10 @@ fn json_requests(body: &[u8]) -> Result<(Vec<PublishRequest>, bool), ApiError> {
         }
     };
     if items.is_empty() {
-        return Err(ApiError::bad_request("empty_batch", "the batch has no events"));
+        return Err(ApiError::bad_request(
+            "empty_batch",
+            "the batch has no events",
+        ));
     }
     if items.len() > MAX_BATCH {
         return Err(ApiError::too_large(
@@ -145,7 +154,11 @@ fn json_requests(body: &[u8]) -> Result<(Vec<PublishRequest>, bool), ApiError> {
         .enumerate()
         .map(|(i, item)| {
             serde_json::from_value::<PublishRequest>(item).map_err(|e| {
-                in_item(ApiError::bad_request("invalid_field", e.to_string()), i, single)
+                in_item(
+                    ApiError::bad_request("invalid_field", e.to_string()),
+                    i,
+                    single,
+                )
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -160,7 +173,10 @@ fn simple_form(query: Option<&str>, body: bytes::Bytes) -> Result<PublishRequest
     let retry = match query.first("retry") {
         None => None,
         Some(r) => Some(r.parse::<u64>().map_err(|_| {
-            ApiError::bad_request("invalid_field", "retry must be a whole number of milliseconds")
+            ApiError::bad_request(
+                "invalid_field",
+                "retry must be a whole number of milliseconds",
+            )
         })?),
     };
     Ok(PublishRequest {

@@ -30,9 +30,8 @@ fn open(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
     let access = state.auth.subscriber(&query)?;
     let mut patterns = Vec::new();
     for spec in query.all("topic") {
-        let pattern = TopicPattern::parse(spec).map_err(|e| {
-            ApiError::bad_request("invalid_topic", format!("topic {spec:?}: {e}"))
-        })?;
+        let pattern = TopicPattern::parse(spec)
+            .map_err(|e| ApiError::bad_request("invalid_topic", format!("topic {spec:?}: {e}")))?;
         patterns.push(pattern);
     }
     if let Some(user) = &access.user {
@@ -110,7 +109,9 @@ fn set_stream_headers(headers: &mut HeaderMap, version: Version) {
 fn come_back_later(state: &AppState, version: Version) -> Response {
     let base = state.hub.config().retry_ms.max(1000);
     let retry = base + rand_jitter(base);
-    let body = Body::from(format!("retry: {retry}\n:over capacity, come back later\n\n"));
+    let body = Body::from(format!(
+        "retry: {retry}\n:over capacity, come back later\n\n"
+    ));
     let mut response = (StatusCode::OK, body).into_response();
     set_stream_headers(response.headers_mut(), version);
     response
