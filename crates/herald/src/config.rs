@@ -207,7 +207,7 @@ impl Config {
         let source = |key: &str| {
             figment
                 .find_metadata(key)
-                .map(|m| format!(" (from {})", m.name))
+                .map(|m| format!(" (from {})", source_of(m, &[key])))
                 .unwrap_or_default()
         };
         let bad = |key: &str, why: &str| ConfigError(format!("`{key}`{}: {why}", source(key)));
@@ -250,6 +250,24 @@ impl Config {
     }
 }
 
+/// Names where a value came from: the file, the exact environment variable,
+/// or the flag.
+fn source_of(metadata: &figment::Metadata, key: &[&str]) -> String {
+    if let Some(figment::Source::File(path)) = &metadata.source {
+        return format!("config file {}", path.display());
+    }
+    if metadata.name.contains("environment") {
+        return format!(
+            "environment variable HERALD_{}",
+            key.join("_").to_uppercase()
+        );
+    }
+    if metadata.name.contains("ServeArgs") {
+        return format!("flag --{}", key.join(".").replace('_', "-"));
+    }
+    "the defaults".to_owned()
+}
+
 fn describe(err: &figment::Error) -> String {
     let mut out = String::new();
     for e in err.clone() {
@@ -257,10 +275,11 @@ fn describe(err: &figment::Error) -> String {
             out.push_str("; ");
         }
         let key = e.path.join(".");
+        let path: Vec<&str> = e.path.iter().map(String::as_str).collect();
         let from = e
             .metadata
             .as_ref()
-            .map(|m| format!(" (from {})", m.name))
+            .map(|m| format!(" (from {})", source_of(m, &path)))
             .unwrap_or_default();
         if key.is_empty() {
             out.push_str(&format!("{}{from}", e.kind));
