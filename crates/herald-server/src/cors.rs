@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -20,11 +20,7 @@ pub(crate) async fn cors(
     request: Request,
     next: Next,
 ) -> Response {
-    let origin = request
-        .headers()
-        .get(header::ORIGIN)
-        .filter(|o| origin_allowed(&state.config.allowed_origins, o))
-        .cloned();
+    let origin = allowed_origin(&state.config.allowed_origins, request.headers());
     let preflight = request.method() == Method::OPTIONS
         && request
             .headers()
@@ -48,16 +44,28 @@ pub(crate) async fn cors(
     } else {
         next.run(request).await
     };
-    let h = response.headers_mut();
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    set_cors_headers(response.headers_mut(), origin);
+    response
+}
+
+/// The request's `Origin`, if it is allowed.
+pub(crate) fn allowed_origin(allowed: &[String], request: &HeaderMap) -> Option<HeaderValue> {
+    request
+        .get(header::ORIGIN)
+        .filter(|o| origin_allowed(allowed, o))
+        .cloned()
+}
+
+/// Adds `Vary: Origin` and, for an allowed origin, the exact-echo headers.
+pub(crate) fn set_cors_headers(response: &mut HeaderMap, origin: Option<HeaderValue>) {
+    response.append(header::VARY, HeaderValue::from_static("Origin"));
     if let Some(origin) = origin {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(
+        response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        response.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
             HeaderValue::from_static("true"),
         );
     }
-    response
 }
 
 fn origin_allowed(allowed: &[String], origin: &HeaderValue) -> bool {

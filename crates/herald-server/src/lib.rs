@@ -11,6 +11,7 @@
 mod accept;
 mod auth;
 mod cors;
+mod direct;
 mod error;
 mod query;
 mod routes;

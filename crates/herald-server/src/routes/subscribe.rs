@@ -17,16 +17,43 @@ use crate::error::ApiError;
 use crate::query::QueryPairs;
 use crate::AppState;
 
+/// Whether a valid subscription request gets a stream now.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Open it.
+    Open(Subscriber),
+    /// Over the connection limit: tell the client to come back later.
+    ComeBackLater,
+}
+
 /// Opens an event stream for the caller.
 pub(crate) async fn subscribe(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    match open(&state, request) {
-        Ok(response) => response,
+    let version = request.version();
+    match admit(&state, request.uri().query(), request.headers()) {
+        Ok(Admission::Open(subscriber)) => {
+            let connection = state.hub.connect(subscriber);
+            let stream = futures_util::stream::unfold(connection, |mut connection| async move {
+                let chunk = connection.next_chunk().await?;
+                Some((Ok::<Bytes, std::convert::Infallible>(chunk), connection))
+            });
+            let mut response = Response::new(Body::from_stream(stream));
+            set_stream_headers(response.headers_mut(), version);
+            response
+        }
+        Ok(Admission::ComeBackLater) => come_back_later(&state, version),
         Err(err) => err.into_response(),
     }
 }
 
-fn open(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
-    let query = QueryPairs::parse(request.uri().query());
+/// Validates a subscription request (identity, topics, types, resume point)
+/// and checks the connection limit. No side effects: both the hyper route and
+/// the direct HTTP/1.1 path (`crate::direct`) call it before connecting.
+pub(crate) fn admit(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Admission, ApiError> {
+    let query = QueryPairs::parse(query);
     let access = state.auth.subscriber(&query)?;
     let mut patterns = Vec::new();
     for spec in query.all("topic") {
@@ -52,26 +79,14 @@ fn open(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
             .map(String::from)
             .collect::<Vec<_>>()
     });
-    let resume = resume_point(request.headers(), &query);
-    let version = request.version();
-
     if state.hub.counts().connections >= state.config.max_connections {
-        return Ok(come_back_later(state, version));
+        return Ok(Admission::ComeBackLater);
     }
-
-    let subscriber = Subscriber {
+    Ok(Admission::Open(Subscriber {
         user: access.user,
         filter: Filter::new(patterns, types),
-        resume,
-    };
-    let connection = state.hub.connect(subscriber);
-    let stream = futures_util::stream::unfold(connection, |mut connection| async move {
-        let chunk = connection.next_chunk().await?;
-        Some((Ok::<Bytes, std::convert::Infallible>(chunk), connection))
-    });
-    let mut response = Response::new(Body::from_stream(stream));
-    set_stream_headers(response.headers_mut(), version);
-    Ok(response)
+        resume: resume_point(headers, &query),
+    }))
 }
 
 /// `Last-Event-ID` header, else the `lastEventId` query parameter.
@@ -90,7 +105,8 @@ fn resume_point(headers: &HeaderMap, query: &QueryPairs) -> Resume {
     }
 }
 
-fn set_stream_headers(headers: &mut HeaderMap, version: Version) {
+/// The headers of every event stream response.
+pub(crate) fn set_stream_headers(headers: &mut HeaderMap, version: Version) {
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream; charset=utf-8"),

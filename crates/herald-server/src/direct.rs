@@ -1,0 +1,202 @@
+//! The direct path for HTTP/1.1 event streams.
+//!
+//! Why: hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for the
+//! life of every connection. An SSE stream is one request followed by hours of
+//! small writes, so on hyper those buffers are most of what an idle
+//! subscriber costs. Here the accept loop peeks at a new connection's request
+//! head; a complete HTTP/1.1 `GET /v1/events` that [`admit`] accepts is served
+//! by [`stream`], which writes the response head and chunked frames straight
+//! to the socket and keeps no buffer between writes. Everything else —
+//! other routes, HTTP/2, refused or partial requests — goes to hyper
+//! untouched (peeking consumes nothing), so the router stays the one source of
+//! every other answer, errors included.
+//!
+//! Invariants: bytes are consumed from the socket only after the request is
+//! admitted; the stream is closed on an event boundary (the writer yields
+//! whole frames) with the terminating chunk, after which the connection goes
+//! back to hyper for keep-alive requests.
+
+use std::io;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Version};
+use bytes::{Buf, Bytes};
+use herald_core::{Connection, Subscriber};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cors;
+use crate::routes::subscribe::{admit, set_stream_headers, Admission};
+use crate::AppState;
+
+/// Longest request head the direct path looks at; longer ones go to hyper.
+const MAX_HEAD: usize = 8 * 1024;
+/// Headers parsed at most.
+const MAX_HEADERS: usize = 64;
+
+/// A request the direct path will serve.
+#[derive(Debug)]
+pub(crate) struct DirectRequest {
+    head_len: usize,
+    subscriber: Subscriber,
+    headers: HeaderMap,
+}
+
+/// Peeks at the request head; returns it when it is an admitted HTTP/1.1
+/// `GET /v1/events`. Consumes nothing.
+pub(crate) async fn sniff(stream: &TcpStream, state: &AppState) -> Option<Box<DirectRequest>> {
+    let mut buf = vec![0u8; MAX_HEAD];
+    let n = stream.peek(&mut buf).await.ok()?;
+    let mut parsed_headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut parsed_headers);
+    let head_len = match request.parse(&buf[..n]) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return None,
+    };
+    if request.method != Some("GET") || request.version != Some(1) {
+        return None;
+    }
+    let target = request.path?;
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    if path != "/v1/events" {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(request.headers.len());
+    for h in request.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        headers.append(name, value);
+    }
+    // A request body, or an upgrade, is hyper's business.
+    if headers.contains_key("content-length")
+        || headers.contains_key("transfer-encoding")
+        || headers.contains_key("upgrade")
+    {
+        return None;
+    }
+    match admit(state, query, &headers) {
+        Ok(Admission::Open(subscriber)) => Some(Box::new(DirectRequest {
+            head_len,
+            subscriber,
+            headers,
+        })),
+        _ => None,
+    }
+}
+
+/// Serves the event stream. Returns the socket when the server ended the
+/// stream (kick, lifetime, shutdown) so the caller can keep the connection
+/// alive; `None` when the client went away.
+pub(crate) async fn stream(
+    mut socket: TcpStream,
+    state: Arc<AppState>,
+    request: Box<DirectRequest>,
+) -> io::Result<Option<TcpStream>> {
+    // The head was only peeked at: consume exactly it.
+    let mut consumed = vec![0u8; request.head_len];
+    socket.read_exact(&mut consumed).await?;
+    drop(consumed);
+    let (mut connection, head) = start(&state, request);
+    socket.write_all(&head).await?;
+    drop(head);
+
+    let (mut reader, mut writer) = socket.split();
+    // Only read to notice the client closing; SSE clients send nothing more.
+    let mut probe = [0u8; 32];
+    loop {
+        tokio::select! {
+            chunk = connection.next_chunk() => match chunk {
+                Some(chunk) => write_chunk(&mut writer, chunk).await?,
+                None => {
+                    writer.write_all(b"0\r\n\r\n").await?;
+                    break;
+                }
+            },
+            read = reader.read(&mut probe) => match read {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => continue,
+            },
+        }
+    }
+    drop(connection);
+    Ok(Some(socket))
+}
+
+/// Registers the stream and renders the response head. A plain function, so
+/// nothing of the request is kept in the stream's task for its lifetime.
+fn start(state: &Arc<AppState>, request: Box<DirectRequest>) -> (Connection, Vec<u8>) {
+    let DirectRequest {
+        subscriber,
+        headers,
+        ..
+    } = *request;
+    let connection = state.hub.connect(subscriber);
+    (connection, response_head(state, &headers))
+}
+
+/// Status line and headers, as the hyper route would send them.
+fn response_head(state: &AppState, request: &HeaderMap) -> Vec<u8> {
+    let mut headers = HeaderMap::new();
+    set_stream_headers(&mut headers, Version::HTTP_11);
+    cors::set_cors_headers(
+        &mut headers,
+        cors::allowed_origin(&state.config.allowed_origins, request),
+    );
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    for (name, value) in &headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"transfer-encoding: chunked\r\ndate: ");
+    head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
+}
+
+/// One HTTP chunk (`size CRLF data CRLF`) in one vectored write.
+async fn write_chunk(writer: &mut (impl AsyncWriteExt + Unpin), data: Bytes) -> io::Result<()> {
+    let mut size = [0u8; 18];
+    let size_len = chunk_size_line(data.len(), &mut size);
+    let mut chunk = Buf::chain(Buf::chain(&size[..size_len], data), &b"\r\n"[..]);
+    writer.write_all_buf(&mut chunk).await
+}
+
+/// Writes `len` in hex followed by CRLF into `out`; returns the length used.
+fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(len >> (4 * i)) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_size_line;
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex() {
+        for (len, want) in [
+            (0, "0\r\n"),
+            (9, "9\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+        ] {
+            let mut out = [0u8; 18];
+            let n = chunk_size_line(len, &mut out);
+            assert_eq!(&out[..n], want.as_bytes());
+        }
+        let mut out = [0u8; 18];
+        let n = chunk_size_line(usize::MAX, &mut out);
+        assert_eq!(n, 18);
+    }
+}
