@@ -3,9 +3,16 @@
 //!
 //! - [`MemoryLog`]: in process memory, bounded by count, bytes and age; history
 //!   is lost on restart (ids still keep increasing, see its docs).
+//! - [`DurableLog`]: a segmented append-only log in a data directory, with
+//!   group commit; acknowledged events survive `kill -9` (or a power loss
+//!   with [`Durability::Fsync`]). Its module doc is its design doc.
 
 #![forbid(unsafe_code)]
 
+mod durable;
 mod memory;
 
+pub use durable::{
+    Durability, DurableError, DurableLog, DurableOptions, RecoveryReport, FORMAT_VERSION,
+};
 pub use memory::{MemoryLog, Retention};

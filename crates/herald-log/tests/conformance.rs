@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::{
-    Event, EventId, EventLog, Filter, NewEvent, Position, ReadBatch, Topic, TopicPattern,
+    Appended, Event, EventId, EventLog, Filter, LogError, NewEvent, Position, ReadBatch, Topic,
+    TopicPattern,
 };
-use herald_log::{MemoryLog, Retention};
+use herald_log::{DurableLog, DurableOptions, MemoryLog, Retention};
 
 /// Builds an empty log with the given retention.
 pub type Factory = fn(Retention) -> Arc<dyn EventLog>;
@@ -1008,3 +1009,58 @@ fn memory_log(retention: Retention) -> Arc<dyn EventLog> {
 }
 
 conformance_suite!(memory, super::memory_log);
+
+/// A [`DurableLog`] in a fresh temporary directory, removed when the log
+/// is dropped (after the log itself, so its files are closed first).
+#[derive(Debug)]
+struct TempDurable {
+    log: DurableLog,
+    _dir: tempfile::TempDir,
+}
+
+#[async_trait::async_trait]
+impl EventLog for TempDurable {
+    async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
+        self.log.append(batch).await
+    }
+    async fn read_after(
+        &self,
+        from: Position,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<ReadBatch, LogError> {
+        self.log.read_after(from, filter, limit).await
+    }
+    fn head(&self) -> tokio::sync::watch::Receiver<Option<EventId>> {
+        self.log.head()
+    }
+    async fn last_id_for_topic(&self, topic: &Topic) -> Result<Option<EventId>, LogError> {
+        self.log.last_id_for_topic(topic).await
+    }
+    async fn ready(&self) -> Result<(), LogError> {
+        self.log.ready().await
+    }
+}
+
+fn durable_with_cache(retention: Retention, cache_events: usize) -> Arc<dyn EventLog> {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DurableOptions {
+        retention,
+        cache_events,
+        ..DurableOptions::default()
+    };
+    let log = DurableLog::open(dir.path(), options).unwrap();
+    Arc::new(TempDurable { log, _dir: dir })
+}
+
+fn durable_log(retention: Retention) -> Arc<dyn EventLog> {
+    durable_with_cache(retention, DurableOptions::default().cache_events)
+}
+
+/// No cache: every read goes to the segment files.
+fn durable_log_from_disk(retention: Retention) -> Arc<dyn EventLog> {
+    durable_with_cache(retention, 0)
+}
+
+conformance_suite!(durable, super::durable_log);
+conformance_suite!(durable_from_disk, super::durable_log_from_disk);

@@ -33,6 +33,7 @@ pub(crate) struct Config {
     pub dev: bool,
     pub memory: bool,
     pub data_dir: PathBuf,
+    pub durability: DurabilityLevel,
     pub redis: Option<String>,
     pub heartbeat_secs: u64,
     pub retry_ms: u64,
@@ -56,6 +57,7 @@ impl Default for Config {
             dev: false,
             memory: false,
             data_dir: PathBuf::from("./herald-data"),
+            durability: DurabilityLevel::Process,
             redis: None,
             heartbeat_secs: 15,
             retry_ms: 3000,
@@ -79,6 +81,7 @@ const KEYS: &[&str] = &[
     "dev",
     "memory",
     "data_dir",
+    "durability",
     "redis",
     "heartbeat_secs",
     "retry_ms",
@@ -118,6 +121,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// When a publish is acknowledged: `process` (survives kill -9) or
+    /// `fsync` (survives power loss) [default: process].
+    #[arg(long, value_name = "LEVEL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durability: Option<DurabilityLevel>,
     /// Redis URL for the cluster engine.
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -174,6 +182,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "FILTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+}
+
+/// When a publish is acknowledged by the durable log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum DurabilityLevel {
+    /// Written to the OS before the answer: survives kill -9 of Herald.
+    Process,
+    /// Written and fdatasync'ed: survives power loss.
+    Fsync,
 }
 
 /// Everything `serve` needs, validated.

@@ -28,7 +28,9 @@ process.on('exit', () => {
 });
 
 /**
- * Starts `herald serve --dev --memory --listen 127.0.0.1:0 ...extraArgs` and
+ * Starts `herald serve --dev --memory --listen 127.0.0.1:0 ...extraArgs` (no
+ * `--memory` when extraArgs has `--data-dir`, no default `--listen` when it
+ * has one) and
  * waits (up to 20 s) for the `herald listening on http://...` line on stdout.
  * Returns {url, pid, proc, stop(), output()}.
  */
@@ -37,7 +39,10 @@ export async function startHerald(extraArgs = [], { env = {}, startTimeoutMs = 2
   if (!existsSync(bin)) {
     throw new Error(`herald binary not found at ${bin}: run \`cargo build --release -p herald\` or set HERALD_BIN`);
   }
-  const args = ['serve', '--dev', '--memory', '--listen', '127.0.0.1:0', ...extraArgs];
+  // In memory unless the test gives a data directory; port 0 unless it gives --listen.
+  const storage = extraArgs.includes('--data-dir') ? [] : ['--memory'];
+  const listen = extraArgs.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
+  const args = ['serve', '--dev', ...storage, ...listen, ...extraArgs];
   const proc = spawn(bin, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn', ...env },

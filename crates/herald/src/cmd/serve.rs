@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use herald_core::{EventLog, Hub, HubConfig};
-use herald_log::{MemoryLog, Retention};
+use herald_log::{Durability, DurableLog, DurableOptions, MemoryLog, Retention};
 use herald_server::{AppState, Auth, ServerConfig};
 
-use crate::config::{Config, ServeArgs, Validated};
+use crate::config::{Config, DurabilityLevel, ServeArgs, Validated};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -28,20 +28,15 @@ async fn serve(config: Config, listen: std::net::SocketAddr) -> anyhow::Result<(
             "DEV MODE: no authentication; anyone who can reach {listen} may subscribe as any user, publish and use admin routes"
         );
     }
-    if !config.memory {
-        tracing::warn!(
-            data_dir = %config.data_dir.display(),
-            "the durable event log is not available in this version yet: events are kept in memory and lost on restart"
-        );
-    }
-    let log = Arc::new(MemoryLog::new(Retention {
+    let retention = Retention {
         max_events: config.retention_events,
         max_bytes: config.retention_bytes,
         max_age: Duration::from_secs(config.retention_secs),
         idempotency_window: Duration::from_secs(config.idempotency_window_secs),
-    }));
+    };
+    let (log, trim) = open_log(&config, retention)?;
     let hub = Hub::new(
-        log.clone() as Arc<dyn EventLog>,
+        log,
         HubConfig {
             queue_capacity: config.queue_capacity,
             heartbeat: config.heartbeat(),
@@ -56,7 +51,9 @@ async fn serve(config: Config, listen: std::net::SocketAddr) -> anyhow::Result<(
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
             every.tick().await;
-            log.trim();
+            // Trimming may delete segment files: keep it off the async workers.
+            let trim = trim.clone();
+            let _ = tokio::task::spawn_blocking(move || trim()).await;
         }
     });
     let state = Arc::new(AppState {
@@ -88,6 +85,52 @@ async fn serve(config: Config, listen: std::net::SocketAddr) -> anyhow::Result<(
     Ok(())
 }
 
+/// Retention work the log wants done every second.
+type Trim = Arc<dyn Fn() + Send + Sync>;
+
+/// The event log the configuration asks for: in memory, or durable in the data
+/// directory (the default).
+fn open_log(config: &Config, retention: Retention) -> anyhow::Result<(Arc<dyn EventLog>, Trim)> {
+    if config.memory {
+        tracing::warn!("--memory: events are kept in memory only and lost on restart");
+        let log = Arc::new(MemoryLog::new(retention));
+        let trimmed = log.clone();
+        return Ok((log, Arc::new(move || trimmed.trim())));
+    }
+    let durability = match config.durability {
+        DurabilityLevel::Process => Durability::Process,
+        DurabilityLevel::Fsync => Durability::Fsync,
+    };
+    let options = DurableOptions {
+        retention,
+        durability,
+        ..DurableOptions::default()
+    };
+    let log = DurableLog::open(&config.data_dir, options)
+        .with_context(|| format!("opening the event log in {}", config.data_dir.display()))?;
+    let report = log.recovery_report();
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        durability = ?config.durability,
+        events = report.events,
+        segments = report.segments,
+        first_id = ?report.first_id,
+        last_id = ?report.last_id,
+        "event log opened"
+    );
+    if !report.is_clean() {
+        tracing::warn!(
+            dropped_bytes = report.dropped_bytes,
+            dropped_after_id = ?report.dropped_at_id,
+            notes = ?report.notes,
+            "the event log was repaired at start-up: only never-acknowledged data was dropped"
+        );
+    }
+    let log = Arc::new(log);
+    let trimmed = log.clone();
+    Ok((log, Arc::new(move || trimmed.trim())))
+}
+
 /// Registers for SIGINT and SIGTERM now (so a signal that arrives before the
 /// accept loop first polls the future is not the default "terminate"), and
 /// returns a future that resolves on either.
@@ -111,5 +154,6 @@ fn init_logging(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

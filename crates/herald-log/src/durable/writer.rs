@@ -1,0 +1,409 @@
+//! The writer thread: the only code that appends to segment files.
+//!
+//! It takes every request waiting in the channel as one group, gives ids,
+//! encodes every record into one buffer, writes it with one `pwrite` per
+//! segment touched (one, unless the group crosses a rollover), syncs it in
+//! `Fsync` mode, and only then publishes the events (segment metadata,
+//! cache, head) and answers. A failed write answers an error to the whole
+//! group and cuts the file back, so no record of a failed group survives.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+
+use herald_core::{now_ms, Appended, Event, EventId, FrameArena, LogError, NewEvent, Topic};
+
+use super::names::Names;
+use super::record::{self, SEGMENT_HEADER};
+use super::segment::Segment;
+use super::{Durability, Request, Shared};
+
+/// A group stops taking requests past this many bytes of payload, so one
+/// write (and the memory it needs) stays bounded under a burst.
+const MAX_GROUP_BYTES: usize = 8 << 20;
+/// Idempotency keys remembered at most, whatever the window (as `MemoryLog`).
+const MAX_IDEMPOTENCY_KEYS: usize = 1_000_000;
+
+/// Idempotency keys: key -> (id, stored at in ms), and keys by age.
+#[derive(Debug, Default)]
+pub(super) struct Keys {
+    pub map: HashMap<String, (EventId, u64)>,
+    pub order: VecDeque<(u64, String)>,
+}
+
+impl Keys {
+    pub(super) fn insert(&mut self, key: String, id: EventId, at_ms: u64) {
+        self.map.insert(key.clone(), (id, at_ms));
+        self.order.push_back((at_ms, key));
+    }
+
+    fn expire(&mut self, now_ms: u64, window_ms: u64) {
+        while let Some((at, _)) = self.order.front() {
+            let expired = now_ms.saturating_sub(*at) > window_ms;
+            if !expired && self.order.len() <= MAX_IDEMPOTENCY_KEYS {
+                break;
+            }
+            if let Some((at, key)) = self.order.pop_front() {
+                // Only forget the key if this is the entry that set it.
+                if self.map.get(&key).is_some_and(|(_, t)| *t == at) {
+                    self.map.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Everything the writer thread owns.
+#[derive(Debug)]
+pub(super) struct Writer {
+    pub shared: Arc<Shared>,
+    pub rx: mpsc::Receiver<Request>,
+    /// The segment being appended to (the last one in the map).
+    pub active: Arc<Segment>,
+    pub next_id: u64,
+    pub keys: Keys,
+    pub names: Names,
+    pub arena: FrameArena,
+    /// Set when a failed write could not be cut back: the file may hold
+    /// records that were never acknowledged, so nothing more is written
+    /// until a restart (whose recovery cleans the tail).
+    pub poisoned: Option<String>,
+}
+
+/// One encoded record of the group buffer.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    id: u64,
+    /// Its bytes are `buf[end - len..end]`.
+    end: usize,
+    len: usize,
+    keyed: bool,
+}
+
+/// Records `range` of the group, written at `offset` of `seg`.
+#[derive(Debug)]
+struct Chunk {
+    seg: Arc<Segment>,
+    offset: u64,
+    range: std::ops::Range<usize>,
+}
+
+/// Marks the writer dead however its thread ends (panics included), so
+/// `ready()` reports it.
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.writer_alive.store(false, Ordering::Release);
+    }
+}
+
+impl Writer {
+    /// Serves requests until every sender is gone.
+    pub(super) fn run(mut self) {
+        let _alive = AliveGuard(self.shared.clone());
+        let mut buf = Vec::new();
+        while let Ok(first) = self.rx.recv() {
+            let mut bytes = payload(&first);
+            let mut group = vec![first];
+            while bytes < MAX_GROUP_BYTES {
+                match self.rx.try_recv() {
+                    Ok(next) => {
+                        bytes += payload(&next);
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group, &mut buf);
+            // Do not keep a burst's buffer for ever.
+            if buf.capacity() > 2 * MAX_GROUP_BYTES {
+                buf = Vec::new();
+            }
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<Request>, buf: &mut Vec<u8>) {
+        if let Some(why) = &self.poisoned {
+            let why = why.clone();
+            for req in group {
+                let _ = req.reply.send(Err(LogError::Unavailable(why.clone())));
+            }
+            return;
+        }
+        let now = now_ms();
+        let stored_at_s = (now / 1000) as u32;
+        let window_ms = self.shared.retention.idempotency_window.as_millis() as u64;
+        self.keys.expire(now, window_ms);
+
+        // Ids, idempotency and encoding, for the whole group.
+        buf.clear();
+        let first_new_id = self.next_id;
+        let mut records = Vec::new();
+        let mut fresh_keys: HashMap<&str, EventId> = HashMap::new();
+        let mut outcomes: Vec<Result<Vec<Appended>, String>> = Vec::with_capacity(group.len());
+        for req in &group {
+            if let Err(why) = req.batch.iter().try_for_each(record::check) {
+                outcomes.push(Err(why));
+                continue;
+            }
+            let mut results = Vec::with_capacity(req.batch.len());
+            for new in &req.batch {
+                if let Some(key) = &new.idempotency_key {
+                    let known = fresh_keys.get(key.as_str()).copied().or_else(|| {
+                        self.keys
+                            .map
+                            .get(key)
+                            .filter(|(_, at)| now.saturating_sub(*at) <= window_ms)
+                            .map(|(id, _)| *id)
+                    });
+                    if let Some(id) = known {
+                        results.push(Appended {
+                            id,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                let len = record::encode(buf, id, stored_at_s, new);
+                records.push(Rec {
+                    id,
+                    end: buf.len(),
+                    len,
+                    keyed: new.idempotency_key.is_some(),
+                });
+                if let Some(key) = &new.idempotency_key {
+                    fresh_keys.insert(key, EventId(id));
+                }
+                results.push(Appended {
+                    id: EventId(id),
+                    duplicate: false,
+                });
+            }
+            outcomes.push(Ok(results));
+        }
+
+        if !records.is_empty() {
+            if let Err(err) = self.write(buf, &records, stored_at_s) {
+                self.next_id = first_new_id;
+                // A poisoned writer says why it stopped writing.
+                let why = self
+                    .poisoned
+                    .clone()
+                    .unwrap_or_else(|| format!("writing to {}: {err}", self.active.path.display()));
+                tracing::error!("{why}; nothing of this group was acknowledged");
+                *self.shared.write_error.lock() = Some(why.clone());
+                for req in group {
+                    let _ = req.reply.send(Err(LogError::Unavailable(why.clone())));
+                }
+                return;
+            }
+            *self.shared.write_error.lock() = None;
+        }
+        let fresh_keys: Vec<(String, EventId)> = fresh_keys
+            .into_iter()
+            .map(|(k, id)| (k.to_owned(), id))
+            .collect();
+        for (key, id) in fresh_keys {
+            self.keys.insert(key, id, now);
+        }
+
+        // On disk: make the events, publish them, answer.
+        let mut events = Vec::with_capacity(records.len());
+        let mut replies = Vec::with_capacity(group.len());
+        for (req, outcome) in group.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(results) => {
+                    // Without a cache, events are made when read from disk.
+                    if self.shared.cache_events > 0 {
+                        for (new, result) in req.batch.into_iter().zip(&results) {
+                            if !result.duplicate {
+                                let event = self.make_event(result.id, new, stored_at_s);
+                                events.push(Arc::new(event));
+                            }
+                        }
+                    }
+                    replies.push((req.reply, Ok(results)));
+                }
+                Err(why) => replies.push((req.reply, Err(LogError::Unavailable(why)))),
+            }
+        }
+        if !records.is_empty() {
+            self.publish(events, first_new_id);
+        }
+        for (reply, answer) in replies {
+            // The caller may have gone (its request was cancelled): the
+            // events are stored all the same, as for any lost response.
+            let _ = reply.send(answer);
+        }
+        self.names.sweep_if_grown();
+    }
+
+    fn make_event(&mut self, id: EventId, new: NewEvent, stored_at_s: u32) -> Event {
+        let topics: Box<[Topic]> = new
+            .topics
+            .into_iter()
+            .map(|t| self.names.topic(t))
+            .collect();
+        let event_type = new.event_type.as_deref().map(|t| self.names.event_type(t));
+        Event::from_parts(
+            id,
+            topics,
+            new.broadcast,
+            event_type,
+            &new.data,
+            new.retry,
+            stored_at_s,
+            &mut self.arena,
+        )
+    }
+
+    /// Puts written events in the cache and moves the head.
+    fn publish(&mut self, events: Vec<Arc<Event>>, first_new_id: u64) {
+        let shared = &self.shared;
+        let newest = EventId(self.next_id - 1);
+        {
+            let mut tail = shared.tail.write();
+            tail.next_id = self.next_id;
+            tail.push_run(first_new_id, self.next_id - first_new_id);
+            if shared.cache_events > 0 {
+                tail.events.extend(events);
+                let floor = shared.effective_floor(&tail);
+                while tail
+                    .events
+                    .front()
+                    .is_some_and(|e| tail.events.len() > shared.cache_events || e.id.0 < floor)
+                {
+                    tail.events.pop_front();
+                }
+            }
+            tail.reset_cache_from();
+        }
+        shared.head.send_replace(Some(newest));
+    }
+
+    /// Writes the group's records, rolling segments as needed, and commits
+    /// them to the segments' metadata. On error nothing is committed and the
+    /// files are cut back.
+    fn write(&mut self, buf: &[u8], records: &[Rec], stored_at_s: u32) -> io::Result<()> {
+        let start_active = self.active.clone();
+        let start_len = start_active.meta.read().len;
+        let mut created = Vec::new();
+        let mut chunks = Vec::new();
+        if let Err(err) = self.write_chunks(buf, records, &mut chunks, &mut created) {
+            self.undo(&start_active, start_len, created);
+            return Err(err);
+        }
+        let rolled = !created.is_empty();
+        for chunk in &chunks {
+            let mut meta = chunk.seg.meta.write();
+            let mut offset = chunk.offset;
+            for rec in &records[chunk.range.clone()] {
+                meta.push(rec.id, offset, rec.len as u64, stored_at_s, rec.keyed);
+                offset += rec.len as u64;
+            }
+        }
+        if let Some(last) = chunks.last() {
+            self.active = last.seg.clone();
+        }
+        if rolled {
+            // Disk use stays within budget between the caller's trims.
+            self.shared.trim_bytes();
+        }
+        Ok(())
+    }
+
+    fn write_chunks(
+        &mut self,
+        buf: &[u8],
+        records: &[Rec],
+        chunks: &mut Vec<Chunk>,
+        created: &mut Vec<Arc<Segment>>,
+    ) -> io::Result<()> {
+        let segment_bytes = self.shared.segment_bytes;
+        let mut seg = self.active.clone();
+        let mut seg_len = seg.meta.read().len;
+        let mut i = 0;
+        while i < records.len() {
+            if seg_len > SEGMENT_HEADER && seg_len + records[i].len as u64 > segment_bytes {
+                seg = self.create_segment(records[i].id)?;
+                created.push(seg.clone());
+                seg_len = SEGMENT_HEADER;
+            }
+            // As many records as fit (at least one: a huge record gets a
+            // segment of its own rather than being refused).
+            let mut j = i + 1;
+            let mut size = records[i].len as u64;
+            while j < records.len() && seg_len + size + records[j].len as u64 <= segment_bytes {
+                size += records[j].len as u64;
+                j += 1;
+            }
+            let from = records[i].end - records[i].len;
+            seg.file
+                .write_all_at(&buf[from..records[j - 1].end], seg_len)?;
+            if self.shared.durability == Durability::Fsync {
+                seg.file.sync_data()?;
+            }
+            chunks.push(Chunk {
+                seg: seg.clone(),
+                offset: seg_len,
+                range: i..j,
+            });
+            seg_len += size;
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Starts a segment whose first record will be `first_id`.
+    fn create_segment(&mut self, first_id: u64) -> io::Result<Arc<Segment>> {
+        let sync = self.shared.durability == Durability::Fsync;
+        let seg = Arc::new(Segment::create(&self.shared.seg_dir, first_id, sync)?);
+        self.shared.segments.write().insert(first_id, seg.clone());
+        Ok(seg)
+    }
+
+    /// Removes what a failed group wrote.
+    fn undo(&mut self, start_active: &Arc<Segment>, start_len: u64, created: Vec<Arc<Segment>>) {
+        let mut failed = None;
+        for seg in created {
+            self.shared.segments.write().remove(&seg.first_id);
+            if let Err(err) = std::fs::remove_file(&seg.path) {
+                failed = Some(format!("removing {}: {err}", seg.path.display()));
+            }
+        }
+        let cut = start_active.file.set_len(start_len).and_then(|()| {
+            if self.shared.durability == Durability::Fsync {
+                start_active.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(err) = cut {
+            failed = Some(format!(
+                "cutting {} back to {start_len} bytes: {err}",
+                start_active.path.display()
+            ));
+        }
+        if let Some(failed) = failed {
+            // Records of the failed group may still be on disk: writing on
+            // could let a restart serve events that were never acknowledged.
+            let why = format!(
+                "could not undo a failed write ({failed}); refusing further writes until restart"
+            );
+            tracing::error!("{why}");
+            *self.shared.write_error.lock() = Some(why.clone());
+            self.poisoned = Some(why);
+        }
+        self.active = start_active.clone();
+    }
+}
+
+/// Roughly the bytes a request adds to a group.
+fn payload(req: &Request) -> usize {
+    req.batch.iter().map(|e| e.data.len() + 64).sum()
+}
