@@ -10,7 +10,9 @@
 #![forbid(unsafe_code)]
 
 mod durable;
+mod idempotency;
 mod memory;
+mod names;
 
 pub use durable::{
     Durability, DurableError, DurableLog, DurableOptions, RecoveryReport, FORMAT_VERSION,

@@ -8,7 +8,7 @@
 //!   restart gets `herald.gap` instead of silently skipping new events;
 //! - retention (count, bytes, age) only ever removes from the front.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +20,11 @@ use herald_core::{
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
+use crate::idempotency::IdempotencyKeys;
+use crate::names::Names;
+
 /// Events examined per read at most, so one reader never holds the lock long.
 const MAX_SCAN_PER_READ: usize = 8192;
-/// Idempotency keys remembered at most, whatever the window.
-const MAX_IDEMPOTENCY_KEYS: usize = 1_000_000;
 
 /// How much history a log keeps.
 #[derive(Debug, Clone, Copy)]
@@ -63,15 +64,9 @@ struct Inner {
     /// The id the next appended event gets.
     next_id: u64,
     bytes: usize,
-    idempotency: HashMap<String, (EventId, u64)>,
-    /// Keys in insertion order, for expiry.
-    idempotency_order: VecDeque<(u64, String)>,
-    /// One shared name per topic, so a million events on `news` hold one
-    /// string, not a million. Names no event holds any more are dropped by
-    /// [`MemoryLog::trim`].
-    topic_names: HashSet<Topic>,
-    /// The same for event type names.
-    type_names: HashSet<Arc<str>>,
+    idempotency: IdempotencyKeys,
+    /// Shared topic and type names.
+    names: Names,
     /// Where frames are encoded.
     frames: FrameArena,
 }
@@ -94,10 +89,8 @@ impl MemoryLog {
                 events: VecDeque::new(),
                 next_id: first_id,
                 bytes: 0,
-                idempotency: HashMap::new(),
-                idempotency_order: VecDeque::new(),
-                topic_names: HashSet::new(),
-                type_names: HashSet::new(),
+                idempotency: IdempotencyKeys::default(),
+                names: Names::default(),
                 frames: FrameArena::new(),
             }),
             head: watch::channel(None).0,
@@ -109,10 +102,6 @@ impl MemoryLog {
     pub fn trim(&self) {
         let mut inner = self.inner.write();
         inner.trim(&self.retention, now_ms());
-        inner
-            .topic_names
-            .retain(|t| Arc::strong_count(t.as_arc()) > 1);
-        inner.type_names.retain(|t| Arc::strong_count(t) > 1);
     }
 
     /// Events currently retained.
@@ -141,35 +130,8 @@ impl Inner {
             self.events.pop_front();
         }
         let window_ms = retention.idempotency_window.as_millis() as u64;
-        while let Some((at, _)) = self.idempotency_order.front() {
-            let expired = now.saturating_sub(*at) > window_ms;
-            if !expired && self.idempotency_order.len() <= MAX_IDEMPOTENCY_KEYS {
-                break;
-            }
-            if let Some((at, key)) = self.idempotency_order.pop_front() {
-                // Only forget the key if this is the entry that set it.
-                if self.idempotency.get(&key).is_some_and(|(_, t)| *t == at) {
-                    self.idempotency.remove(&key);
-                }
-            }
-        }
-    }
-
-    fn intern(&mut self, topic: Topic) -> Topic {
-        if let Some(shared) = self.topic_names.get(topic.as_str()) {
-            return shared.clone();
-        }
-        self.topic_names.insert(topic.clone());
-        topic
-    }
-
-    fn intern_type(&mut self, name: String) -> Arc<str> {
-        if let Some(shared) = self.type_names.get(name.as_str()) {
-            return shared.clone();
-        }
-        let shared: Arc<str> = Arc::from(name);
-        self.type_names.insert(shared.clone());
-        shared
+        self.idempotency.expire(now, window_ms);
+        self.names.sweep_if_grown();
     }
 
     fn oldest_id(&self) -> Option<EventId> {
@@ -186,26 +148,27 @@ impl EventLog for MemoryLog {
         let newest = {
             let mut inner = self.inner.write();
             for new in batch {
+                let inner = &mut *inner;
                 if let Some(key) = &new.idempotency_key {
-                    if let Some((id, at)) = inner.idempotency.get(key) {
-                        if now.saturating_sub(*at) <= window_ms {
-                            results.push(Appended {
-                                id: *id,
-                                duplicate: true,
-                            });
-                            continue;
-                        }
+                    if let Some(id) = inner.idempotency.get(key, now, window_ms) {
+                        results.push(Appended {
+                            id,
+                            duplicate: true,
+                        });
+                        continue;
                     }
                 }
                 let id = EventId(inner.next_id);
                 inner.next_id += 1;
-                if let Some(key) = &new.idempotency_key {
-                    inner.idempotency.insert(key.clone(), (id, now));
-                    inner.idempotency_order.push_back((now, key.clone()));
+                if let Some(key) = new.idempotency_key {
+                    inner.idempotency.insert(key, id, now);
                 }
-                let inner = &mut *inner;
-                let topics = new.topics.into_iter().map(|t| inner.intern(t)).collect();
-                let event_type = new.event_type.map(|t| inner.intern_type(t));
+                let topics = new
+                    .topics
+                    .into_iter()
+                    .map(|t| inner.names.topic(t))
+                    .collect();
+                let event_type = new.event_type.map(|t| inner.names.event_type(&t));
                 let event = Event::from_parts(
                     id,
                     topics,

@@ -149,7 +149,6 @@
 //!   `scanned_to`: 0.65 s in pages of 128 (a connection's catch-up page),
 //!   0.32 s in pages of 1,024 (about 1.5 and 3 million events/s).
 
-mod names;
 mod open;
 mod read;
 mod record;

@@ -13,15 +13,16 @@ use herald_core::{now_ms, Event, EventId, FrameArena};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use super::names::Names;
 use super::read::event_of;
 use super::record::{decode, Cursor, Next, MAGIC, SEGMENT_HEADER};
 use super::segment::{parse_segment_name, sync_dir, SegMeta, Segment};
-use super::writer::{Keys, Writer};
+use super::writer::Writer;
 use super::{
     Durability, DurableError, DurableLog, DurableOptions, RecoveryReport, Run, Shared, Tail,
     MIN_SEGMENT_BYTES,
 };
+use crate::idempotency::IdempotencyKeys;
+use crate::names::Names;
 
 /// What scanning the segments produced.
 #[derive(Debug, Default)]
@@ -31,7 +32,7 @@ struct Scanned {
     /// The largest segment name seen, quarantined ones included: ids must
     /// stay above it even if its records are unreadable.
     max_name: u64,
-    keys: Keys,
+    keys: IdempotencyKeys,
     /// The ids found, as runs of consecutive ids.
     runs: VecDeque<Run>,
     report: RecoveryReport,

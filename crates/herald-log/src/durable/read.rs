@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use herald_core::{Event, EventId, Filter, FrameArena, Gap, Position, ReadBatch};
 
-use super::names::Names;
 use super::record::{decode, peek_id, Cursor, Next, RecordView};
 use super::segment::Segment;
 use super::{Shared, MAX_SCAN_PER_READ, MAX_TOPIC_SCAN};
+use crate::names::Names;
 
 /// Serves a read from memory; `None` when it needs the disk.
 pub(super) fn read_cached(

@@ -7,7 +7,7 @@
 //! cache, head) and answers. A failed write answers an error to the whole
 //! group and cuts the file back, so no record of a failed group survives.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -15,46 +15,15 @@ use std::sync::{mpsc, Arc};
 
 use herald_core::{now_ms, Appended, Event, EventId, FrameArena, LogError, NewEvent, Topic};
 
-use super::names::Names;
 use super::record::{self, SEGMENT_HEADER};
 use super::segment::Segment;
 use super::{Durability, Request, Shared};
+use crate::idempotency::IdempotencyKeys;
+use crate::names::Names;
 
 /// A group stops taking requests past this many bytes of payload, so one
 /// write (and the memory it needs) stays bounded under a burst.
 const MAX_GROUP_BYTES: usize = 8 << 20;
-/// Idempotency keys remembered at most, whatever the window (as `MemoryLog`).
-const MAX_IDEMPOTENCY_KEYS: usize = 1_000_000;
-
-/// Idempotency keys: key -> (id, stored at in ms), and keys by age.
-#[derive(Debug, Default)]
-pub(super) struct Keys {
-    pub map: HashMap<String, (EventId, u64)>,
-    pub order: VecDeque<(u64, String)>,
-}
-
-impl Keys {
-    pub(super) fn insert(&mut self, key: String, id: EventId, at_ms: u64) {
-        self.map.insert(key.clone(), (id, at_ms));
-        self.order.push_back((at_ms, key));
-    }
-
-    fn expire(&mut self, now_ms: u64, window_ms: u64) {
-        while let Some((at, _)) = self.order.front() {
-            let expired = now_ms.saturating_sub(*at) > window_ms;
-            if !expired && self.order.len() <= MAX_IDEMPOTENCY_KEYS {
-                break;
-            }
-            if let Some((at, key)) = self.order.pop_front() {
-                // Only forget the key if this is the entry that set it.
-                if self.map.get(&key).is_some_and(|(_, t)| *t == at) {
-                    self.map.remove(&key);
-                }
-            }
-        }
-    }
-}
-
 /// Everything the writer thread owns.
 #[derive(Debug)]
 pub(super) struct Writer {
@@ -63,7 +32,7 @@ pub(super) struct Writer {
     /// The segment being appended to (the last one in the map).
     pub active: Arc<Segment>,
     pub next_id: u64,
-    pub keys: Keys,
+    pub keys: IdempotencyKeys,
     pub names: Names,
     pub arena: FrameArena,
     /// Set when a failed write could not be cut back: the file may hold
@@ -152,13 +121,10 @@ impl Writer {
             let mut results = Vec::with_capacity(req.batch.len());
             for new in &req.batch {
                 if let Some(key) = &new.idempotency_key {
-                    let known = fresh_keys.get(key.as_str()).copied().or_else(|| {
-                        self.keys
-                            .map
-                            .get(key)
-                            .filter(|(_, at)| now.saturating_sub(*at) <= window_ms)
-                            .map(|(id, _)| *id)
-                    });
+                    let known = fresh_keys
+                        .get(key.as_str())
+                        .copied()
+                        .or_else(|| self.keys.get(key, now, window_ms));
                     if let Some(id) = known {
                         results.push(Appended {
                             id,

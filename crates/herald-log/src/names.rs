@@ -1,13 +1,13 @@
-//! Shared topic and type names, so a million cached events on `news` hold
-//! one string, not a million (as in `MemoryLog`).
+//! Shared topic and type names, so a million retained events on `news` hold
+//! one string, not a million. Used by every backend.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use herald_core::Topic;
 
-/// An interning table. The writer keeps one for the life of the log; a disk
-/// read makes a short-lived one so the events of one page share names too.
+/// An interning table. A log's writer keeps one for the life of the log; a
+/// disk read makes a short-lived one so the events of one page share names.
 #[derive(Debug, Default)]
 pub(crate) struct Names {
     topics: HashSet<Topic>,
