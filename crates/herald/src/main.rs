@@ -34,7 +34,8 @@ enum Command {
     Publish(cmd::publish::PublishArgs),
     /// Print events as they arrive (reconnects and resumes by itself).
     Subscribe(cmd::subscribe::SubscribeArgs),
-    /// Load generators: `conns` (memory per stream), `fanout` (throughput, latency).
+    /// Load generators: `conns` (memory per stream), `fanout` and `unicast`
+    /// (delivery rate, loss, latency), `publish` (acknowledged publishes/s).
     Bench(cmd::bench::BenchArgs),
 }
 

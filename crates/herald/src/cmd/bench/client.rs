@@ -1,7 +1,9 @@
 //! A minimal HTTP/1.1 SSE client: one request, the response head skipped, the
 //! body de-chunked. Just enough for a benchmark to hold many streams cheaply.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,40 +12,25 @@ use tokio::net::{TcpSocket, TcpStream};
 /// Largest response head we accept before the body.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// Where the server is, resolved once.
+/// Where the server is, resolved once: `--url`, for Herald's own API.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     /// Base URL as given (for reqwest).
     pub base: reqwest::Url,
-    /// Resolved socket address.
-    pub addr: SocketAddr,
-    /// `Host` header value.
-    host: String,
 }
 
 impl Target {
-    /// Parses and resolves `--url`.
-    pub(crate) async fn resolve(url: &str) -> anyhow::Result<Self> {
-        let base =
-            reqwest::Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
+    /// Parses `--url`.
+    pub(crate) fn parse(url: &str) -> anyhow::Result<Self> {
+        let base = reqwest::Url::parse(url)
+            .map_err(|e| super::usage(format!("--url {url:?} is not a URL: {e}")))?;
         if base.scheme() != "http" {
-            bail!(
+            return Err(super::usage(format!(
                 "--url: bench speaks plain http only, got {:?}",
                 base.scheme()
-            );
+            )));
         }
-        let host = base.host_str().context("--url has no host")?.to_owned();
-        let port = base.port_or_known_default().unwrap_or(80);
-        let addr = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .with_context(|| format!("resolving {host}"))?
-            .next()
-            .with_context(|| format!("{host} resolves to no address"))?;
-        let host = match base.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host,
-        };
-        Ok(Self { base, addr, host })
+        Ok(Self { base })
     }
 
     /// A URL under the base, e.g. `/v1/publish`.
@@ -51,41 +38,93 @@ impl Target {
         let base = self.base.as_str().trim_end_matches('/');
         reqwest::Url::parse(&format!("{base}{path}")).context("building a URL")
     }
+}
 
-    /// Path and query of the subscribe route for `topic`.
-    pub(crate) fn events_path(&self, topic: &str) -> anyhow::Result<String> {
-        let mut url = self.url("/v1/events")?;
-        url.query_pairs_mut().append_pair("topic", topic);
-        Ok(match url.query() {
+/// One stream to open: where to connect and what to ask for.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamTarget {
+    /// Resolved socket address.
+    pub addr: SocketAddr,
+    /// `Host` header value.
+    pub host: Arc<str>,
+    /// Request target: path and query.
+    pub path: String,
+}
+
+/// Resolves the host of each subscribe URL once.
+#[derive(Debug, Default)]
+pub(crate) struct Resolver {
+    cache: HashMap<(String, u16), SocketAddr>,
+    hosts: HashMap<String, Arc<str>>,
+}
+
+impl Resolver {
+    /// Where to connect for `url`, and what to send.
+    pub(crate) async fn stream_target(
+        &mut self,
+        url: &reqwest::Url,
+    ) -> anyhow::Result<StreamTarget> {
+        let port = url.port_or_known_default().unwrap_or(80);
+        let host_str = url.host_str().context("the URL has no host")?;
+        let literal = host_str.trim_start_matches('[').trim_end_matches(']');
+        let addr = match literal.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, port),
+            Err(_) => {
+                let key = (host_str.to_owned(), port);
+                match self.cache.get(&key) {
+                    Some(addr) => *addr,
+                    None => {
+                        let addr = tokio::net::lookup_host((host_str, port))
+                            .await
+                            .with_context(|| format!("resolving {host_str}"))?
+                            .next()
+                            .with_context(|| format!("{host_str} resolves to no address"))?;
+                        self.cache.insert(key, addr);
+                        addr
+                    }
+                }
+            }
+        };
+        let host_header = match url.port() {
+            Some(port) => format!("{host_str}:{port}"),
+            None => host_str.to_owned(),
+        };
+        let host = self
+            .hosts
+            .entry(host_header.clone())
+            .or_insert_with(|| host_header.into())
+            .clone();
+        let path = match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_owned(),
-        })
+        };
+        Ok(StreamTarget { addr, host, path })
     }
+}
 
-    /// Connects; on loopback IPv4 the source address is 127.0.0.(1 + idx % 254)
-    /// so that many connections do not exhaust one address's ephemeral ports.
-    async fn connect(&self, idx: usize) -> anyhow::Result<TcpStream> {
-        let socket = match self.addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .context("creating a socket")?;
-        if let IpAddr::V4(ip) = self.addr.ip() {
-            if ip.is_loopback() {
-                let last = u8::try_from(1 + idx % 254).unwrap_or(1);
-                let source = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)), 0);
-                socket
-                    .bind(source)
-                    .with_context(|| format!("binding {source}"))?;
-            }
-        }
-        let stream = socket
-            .connect(self.addr)
-            .await
-            .with_context(|| format!("connecting to {}", self.addr))?;
-        stream.set_nodelay(true).context("setting TCP_NODELAY")?;
-        Ok(stream)
+/// Connects; on loopback IPv4 the source address is 127.0.0.(1 + idx % 254)
+/// so that many connections do not exhaust one address's ephemeral ports.
+async fn connect(addr: SocketAddr, idx: usize) -> anyhow::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
+    .context("creating a socket")?;
+    if let IpAddr::V4(ip) = addr.ip() {
+        if ip.is_loopback() {
+            let last = u8::try_from(1 + idx % 254).unwrap_or(1);
+            let source = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)), 0);
+            socket
+                .bind(source)
+                .with_context(|| format!("binding {source}"))?;
+        }
+    }
+    let stream = socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+    Ok(stream)
 }
 
 /// One open SSE stream.
@@ -97,18 +136,19 @@ pub(crate) struct SseConn {
 }
 
 impl SseConn {
-    /// Sends the request, skips the response head and waits for the first body
-    /// bytes (the server sends `retry:` and a comment at once). Returns them.
+    /// Sends the request, checks the response head (200) and, unless
+    /// `head_only`, waits for the first body bytes (Herald sends `retry:` and
+    /// a comment at once). Returns the body bytes received so far.
     pub(crate) async fn open(
-        target: &Target,
+        target: &StreamTarget,
         idx: usize,
-        path_and_query: &str,
         buf_size: usize,
+        head_only: bool,
     ) -> anyhow::Result<(Self, Vec<u8>)> {
-        let mut stream = target.connect(idx).await?;
+        let mut stream = connect(target.addr, idx).await?;
         let request = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-            target.host
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
+            target.path, target.host
         );
         stream
             .write_all(request.as_bytes())
@@ -142,7 +182,7 @@ impl SseConn {
             .decode(&head[head_end..], &mut |b| first.extend_from_slice(b))
             .map_err(|e| anyhow!("bad chunked body: {e}"))?;
         // Bounded: every round either adds bytes, or ends with an error at EOF.
-        while first.is_empty() {
+        while first.is_empty() && !head_only {
             if !conn.read_some(|b| first.extend_from_slice(b)).await? {
                 bail!("stream ended before its first bytes");
             }

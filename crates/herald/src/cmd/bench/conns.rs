@@ -8,7 +8,11 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tokio::sync::{watch, Semaphore};
 
-use super::client::{SseConn, Target};
+use super::client::Target;
+use super::progress::{note, Progress};
+use super::subs::{open_with_retry, stream_targets};
+use super::template::{PublishTemplateArgs, SubscribeArgs, DEFAULT_TOPIC_SUBSCRIBE};
+use super::{record_first, round2, take_first, usage, CommonArgs};
 
 /// Read buffer per idle stream: it only ever sees heartbeats.
 const IDLE_BUF: usize = 256;
@@ -16,9 +20,13 @@ const IDLE_BUF: usize = 256;
 /// Flags of `herald bench conns`.
 #[derive(Debug, Args)]
 pub(crate) struct ConnsArgs {
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "HERALD_URL")]
-    url: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub subscribe: SubscribeArgs,
+    /// Accepted so that every subcommand takes the same server flags; conns publishes nothing.
+    #[command(flatten)]
+    pub publish: PublishTemplateArgs,
     /// Streams to open.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
@@ -28,10 +36,7 @@ pub(crate) struct ConnsArgs {
     /// The server's process id, to read its VmRSS from /proc.
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
-    /// Streams being opened at the same time.
-    #[arg(long, default_value_t = 64)]
-    open_concurrency: usize,
-    /// Topic the idle streams subscribe to.
+    /// Topic the idle streams subscribe to ({topic}).
     #[arg(long, default_value = "bench-idle")]
     topic: String,
     /// Give up opening after this many seconds.
@@ -40,62 +45,69 @@ pub(crate) struct ConnsArgs {
     /// Seconds to wait after opening before the second RSS reading.
     #[arg(long, default_value_t = 2)]
     settle_secs: u64,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
-/// Per-stream timeout for connect + head + first bytes.
-const OPEN_ONE_TIMEOUT: Duration = Duration::from_secs(15);
-
 pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
-    if args.connections == 0 || args.open_concurrency == 0 {
-        bail!("--connections and --open-concurrency must be at least 1");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.common.timeout_secs);
+    if args.connections == 0 || args.subscribe.open_concurrency == 0 {
+        return Err(usage(
+            "--connections and --open-concurrency must be at least 1",
+        ));
     }
-    let target = Arc::new(Target::resolve(&args.url).await?);
-    let path: Arc<str> = target.events_path(&args.topic)?.into();
+    let target = Target::parse(&args.common.url)?;
+    let (template, herald_subscribe) = args.subscribe.template(DEFAULT_TOPIC_SUBSCRIBE);
+    let targets = stream_targets(template, &args.common.url, &args.topic, args.connections).await?;
     let rss_before = args.server_pid.map(read_rss_kib).transpose()?;
+    let progress = Progress::new(args.common.json);
+    let bar = progress.bar(args.connections as u64, "opening");
 
     let opened = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let retried = Arc::new(AtomicUsize::new(0));
     let closed_early = Arc::new(AtomicUsize::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-    let gate = Arc::new(Semaphore::new(args.open_concurrency));
+    let gate = Arc::new(Semaphore::new(args.subscribe.open_concurrency));
     let (release_tx, release_rx) = watch::channel(false);
     // Hard bound on every task, whatever happens to the release signal.
-    let hard_deadline = tokio::time::Instant::now()
-        + Duration::from_secs(args.open_timeout_secs + args.settle_secs + args.hold_secs + 60);
+    let hard_deadline = tokio::time::Instant::from(deadline) + Duration::from_secs(20);
+    let head_only = args.subscribe.ready_on_head;
 
-    let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.connections);
-    for idx in 0..args.connections {
-        let (target, path, gate) = (target.clone(), path.clone(), gate.clone());
-        let (opened, failed, closed_early) = (opened.clone(), failed.clone(), closed_early.clone());
+    for (idx, stream) in targets.into_iter().enumerate() {
+        let gate = gate.clone();
+        let (opened, failed, retried, closed_early) = (
+            opened.clone(),
+            failed.clone(),
+            retried.clone(),
+            closed_early.clone(),
+        );
         let first_error = first_error.clone();
         let mut release = release_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let permit = gate.acquire_owned().await;
-            let result = tokio::time::timeout(
-                OPEN_ONE_TIMEOUT,
-                SseConn::open(&target, idx, &path, IDLE_BUF),
-            )
-            .await;
-            drop(permit);
-            let mut conn = match result {
-                Ok(Ok((conn, _))) => conn,
-                Ok(Err(err)) => {
-                    record_error(&first_error, format!("{err:#}"));
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Err(_) => {
-                    record_error(&first_error, "timed out opening".into());
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            };
-            opened.fetch_add(1, Ordering::Relaxed);
-            let hold = async {
+            let run = async {
+                let result = {
+                    let _permit = gate.acquire().await;
+                    tokio::select! {
+                        result = open_with_retry(&stream, idx, IDLE_BUF, head_only) => result,
+                        _ = release.changed() => Err("stopped before it opened".to_owned()),
+                    }
+                };
+                let mut conn = match result {
+                    Ok((conn, _, attempts)) => {
+                        if attempts > 1 {
+                            retried.fetch_add(1, Ordering::Relaxed);
+                        }
+                        conn
+                    }
+                    Err(err) => {
+                        record_first(&first_error, format!("stream {idx}: {err}"));
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                opened.fetch_add(1, Ordering::Relaxed);
+                // Bounded: ends at end of stream, on error, or at release.
                 loop {
                     tokio::select! {
                         more = conn.read_some(|_| {}) => {
@@ -108,32 +120,42 @@ pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
                     }
                 }
             };
-            let _ = tokio::time::timeout_at(hard_deadline, hold).await;
+            let _ = tokio::time::timeout_at(hard_deadline, run).await;
         }));
     }
 
-    let open_deadline = Instant::now() + Duration::from_secs(args.open_timeout_secs);
-    let mut last_report = Instant::now();
+    let open_deadline = deadline.min(started + Duration::from_secs(args.open_timeout_secs));
+    // Bounded by `open_deadline`.
     while opened.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < args.connections
         && Instant::now() < open_deadline
     {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if last_report.elapsed() >= Duration::from_secs(2) {
-            last_report = Instant::now();
-            eprintln!(
-                "bench: {} open, {} failed",
-                opened.load(Ordering::Relaxed),
-                failed.load(Ordering::Relaxed)
-            );
-        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bar.set_position(opened.load(Ordering::Relaxed) as u64);
     }
+    bar.finish_and_clear();
     let open_secs = started.elapsed().as_secs_f64();
     let opened_n = opened.load(Ordering::Relaxed);
+    note(
+        &bar,
+        &format!(
+            "{opened_n} streams open, {} failed, in {open_secs:.1} s",
+            failed.load(Ordering::Relaxed)
+        ),
+    );
     let rss_open = args.server_pid.map(read_rss_kib).transpose()?;
-    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    let left = |d: Duration| d.min(deadline.saturating_duration_since(Instant::now()));
+    tokio::time::sleep(left(Duration::from_secs(args.settle_secs))).await;
     let rss_settled = args.server_pid.map(read_rss_kib).transpose()?;
-    let server_connections = server_connections(&target).await;
-    tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
+    let server_connections = if herald_subscribe {
+        tokio::time::timeout(left(Duration::from_secs(5)), server_connections(&target))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    tokio::time::sleep(left(Duration::from_secs(args.hold_secs))).await;
+    let timed_out = Instant::now() >= deadline;
     let still_open = opened.load(Ordering::Relaxed) - closed_early.load(Ordering::Relaxed);
     let failed_n = failed.load(Ordering::Relaxed);
 
@@ -143,11 +165,11 @@ pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
             let _ = task.await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(30), join_all)
+    if tokio::time::timeout(Duration::from_secs(10), join_all)
         .await
         .is_err()
     {
-        eprintln!("bench: some streams did not close within 30 s");
+        eprintln!("bench: some streams did not close within 10 s");
     }
 
     let per_conn = |after: Option<u64>| match (rss_before, after) {
@@ -156,10 +178,14 @@ pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let first_error = take_first(&first_error);
     let report = serde_json::json!({
+        "server_api": herald_subscribe,
+        "subscribe_url": template,
         "connections": args.connections,
         "opened": opened_n,
         "failed": failed_n,
+        "retried_opens": retried.load(Ordering::Relaxed),
         "still_open_after_hold": still_open,
         "open_secs": round2(open_secs),
         "server_connections": server_connections,
@@ -168,8 +194,10 @@ pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
         "rss_settled_kib": rss_settled,
         "rss_per_conn_kib": per_conn(rss_open).map(round2),
         "rss_per_conn_settled_kib": per_conn(rss_settled).map(round2),
+        "timed_out": timed_out,
+        "first_error": first_error,
     });
-    if args.json {
+    if args.common.json {
         println!("{report}");
     } else {
         println!("streams requested        {}", args.connections);
@@ -186,24 +214,21 @@ pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
                 println!("RSS per stream           {per:.2} KiB (settled)");
             }
         }
+        if timed_out {
+            println!("timed out                true (--timeout-secs)");
+        }
     }
-    if let Ok(Some(err)) = first_error.lock().map(|e| e.clone()) {
+    if let Some(err) = first_error {
         eprintln!("bench: first open error: {err}");
     }
-    if failed_n > 0 {
-        bail!("{failed_n} of {} streams failed to open", args.connections);
+    if failed_n > 0 || opened_n < args.connections {
+        bail!(
+            "{} of {} streams did not open",
+            args.connections - opened_n,
+            args.connections
+        );
     }
     Ok(())
-}
-
-fn record_error(slot: &std::sync::Mutex<Option<String>>, err: String) {
-    if let Ok(mut slot) = slot.lock() {
-        slot.get_or_insert(err);
-    }
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 /// `VmRSS` of a process, in KiB.

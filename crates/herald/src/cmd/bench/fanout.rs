@@ -5,37 +5,29 @@
 //! and out-of-order deliveries are counted exactly; latency is receive time
 //! minus the publish timestamp (both from the same machine's clock).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
-use hdrhistogram::Histogram;
-use herald_sse::{ParsedEvent, Parser};
 use serde::Serialize;
-use tokio::sync::{watch, Semaphore};
 
-use super::client::{SseConn, Target};
-use super::epoch_micros;
-
-/// Read buffer per subscriber.
-const SUB_BUF: usize = 4096;
-/// Latency histograms are sharded to keep subscriber tasks from contending.
-const SHARDS: usize = 16;
-/// Per-stream timeout for connect + head + first bytes.
-const OPEN_ONE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Streams being opened at the same time.
-const OPEN_CONCURRENCY: usize = 64;
-/// Attempts per publish request answered 429/503 or failed in transport.
-const PUBLISH_ATTEMPTS: u32 = 5;
+use super::client::Target;
+use super::progress::{note, Progress};
+use super::publisher::Publisher;
+use super::subs::{stream_targets, Fleet, StopReason};
+use super::template::{Addressing, PublishTemplateArgs, SubscribeArgs, DEFAULT_TOPIC_SUBSCRIBE};
+use super::tracker::{AckSet, Expect};
+use super::{per_sec, round3, usage, CommonArgs, Latency};
 
 /// Flags of `herald bench fanout`.
 #[derive(Debug, Args)]
 pub(crate) struct FanoutArgs {
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "HERALD_URL")]
-    url: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub subscribe: SubscribeArgs,
+    #[command(flatten)]
+    pub publish: PublishTemplateArgs,
     /// Subscribers on the topic.
     #[arg(long, default_value_t = 100)]
     subscribers: usize,
@@ -45,265 +37,196 @@ pub(crate) struct FanoutArgs {
     /// Events per second (paced); flat out when absent.
     #[arg(long, value_name = "PER_SEC")]
     rate: Option<f64>,
-    /// Events per publish request [default: 100 flat out, 1 paced].
+    /// Events per publish request, Herald's JSON body only
+    /// [default: 100 flat out, 1 paced or with --publish-body].
     #[arg(long)]
     batch: Option<u32>,
     /// Bytes of data per event (at least the sequence number and timestamp).
     #[arg(long, default_value_t = 100)]
     data_bytes: usize,
-    /// Topic to publish to and subscribe to.
+    /// Topic to publish to and subscribe to ({topic}).
     #[arg(long, default_value = "bench")]
     topic: String,
-    /// Seconds, from the first publish, to wait for every delivery.
-    #[arg(long, default_value_t = 60)]
-    timeout_secs: u64,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
-/// State shared by all subscriber tasks.
-#[derive(Debug)]
-struct Shared {
-    /// Start of the run; times below are microseconds since it.
-    t0: Instant,
-    last_receive_us: AtomicU64,
-    connected: AtomicUsize,
-    failed: AtomicUsize,
-    /// Subscribers that have everything, or stopped.
-    finished: AtomicUsize,
-    latency: Vec<Mutex<Histogram<u64>>>,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Shared {
-    fn since_t0_us(&self) -> u64 {
-        u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-}
-
-/// What one subscriber saw.
-#[derive(Debug, Default, Clone, Copy)]
-struct SubResult {
-    received: u64,
-    unique: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    /// Events that are not bench events (e.g. `herald.gap`), or unparsable.
-    other: u64,
-    /// The server ended the stream before all events arrived.
-    disconnected: bool,
-}
-
-/// Seen sequence numbers of one subscriber.
-#[derive(Debug)]
-struct SeqTracker {
-    seen: Vec<u64>,
-    events: u32,
-    max: Option<u32>,
-    result: SubResult,
-}
-
-impl SeqTracker {
-    fn new(events: u32) -> Self {
-        Self {
-            seen: vec![0; (events as usize).div_ceil(64)],
-            events,
-            max: None,
-            result: SubResult::default(),
-        }
-    }
-
-    fn record(&mut self, seq: u32) {
-        let r = &mut self.result;
-        r.received += 1;
-        let (word, bit) = (seq as usize / 64, 1u64 << (seq % 64));
-        let slot = match self.seen.get_mut(word) {
-            Some(slot) if seq < self.events => slot,
-            _ => {
-                r.other += 1;
-                return;
-            }
-        };
-        if *slot & bit != 0 {
-            r.duplicates += 1;
-            return;
-        }
-        *slot |= bit;
-        r.unique += 1;
-        match self.max {
-            Some(max) if seq < max => r.out_of_order += 1,
-            _ => self.max = Some(seq),
-        }
-    }
-}
-
-/// One published event as the publish route takes it.
-#[derive(Serialize)]
-struct PublishItem<'a> {
-    topics: [&'a str; 1],
-    data: String,
+    /// Once publishing is over, stop waiting when nothing has arrived for this
+    /// many milliseconds (events lost for good).
+    #[arg(long, default_value_t = 5000)]
+    quiet_ms: u64,
 }
 
 pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.common.timeout_secs);
     if args.subscribers == 0 || args.events == 0 {
-        bail!("--subscribers and --events must be at least 1");
+        return Err(usage("--subscribers and --events must be at least 1"));
     }
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-        bail!("--rate must be a positive number");
+        return Err(usage("--rate must be a positive number"));
     }
-    let batch = args
-        .batch
-        .unwrap_or(if args.rate.is_some() { 1 } else { 100 })
-        .max(1);
-    let target = Arc::new(Target::resolve(&args.url).await?);
-    let path: Arc<str> = target.events_path(&args.topic)?.into();
-
-    let mut latency = Vec::with_capacity(SHARDS);
-    for _ in 0..SHARDS {
-        let histogram = Histogram::new_with_bounds(1, 3_600_000_000, 3)
-            .context("creating a latency histogram")?;
-        latency.push(Mutex::new(histogram));
-    }
-    let shared = Arc::new(Shared {
-        t0: Instant::now(),
-        last_receive_us: AtomicU64::new(0),
-        connected: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        finished: AtomicUsize::new(0),
-        latency,
-        first_error: Mutex::new(None),
+    let herald_body = args.publish.body_template(Addressing::Topic).is_none();
+    let batch = args.batch.unwrap_or(match (herald_body, args.rate) {
+        (true, None) => 100,
+        _ => 1,
     });
-    let gate = Arc::new(Semaphore::new(OPEN_CONCURRENCY));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // Hard bound on every subscriber, whatever happens to the stop signal.
-    let hard_deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs + 300);
+    args.publish.check_batch(batch, Addressing::Topic)?;
+    let target = Target::parse(&args.common.url)?;
+    let http = Publisher::client()?;
+    let publisher = Publisher::new(
+        &args.common.url,
+        &args.publish,
+        Addressing::Topic,
+        &args.topic,
+        http.clone(),
+    )?;
+    let (template, herald_subscribe) = args.subscribe.template(DEFAULT_TOPIC_SUBSCRIBE);
+    let targets = stream_targets(template, &args.common.url, &args.topic, args.subscribers).await?;
+    let progress = Progress::new(args.common.json);
 
-    let mut tasks = Vec::with_capacity(args.subscribers);
-    for idx in 0..args.subscribers {
-        let (target, path, gate, shared) =
-            (target.clone(), path.clone(), gate.clone(), shared.clone());
-        let stop = stop_rx.clone();
-        let events = args.events;
-        tasks.push(tokio::spawn(async move {
-            let run = subscriber(idx, &target, &path, events, &gate, &shared, stop);
-            let result = tokio::time::timeout_at(hard_deadline, run)
-                .await
-                .unwrap_or_default();
-            shared.finished.fetch_add(1, Ordering::Relaxed);
-            result
-        }));
-    }
-
-    // Wait for every subscriber to be open (bounded by the per-stream timeout).
-    let open_deadline = Instant::now()
-        + OPEN_ONE_TIMEOUT
-            * u32::try_from(args.subscribers / OPEN_CONCURRENCY + 2).unwrap_or(u32::MAX);
-    while shared.connected.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)
-        < args.subscribers
-        && Instant::now() < open_deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let connected = shared.connected.load(Ordering::Relaxed);
-    let failed = shared.failed.load(Ordering::Relaxed);
-    eprintln!(
-        "bench: {connected} subscribers open, {failed} failed, in {:.1} s",
-        shared.t0.elapsed().as_secs_f64()
+    // Open.
+    let bar = progress.bar(args.subscribers as u64, "opening");
+    let fleet = Fleet::spawn(
+        targets,
+        vec![Expect::All(args.events); args.subscribers],
+        args.subscribe.open_concurrency,
+        args.subscribe.ready_on_head,
+        (deadline + Duration::from_secs(20)).into(),
+    )?;
+    fleet.wait_open(deadline, &bar).await;
+    bar.finish_and_clear();
+    let shared = fleet.shared.clone();
+    let connected = shared.connected.load(std::sync::atomic::Ordering::Relaxed);
+    let failed = shared.failed.load(std::sync::atomic::Ordering::Relaxed);
+    note(
+        &bar,
+        &format!(
+            "{connected} subscribers open, {failed} failed, in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("building the HTTP client")?;
-    wait_for_topic_subscribers(&http, &target, &args.topic, connected).await;
 
-    // Publish.
-    let publish_url = target.url("/v1/publish")?;
-    let first_publish_us = shared.since_t0_us();
-    let publish_deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let publish_result = publish(&http, &publish_url, &args, batch, publish_deadline).await;
-    let publish_secs = (shared.since_t0_us() - first_publish_us) as f64 / 1e6;
-    if let Err(err) = &publish_result {
-        eprintln!("bench: publishing stopped: {err:#}");
+    // Ready, then publish.
+    if connected == 0 {
+        // Nothing to wait for.
+    } else if herald_subscribe {
+        Fleet::herald_topic_ready(&http, &target, &args.topic, connected, deadline, &bar).await;
+    } else {
+        let settle = Duration::from_millis(args.subscribe.settle_ms);
+        tokio::time::sleep(settle.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
-    let published = publish_result.as_ref().copied().unwrap_or(0);
+    let acked = AckSet::new(args.events);
+    let seqs: Vec<u32> = (0..args.events).collect();
+    let first_publish_us = shared.since_t0_us();
+    let bar = progress.bar(u64::from(args.events), "publishing");
+    let publish_result = if connected > 0 {
+        publisher
+            .publish_all(
+                &seqs,
+                None,
+                batch,
+                args.rate,
+                args.data_bytes,
+                &acked,
+                deadline,
+                &bar,
+            )
+            .await
+    } else {
+        Err(anyhow::anyhow!("no subscriber opened; nothing published"))
+    };
+    bar.finish_and_clear();
+    let publish_end_us = shared.since_t0_us();
+    if let Err(err) = &publish_result {
+        note(&bar, &format!("publishing stopped: {err:#}"));
+    }
+    let published = acked.count();
 
     // Wait for the deliveries, then stop whoever is still waiting.
-    while shared.finished.load(Ordering::Relaxed) < args.subscribers
-        && Instant::now() < publish_deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let timed_out = shared.finished.load(Ordering::Relaxed) < args.subscribers;
-    let _ = stop_tx.send(true);
-    let mut total = SubResult::default();
-    let mut disconnected = 0u64;
-    for task in tasks {
-        let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(10), task).await else {
-            continue;
-        };
-        total.received += r.received;
-        total.unique += r.unique;
-        total.duplicates += r.duplicates;
-        total.out_of_order += r.out_of_order;
-        total.other += r.other;
-        disconnected += u64::from(r.disconnected);
-    }
+    let bar = progress.bar(connected as u64 * published, "delivering");
+    let stop_reason = if connected > 0 {
+        fleet
+            .wait_deliveries(
+                publish_end_us,
+                Duration::from_millis(args.quiet_ms),
+                deadline,
+                &bar,
+            )
+            .await
+    } else if Instant::now() >= deadline {
+        StopReason::Timeout
+    } else {
+        StopReason::StreamsEnded
+    };
+    bar.finish_and_clear();
+    let histogram = fleet.latency()?;
+    let first_error = fleet.first_error();
+    let retried_opens = shared
+        .retried_opens
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let trackers = fleet.stop().await;
 
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-        .context("creating a latency histogram")?;
-    for shard in &shared.latency {
-        let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-        histogram
-            .add(&*shard)
-            .context("merging latency histograms")?;
-    }
-    let last_receive_us = shared.last_receive_us.load(Ordering::Relaxed);
-    let window_secs = last_receive_us.saturating_sub(first_publish_us) as f64 / 1e6;
-    let expected = connected as u64 * u64::from(args.events);
-    let report = Report {
+    let mut report = Report {
+        server_api: herald_subscribe && herald_body,
+        subscribe_url: template.to_owned(),
         subscribers: args.subscribers,
         connected,
         failed,
+        retried_opens,
         events: args.events,
         published,
         batch,
         rate: args.rate,
         data_bytes: args.data_bytes,
-        expected,
-        received: total.received,
-        missing: expected.saturating_sub(total.unique),
-        duplicates: total.duplicates,
-        out_of_order: total.out_of_order,
-        other_events: total.other,
-        disconnected,
-        timed_out,
-        publish_secs: round3(publish_secs),
-        publish_events_per_sec: round1(f64::from(published) / publish_secs.max(1e-9)),
-        delivery_window_secs: round3(window_secs),
-        deliveries_per_sec: round1(if window_secs > 0.0 {
-            total.received as f64 / window_secs
-        } else {
-            0.0
-        }),
-        latency_ms: Latency {
-            samples: histogram.len(),
-            p50: ms(histogram.value_at_quantile(0.5)),
-            p90: ms(histogram.value_at_quantile(0.9)),
-            p99: ms(histogram.value_at_quantile(0.99)),
-            p999: ms(histogram.value_at_quantile(0.999)),
-            max: ms(histogram.max()),
-        },
+        expected: 0,
+        received: 0,
+        unique: 0,
+        missing: 0,
+        duplicates: 0,
+        out_of_order: 0,
+        unexpected: 0,
+        other_events: 0,
+        disconnected: 0,
+        stop_reason,
+        timed_out: stop_reason == StopReason::Timeout,
+        publish_secs: 0.0,
+        publish_events_per_sec: 0.0,
+        delivery_window_secs: 0.0,
+        deliveries_per_sec: 0.0,
+        latency_ms: Latency::of(&histogram),
+        publish_error: publish_result.as_ref().err().map(|e| format!("{e:#}")),
+        first_subscriber_error: first_error,
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).context("encoding the report")?
-        );
+    for tracker in &trackers {
+        let (expected, missing) = tracker.missing(&acked);
+        let r = tracker.result;
+        report.expected += expected;
+        report.missing += missing;
+        report.received += r.received;
+        report.unique += r.unique;
+        report.duplicates += r.duplicates;
+        report.out_of_order += r.out_of_order;
+        report.unexpected += r.unexpected;
+        report.other_events += r.other;
+        report.disconnected += u64::from(r.disconnected);
+    }
+    // Subscribers that did not report back (should not happen) miss everything.
+    let lost = connected.saturating_sub(trackers.len()) as u64;
+    report.expected += lost * published;
+    report.missing += lost * published;
+    let publish_secs = publish_end_us.saturating_sub(first_publish_us) as f64 / 1e6;
+    let last_receive_us = shared
+        .last_receive_us
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let window_secs = last_receive_us.saturating_sub(first_publish_us) as f64 / 1e6;
+    report.publish_secs = round3(publish_secs);
+    report.publish_events_per_sec = per_sec(published, publish_secs);
+    report.delivery_window_secs = round3(window_secs);
+    report.deliveries_per_sec = per_sec(report.unique, window_secs);
+
+    if args.common.json {
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         report.print();
     }
-    if let Ok(Some(err)) = shared.first_error.lock().map(|e| e.clone()) {
+    if let Some(err) = &report.first_subscriber_error {
         eprintln!("bench: first subscriber error: {err}");
     }
     publish_result?;
@@ -316,256 +239,49 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls `GET /v1/topics/{topic}` until the server counts `want` subscribers
-/// (at most 10 s), so that no event is published before everyone listens.
-async fn wait_for_topic_subscribers(
-    http: &reqwest::Client,
-    target: &Target,
-    topic: &str,
-    want: usize,
-) {
-    let Ok(mut url) = target.url("/v1/topics/") else {
-        return;
-    };
-    if let Ok(mut segments) = url.path_segments_mut() {
-        segments.pop_if_empty().push(topic);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut seen = None;
-    while Instant::now() < deadline {
-        if let Ok(response) = http.get(url.clone()).send().await {
-            if let Ok(body) = response.json::<serde_json::Value>().await {
-                seen = body.get("subscribers").and_then(|n| n.as_u64());
-                if seen.is_some_and(|n| n >= want as u64) {
-                    return;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!("bench: the server counts {seen:?} subscribers on {topic:?}, expected {want}; publishing anyway");
-}
-
-/// Publishes `--events` events in batches; returns how many were acknowledged.
-async fn publish(
-    http: &reqwest::Client,
-    url: &reqwest::Url,
-    args: &FanoutArgs,
-    batch: u32,
-    deadline: Instant,
-) -> anyhow::Result<u32> {
-    let mut ticker = args.rate.map(|rate| {
-        let period = Duration::from_secs_f64(f64::from(batch) / rate);
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        ticker
-    });
-    let mut items = Vec::with_capacity(batch as usize);
-    let mut seq = 0u32;
-    // Bounded: `seq` grows by at least one per round.
-    while seq < args.events {
-        if Instant::now() >= deadline {
-            bail!("--timeout-secs passed after {seq} events were published");
-        }
-        if let Some(ticker) = ticker.as_mut() {
-            ticker.tick().await;
-        }
-        let end = seq.saturating_add(batch).min(args.events);
-        let ts = epoch_micros();
-        items.clear();
-        for s in seq..end {
-            items.push(PublishItem {
-                topics: [&args.topic],
-                data: event_data(s, ts, args.data_bytes),
-            });
-        }
-        let body = serde_json::to_vec(&items).context("encoding a publish")?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let sent = http
-                .post(url.clone())
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await;
-            let retryable = match sent {
-                Ok(response) if response.status() == reqwest::StatusCode::CREATED => break,
-                Ok(response)
-                    if matches!(response.status().as_u16(), 429 | 503)
-                        && attempt < PUBLISH_ATTEMPTS =>
-                {
-                    format!("{}", response.status())
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let text = response.text().await.unwrap_or_default();
-                    bail!("publish answered {status}: {text}");
-                }
-                // A transport error may hide a stored publish: retrying could
-                // duplicate, which the subscribers would then count.
-                Err(err) if attempt < PUBLISH_ATTEMPTS => format!("{err}"),
-                Err(err) => return Err(err).context("publishing"),
-            };
-            eprintln!("bench: publish attempt {attempt} failed ({retryable}); retrying");
-            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-        }
-        seq = end;
-    }
-    Ok(seq)
-}
-
-/// `"{seq} {ts} xxx…"`, padded to `size` bytes when that is longer.
-fn event_data(seq: u32, ts: u64, size: usize) -> String {
-    let mut data = format!("{seq} {ts} ");
-    let pad = size.saturating_sub(data.len()).max(1);
-    data.push_str(&"x".repeat(pad));
-    data
-}
-
-/// Parses `"{seq} {ts} …"`.
-fn parse_data(data: &str) -> Option<(u32, u64)> {
-    let mut parts = data.splitn(3, ' ');
-    let seq = parts.next()?.parse().ok()?;
-    let ts = parts.next()?.parse().ok()?;
-    Some((seq, ts))
-}
-
-async fn subscriber(
-    idx: usize,
-    target: &Target,
-    path: &str,
-    events: u32,
-    gate: &Semaphore,
-    shared: &Shared,
-    mut stop: watch::Receiver<bool>,
-) -> SubResult {
-    let permit = gate.acquire().await;
-    let opened =
-        tokio::time::timeout(OPEN_ONE_TIMEOUT, SseConn::open(target, idx, path, SUB_BUF)).await;
-    drop(permit);
-    let (mut conn, first) = match opened {
-        Ok(Ok(open)) => open,
-        Ok(Err(err)) => return failed(shared, format!("{err:#}")),
-        Err(_) => return failed(shared, "timed out opening".to_owned()),
-    };
-    shared.connected.fetch_add(1, Ordering::Relaxed);
-
-    let mut parser = Parser::new();
-    let mut parsed: Vec<ParsedEvent> = Vec::new();
-    let mut tracker = SeqTracker::new(events);
-    let mut latencies: Vec<u64> = Vec::new();
-    parser.feed_into(&first, &mut parsed);
-    let shard = &shared.latency[idx % SHARDS];
-    // Bounded: ends when every event is in, at end of stream, or at stop.
-    loop {
-        if !parsed.is_empty() {
-            let now = epoch_micros();
-            for event in parsed.drain(..) {
-                match parse_data(&event.data) {
-                    Some((seq, ts)) if event.event == "message" => {
-                        tracker.record(seq);
-                        latencies.push(now.saturating_sub(ts));
-                    }
-                    _ => tracker.result.other += 1,
-                }
-            }
-            if !latencies.is_empty() {
-                let mut histogram = shard.lock().unwrap_or_else(|e| e.into_inner());
-                for &latency in &latencies {
-                    histogram.saturating_record(latency.max(1));
-                }
-                drop(histogram);
-                latencies.clear();
-                shared
-                    .last_receive_us
-                    .fetch_max(shared.since_t0_us(), Ordering::Relaxed);
-            }
-        }
-        if tracker.result.unique >= u64::from(events) {
-            break;
-        }
-        tokio::select! {
-            more = conn.read_some(|bytes| parser.feed_into(bytes, &mut parsed)) => match more {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracker.result.disconnected = true;
-                    break;
-                }
-                Err(err) => {
-                    record_error(shared, format!("{err:#}"));
-                    tracker.result.disconnected = true;
-                    break;
-                }
-            },
-            _ = stop.changed() => break,
-        }
-    }
-    tracker.result
-}
-
-fn failed(shared: &Shared, err: String) -> SubResult {
-    record_error(shared, err);
-    shared.failed.fetch_add(1, Ordering::Relaxed);
-    SubResult::default()
-}
-
-fn record_error(shared: &Shared, err: String) {
-    if let Ok(mut slot) = shared.first_error.lock() {
-        slot.get_or_insert(err);
-    }
-}
-
-fn ms(us: u64) -> f64 {
-    round3(us as f64 / 1000.0)
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 /// The figures of one run (`--json` prints this).
 #[derive(Debug, Serialize)]
 struct Report {
+    /// Herald's own subscribe route and publish body were used.
+    server_api: bool,
+    subscribe_url: String,
     subscribers: usize,
     connected: usize,
     failed: usize,
+    /// Streams that opened only after a retry.
+    retried_opens: usize,
     events: u32,
-    published: u32,
+    /// Events acknowledged (2xx) by the server.
+    published: u64,
     batch: u32,
     rate: Option<f64>,
     data_bytes: usize,
-    /// `connected × events`.
+    /// Acknowledged events × subscribers that opened.
     expected: u64,
     /// Bench events received by all subscribers, duplicates included.
     received: u64,
+    /// Distinct expected deliveries.
+    unique: u64,
     missing: u64,
     duplicates: u64,
     out_of_order: u64,
+    /// Bench events with a sequence number past `--events`.
+    unexpected: u64,
     other_events: u64,
+    /// Streams the server ended (or that failed) before the run ended.
     disconnected: u64,
+    stop_reason: StopReason,
     timed_out: bool,
+    /// First publish to last acknowledgement.
     publish_secs: f64,
     publish_events_per_sec: f64,
     /// From the first publish to the last receive.
     delivery_window_secs: f64,
-    /// `received / delivery_window_secs`.
+    /// `unique / delivery_window_secs`.
     deliveries_per_sec: f64,
     latency_ms: Latency,
-}
-
-#[derive(Debug, Serialize)]
-struct Latency {
-    samples: u64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
+    publish_error: Option<String>,
+    first_subscriber_error: Option<String>,
 }
 
 impl Report {
@@ -574,8 +290,8 @@ impl Report {
             .rate
             .map_or("flat out".to_owned(), |r| format!("{r} events/s"));
         println!(
-            "subscribers              {} ({} open, {} failed)",
-            self.subscribers, self.connected, self.failed
+            "subscribers              {} ({} open, {} failed, {} retried)",
+            self.subscribers, self.connected, self.failed, self.retried_opens
         );
         println!(
             "events                   {} published of {}, batch {}, {rate}",
@@ -587,44 +303,19 @@ impl Report {
         );
         println!(
             "deliveries               {} of {} expected in {:.3} s",
-            self.received, self.expected, self.delivery_window_secs
+            self.unique, self.expected, self.delivery_window_secs
         );
         println!("deliveries/s             {:.0}", self.deliveries_per_sec);
         println!("missing                  {}", self.missing);
         println!("duplicates               {}", self.duplicates);
         println!("out of order             {}", self.out_of_order);
+        println!("unexpected events        {}", self.unexpected);
         println!("other events             {}", self.other_events);
         println!("streams ended early      {}", self.disconnected);
-        println!("timed out                {}", self.timed_out);
-        let l = &self.latency_ms;
-        println!(
-            "latency ms               p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  ({} samples)",
-            l.p50, l.p90, l.p99, l.p999, l.max, l.samples
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_round_trips_and_pads() {
-        let data = event_data(42, 1_700_000_000_000_000, 100);
-        assert_eq!(data.len(), 100);
-        assert_eq!(parse_data(&data), Some((42, 1_700_000_000_000_000)));
-    }
-
-    #[test]
-    fn tracker_counts_duplicates_and_reordering() {
-        let mut t = SeqTracker::new(100);
-        for seq in [0, 2, 1, 2, 99, 100] {
-            t.record(seq);
+        println!("stopped because          {:?}", self.stop_reason);
+        println!("latency ms               {}", self.latency_ms.line());
+        if let Some(err) = &self.publish_error {
+            println!("publish error            {err}");
         }
-        let r = t.result;
-        assert_eq!(
-            (r.received, r.unique, r.duplicates, r.out_of_order, r.other),
-            (6, 4, 1, 1, 1)
-        );
     }
 }

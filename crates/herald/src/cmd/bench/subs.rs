@@ -1,0 +1,446 @@
+//! A fleet of subscribers: opened a few at a time (with retries), each
+//! checking its own deliveries, until told to stop.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use herald_sse::{ParsedEvent, Parser};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::client::{Resolver, SseConn, StreamTarget, Target};
+use super::progress::note;
+use super::template::{expand, parse_url, Context, Vars};
+use super::tracker::{parse_data, Expect, SeqTracker};
+use super::{epoch_micros, new_histogram, record_first, take_first};
+
+/// Read buffer per subscriber.
+const SUB_BUF: usize = 4096;
+/// Latency histograms are sharded to keep subscriber tasks from contending.
+const SHARDS: usize = 16;
+/// Per-attempt timeout for connect + head + first bytes.
+const OPEN_ONE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Attempts to open one stream.
+const OPEN_ATTEMPTS: u32 = 4;
+/// Once everyone has everything, keep reading this long for late duplicates.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// Expands the subscribe template for subscribers `0..n` and resolves them.
+pub(crate) async fn stream_targets(
+    template: &str,
+    base: &str,
+    topic: &str,
+    n: usize,
+) -> anyhow::Result<Vec<StreamTarget>> {
+    let mut resolver = Resolver::default();
+    let mut targets = Vec::with_capacity(n);
+    for i in 0..n {
+        let vars = Vars {
+            url: base,
+            i: Some(i),
+            topic,
+            user: None,
+            data: None,
+        };
+        let url = parse_url("--subscribe-url", &expand(template, &vars, Context::Url))?;
+        targets.push(resolver.stream_target(&url).await?);
+    }
+    Ok(targets)
+}
+
+/// Opens one stream, retrying a few times with a short backoff (a proxy may
+/// refuse bursts). Returns the stream, the body bytes so far and the attempts
+/// it took, or the last error.
+pub(crate) async fn open_with_retry(
+    target: &StreamTarget,
+    idx: usize,
+    buf_size: usize,
+    head_only: bool,
+) -> Result<(SseConn, Vec<u8>, u32), String> {
+    let mut attempt = 0;
+    // Bounded: at most OPEN_ATTEMPTS rounds.
+    loop {
+        attempt += 1;
+        let opened = tokio::time::timeout(
+            OPEN_ONE_TIMEOUT,
+            SseConn::open(target, idx, buf_size, head_only),
+        )
+        .await;
+        let err = match opened {
+            Ok(Ok((conn, first))) => return Ok((conn, first, attempt)),
+            Ok(Err(err)) => format!("{err:#}"),
+            Err(_) => "timed out opening".to_owned(),
+        };
+        if attempt >= OPEN_ATTEMPTS {
+            return Err(format!("{err} (after {attempt} attempts)"));
+        }
+        let jitter = (idx % 50) as u64;
+        tokio::time::sleep(Duration::from_millis(150 * u64::from(attempt) + jitter)).await;
+    }
+}
+
+/// State shared by all subscriber tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Start of the run; times below are microseconds since it.
+    t0: Instant,
+    pub connected: AtomicUsize,
+    pub failed: AtomicUsize,
+    /// Opens that needed more than one attempt.
+    pub retried_opens: AtomicUsize,
+    /// Subscribers that have everything they expect.
+    pub complete: AtomicUsize,
+    /// Subscribers that have everything, or stopped, or failed to open.
+    pub done: AtomicUsize,
+    /// Bench events received by everyone (progress).
+    pub received: AtomicU64,
+    pub last_receive_us: AtomicU64,
+    latency: Vec<Mutex<Histogram<u64>>>,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub(crate) fn since_t0_us(&self) -> u64 {
+        u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Why the wait for deliveries ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum StopReason {
+    /// Every open subscriber has everything it expects.
+    Complete,
+    /// Every subscriber is complete or its stream ended.
+    StreamsEnded,
+    /// Publishing was over and nothing arrived for `--quiet-ms`.
+    Quiet,
+    /// `--timeout-secs` passed.
+    Timeout,
+}
+
+/// The running subscribers.
+#[derive(Debug)]
+pub(crate) struct Fleet {
+    pub shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<Option<SeqTracker>>>,
+    stop: watch::Sender<bool>,
+    n: usize,
+}
+
+impl Fleet {
+    /// Starts one task per target; `expects[i]` is what subscriber `i` should get.
+    pub(crate) fn spawn(
+        targets: Vec<StreamTarget>,
+        expects: Vec<Expect>,
+        open_concurrency: usize,
+        head_only: bool,
+        hard_deadline: tokio::time::Instant,
+    ) -> anyhow::Result<Self> {
+        let mut latency = Vec::with_capacity(SHARDS);
+        for _ in 0..SHARDS {
+            latency.push(Mutex::new(new_histogram()?));
+        }
+        let shared = Arc::new(Shared {
+            t0: Instant::now(),
+            connected: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            retried_opens: AtomicUsize::new(0),
+            complete: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
+            last_receive_us: AtomicU64::new(0),
+            latency,
+            first_error: Mutex::new(None),
+        });
+        let n = targets.len();
+        let gate = Arc::new(Semaphore::new(open_concurrency.max(1)));
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::with_capacity(n);
+        for (idx, (target, expect)) in targets.into_iter().zip(expects).enumerate() {
+            let (gate, shared, stop) = (gate.clone(), shared.clone(), stop_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                let run = subscriber(idx, target, expect, &gate, &shared, stop, head_only);
+                tokio::time::timeout_at(hard_deadline, run)
+                    .await
+                    .ok()
+                    .flatten()
+            }));
+        }
+        Ok(Self {
+            shared,
+            tasks,
+            stop,
+            n,
+        })
+    }
+
+    /// Waits until every subscriber is open or failed, or `deadline`.
+    pub(crate) async fn wait_open(&self, deadline: Instant, bar: &ProgressBar) {
+        let s = &self.shared;
+        while s.connected.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed) < self.n
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            bar.set_position(s.connected.load(Ordering::Relaxed) as u64);
+        }
+        bar.set_position(s.connected.load(Ordering::Relaxed) as u64);
+    }
+
+    /// Waits for the deliveries: until every subscriber is done, or nothing
+    /// arrived for `quiet` since max(last receive, `publish_end_us`), or `deadline`.
+    pub(crate) async fn wait_deliveries(
+        &self,
+        publish_end_us: u64,
+        quiet: Duration,
+        deadline: Instant,
+        bar: &ProgressBar,
+    ) -> StopReason {
+        let s = &self.shared;
+        let quiet_us = u64::try_from(quiet.as_micros()).unwrap_or(u64::MAX);
+        // Bounded by `deadline`.
+        let reason = loop {
+            bar.set_position(s.received.load(Ordering::Relaxed));
+            if s.done.load(Ordering::Relaxed) >= self.n {
+                let connected = s.connected.load(Ordering::Relaxed);
+                break if s.complete.load(Ordering::Relaxed) >= connected {
+                    StopReason::Complete
+                } else {
+                    StopReason::StreamsEnded
+                };
+            }
+            let last = s
+                .last_receive_us
+                .load(Ordering::Relaxed)
+                .max(publish_end_us);
+            if s.since_t0_us().saturating_sub(last) >= quiet_us {
+                break StopReason::Quiet;
+            }
+            if Instant::now() >= deadline {
+                break StopReason::Timeout;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if reason == StopReason::Complete {
+            let linger = LINGER.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(linger).await;
+        }
+        bar.set_position(s.received.load(Ordering::Relaxed));
+        reason
+    }
+
+    /// Stops every subscriber and returns the trackers of those that opened.
+    pub(crate) async fn stop(self) -> Vec<SeqTracker> {
+        let _ = self.stop.send(true);
+        let mut trackers = Vec::with_capacity(self.n);
+        for task in self.tasks {
+            if let Ok(Ok(Some(tracker))) = tokio::time::timeout(Duration::from_secs(10), task).await
+            {
+                trackers.push(tracker);
+            }
+        }
+        trackers
+    }
+
+    /// All latencies, merged.
+    pub(crate) fn latency(&self) -> anyhow::Result<Histogram<u64>> {
+        let mut histogram = new_histogram()?;
+        for shard in &self.shared.latency {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            histogram
+                .add(&*shard)
+                .map_err(|e| anyhow::anyhow!("merging latency histograms: {e}"))?;
+        }
+        Ok(histogram)
+    }
+
+    pub(crate) fn first_error(&self) -> Option<String> {
+        take_first(&self.shared.first_error)
+    }
+
+    /// Herald's readiness: polls `GET /v1/topics/{topic}` until the server
+    /// counts `want` subscribers (at most 10 s).
+    pub(crate) async fn herald_topic_ready(
+        http: &reqwest::Client,
+        target: &Target,
+        topic: &str,
+        want: usize,
+        deadline: Instant,
+        bar: &ProgressBar,
+    ) {
+        let Ok(mut url) = target.url("/v1/topics/") else {
+            return;
+        };
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().push(topic);
+        }
+        let seen = poll_count(http, url, "subscribers", want, deadline).await;
+        if seen.is_none_or(|n| n < want as u64) {
+            note(bar, &format!("the server counts {seen:?} subscribers on {topic:?}, expected {want}; publishing anyway"));
+        }
+    }
+
+    /// Herald's readiness for personal streams: polls `GET /v1/stats` until
+    /// `users_online` reaches `want` (at most 10 s).
+    pub(crate) async fn herald_users_ready(
+        http: &reqwest::Client,
+        target: &Target,
+        want: usize,
+        deadline: Instant,
+        bar: &ProgressBar,
+    ) {
+        let Ok(url) = target.url("/v1/stats") else {
+            return;
+        };
+        let seen = poll_count(http, url, "users_online", want, deadline).await;
+        if seen.is_none_or(|n| n < want as u64) {
+            note(
+                bar,
+                &format!(
+                    "the server counts {seen:?} users online, expected {want}; publishing anyway"
+                ),
+            );
+        }
+    }
+}
+
+/// Polls a JSON count until it reaches `want`; returns the last value seen.
+async fn poll_count(
+    http: &reqwest::Client,
+    url: reqwest::Url,
+    field: &str,
+    want: usize,
+    deadline: Instant,
+) -> Option<u64> {
+    let deadline = deadline.min(Instant::now() + Duration::from_secs(10));
+    let mut seen = None;
+    // Bounded by `deadline`.
+    while Instant::now() < deadline {
+        let answer = tokio::time::timeout(Duration::from_secs(2), async {
+            http.get(url.clone())
+                .send()
+                .await
+                .ok()?
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(body) = answer {
+            seen = body.get(field).and_then(|n| n.as_u64());
+            if seen.is_some_and(|n| n >= want as u64) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
+}
+
+async fn subscriber(
+    idx: usize,
+    target: StreamTarget,
+    expect: Expect,
+    gate: &Semaphore,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+    head_only: bool,
+) -> Option<SeqTracker> {
+    let opened = {
+        let _permit = gate.acquire().await;
+        tokio::select! {
+            opened = open_with_retry(&target, idx, SUB_BUF, head_only) => opened,
+            _ = stop.changed() => Err("stopped before it opened".to_owned()),
+        }
+    };
+    let (mut conn, first) = match opened {
+        Ok((conn, first, attempts)) => {
+            if attempts > 1 {
+                shared.retried_opens.fetch_add(1, Ordering::Relaxed);
+            }
+            (conn, first)
+        }
+        Err(err) => {
+            record_first(&shared.first_error, format!("subscriber {idx}: {err}"));
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            shared.done.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+    };
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+
+    let mut parser = Parser::new();
+    let mut parsed: Vec<ParsedEvent> = Vec::new();
+    let mut tracker = SeqTracker::new(expect);
+    let mut latencies: Vec<u64> = Vec::new();
+    let mut counted_done = false;
+    parser.feed_into(&first, &mut parsed);
+    let shard = &shared.latency[idx % SHARDS];
+    // Bounded: ends at end of stream, on error, or at stop.
+    loop {
+        if !parsed.is_empty() {
+            let now = epoch_micros();
+            for event in parsed.drain(..) {
+                let bench = if event.event.starts_with("herald.") {
+                    None
+                } else {
+                    parse_data(&event.data)
+                };
+                match bench {
+                    Some((seq, ts)) => {
+                        tracker.record(seq);
+                        latencies.push(now.saturating_sub(ts));
+                    }
+                    None => tracker.record_other(),
+                }
+            }
+            if !latencies.is_empty() {
+                let mut histogram = shard.lock().unwrap_or_else(|e| e.into_inner());
+                for &latency in &latencies {
+                    histogram.saturating_record(latency.max(1));
+                }
+                drop(histogram);
+                shared
+                    .received
+                    .fetch_add(latencies.len() as u64, Ordering::Relaxed);
+                latencies.clear();
+                shared
+                    .last_receive_us
+                    .fetch_max(shared.since_t0_us(), Ordering::Relaxed);
+            }
+        }
+        if !counted_done && tracker.complete() {
+            counted_done = true;
+            shared.complete.fetch_add(1, Ordering::Relaxed);
+            shared.done.fetch_add(1, Ordering::Relaxed);
+        }
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            more = conn.read_some(|bytes| parser.feed_into(bytes, &mut parsed)) => match more {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracker.result.disconnected = true;
+                    break;
+                }
+                Err(err) => {
+                    record_first(&shared.first_error, format!("subscriber {idx}: {err:#}"));
+                    tracker.result.disconnected = true;
+                    break;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    if !counted_done {
+        shared.done.fetch_add(1, Ordering::Relaxed);
+    }
+    Some(tracker)
+}

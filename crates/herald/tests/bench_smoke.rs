@@ -1,0 +1,185 @@
+//! Every `herald bench` subcommand against the real server, tiny and fast:
+//! exit 0, nothing missing, figures that make sense.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `herald serve`; killed when dropped, even on panic.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--dev", "--memory", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting herald serve");
+    let mut server = Server {
+        child,
+        url: String::new(),
+    };
+    let stdout = server.child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    // Reads the address, then keeps draining stdout so the server never blocks.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(addr) = line.strip_prefix("herald listening on ") {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    server.url = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("herald serve did not print its address");
+    assert!(server.url.starts_with("http://"), "{}", server.url);
+    server
+}
+
+fn bench(server: &Server, args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("bench")
+        .args(args)
+        .args(["--url", &server.url, "--json", "--timeout-secs", "20"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running herald bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench {args:?} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("bench {args:?}: not one JSON object ({e}): {stdout}"))
+}
+
+fn count(report: &serde_json::Value, field: &str) -> u64 {
+    report[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {report}"))
+}
+
+fn assert_sane_latency(latency: &serde_json::Value, samples: u64) {
+    assert_eq!(latency["samples"].as_u64(), Some(samples), "{latency}");
+    let p50 = latency["p50"].as_f64().unwrap_or(-1.0);
+    let p99 = latency["p99"].as_f64().unwrap_or(-1.0);
+    let max = latency["max"].as_f64().unwrap_or(-1.0);
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{latency}");
+}
+
+#[test]
+fn conns() {
+    let server = start_server();
+    let r = bench(
+        &server,
+        &[
+            "conns",
+            "--connections",
+            "20",
+            "--hold-secs",
+            "0",
+            "--settle-secs",
+            "0",
+        ],
+    );
+    assert_eq!(count(&r, "opened"), 20, "{r}");
+    assert_eq!(count(&r, "failed"), 0, "{r}");
+    assert_eq!(count(&r, "still_open_after_hold"), 20, "{r}");
+    assert_eq!(count(&r, "server_connections"), 20, "{r}");
+    assert_eq!(r["timed_out"], false, "{r}");
+}
+
+#[test]
+fn fanout() {
+    let server = start_server();
+    let r = bench(&server, &["fanout", "--subscribers", "5", "--events", "50"]);
+    assert_eq!(count(&r, "connected"), 5, "{r}");
+    assert_eq!(count(&r, "published"), 50, "{r}");
+    assert_eq!(count(&r, "expected"), 250, "{r}");
+    assert_eq!(count(&r, "unique"), 250, "{r}");
+    assert_eq!(count(&r, "missing"), 0, "{r}");
+    assert_eq!(count(&r, "duplicates"), 0, "{r}");
+    assert_eq!(count(&r, "out_of_order"), 0, "{r}");
+    assert_eq!(count(&r, "unexpected"), 0, "{r}");
+    assert_eq!(r["stop_reason"], "complete", "{r}");
+    assert_eq!(r["server_api"], true, "{r}");
+    assert!(r["deliveries_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert_sane_latency(&r["latency_ms"], 250);
+}
+
+#[test]
+fn unicast() {
+    let server = start_server();
+    let r = bench(&server, &["unicast", "--users", "5", "--events", "50"]);
+    assert_eq!(count(&r, "connected"), 5, "{r}");
+    assert_eq!(count(&r, "published"), 50, "{r}");
+    assert_eq!(count(&r, "expected"), 50, "{r}");
+    assert_eq!(count(&r, "unique"), 50, "{r}");
+    assert_eq!(count(&r, "missing"), 0, "{r}");
+    assert_eq!(count(&r, "duplicates"), 0, "{r}");
+    assert_eq!(count(&r, "out_of_order"), 0, "{r}");
+    assert_eq!(count(&r, "unexpected"), 0, "{r}");
+    assert_eq!(r["stop_reason"], "complete", "{r}");
+    assert!(r["deliveries_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert_sane_latency(&r["latency_ms"], 50);
+}
+
+#[test]
+fn unicast_batched() {
+    let server = start_server();
+    let r = bench(
+        &server,
+        &["unicast", "--users", "5", "--events", "50", "--batch", "4"],
+    );
+    assert_eq!(count(&r, "published"), 50, "{r}");
+    assert_eq!(count(&r, "missing"), 0, "{r}");
+    assert_eq!(count(&r, "out_of_order"), 0, "{r}");
+    assert_eq!(count(&r, "unexpected"), 0, "{r}");
+}
+
+#[test]
+fn publish() {
+    let server = start_server();
+    let r = bench(
+        &server,
+        &["publish", "--events", "200", "--concurrency", "4"],
+    );
+    assert_eq!(count(&r, "acked_events"), 200, "{r}");
+    assert_eq!(count(&r, "acked_requests"), 200, "{r}");
+    assert_eq!(count(&r, "non_2xx"), 0, "{r}");
+    assert_eq!(count(&r, "errors"), 0, "{r}");
+    assert!(r["publishes_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert_sane_latency(&r["ack_latency_ms"], 200);
+    assert!(r["ack_latency_per_event_ms"].is_null(), "{r}");
+
+    let r = bench(
+        &server,
+        &[
+            "publish",
+            "--events",
+            "200",
+            "--concurrency",
+            "4",
+            "--batch",
+            "10",
+        ],
+    );
+    assert_eq!(count(&r, "acked_events"), 200, "{r}");
+    assert_eq!(count(&r, "acked_requests"), 20, "{r}");
+    assert_sane_latency(&r["ack_latency_per_event_ms"], 200);
+}
