@@ -263,17 +263,14 @@ impl Connection {
 
     fn count_delivered(&self, events: u64) {
         if events > 0 {
-            self.hub
-                .counters
-                .delivered
-                .fetch_add(events, Ordering::Relaxed);
+            self.shared.delivered.fetch_add(events, Ordering::Relaxed);
         }
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.hub.unregister(self.id);
+        self.hub.unregister(self.id, &self.shared);
     }
 }
 

@@ -81,6 +81,9 @@ pub struct ConnShared {
     /// Id of the last event offered by the dispatcher: one delivery per
     /// connection per event, however many subscriptions match.
     last_offered: AtomicU64,
+    /// Events this stream has written. Per stream, not one global counter:
+    /// every write would otherwise contend on one cache line across cores.
+    pub(crate) delivered: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -199,8 +202,9 @@ impl Index {
 pub struct Counters {
     /// Events stored through this node's publish route.
     pub published: AtomicU64,
-    /// Event frames written to connections.
-    pub delivered: AtomicU64,
+    /// Event frames written by streams that have since closed (the open
+    /// ones keep their own count; see [`Hub::events_delivered`]).
+    delivered_by_closed: AtomicU64,
     /// Events the dispatcher fanned out.
     pub dispatched: AtomicU64,
     /// Times a connection's queue overflowed and it switched to catch-up.
@@ -318,8 +322,25 @@ impl Hub {
         )
     }
 
-    pub(crate) fn unregister(&self, id: ConnId) {
-        self.index.write().remove(id);
+    /// Removes a stream and folds its delivery count into the total, under
+    /// one lock so [`Hub::events_delivered`] never counts it twice or not at all.
+    pub(crate) fn unregister(&self, id: ConnId, shared: &ConnShared) {
+        let mut index = self.index.write();
+        index.remove(id);
+        self.counters
+            .delivered_by_closed
+            .fetch_add(shared.delivered.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Event frames written to streams since start.
+    pub fn events_delivered(&self) -> u64 {
+        let index = self.index.read();
+        let open: u64 = index
+            .conns
+            .values()
+            .map(|e| e.shared.delivered.load(Ordering::Relaxed))
+            .sum();
+        open + self.counters.delivered_by_closed.load(Ordering::Relaxed)
     }
 
     /// Offers each event, in order, to every connection it matches, once each.

@@ -26,7 +26,7 @@ pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Result<Response
         "users_online": counts.users_online,
         "topics": counts.topics,
         "events_published": counters.published.load(Ordering::Relaxed),
-        "events_delivered": counters.delivered.load(Ordering::Relaxed),
+        "events_delivered": state.hub.events_delivered(),
         "uptime_s": state.hub.uptime().as_secs(),
         "nodes": ["local"],
     }))

@@ -71,7 +71,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "herald_events_delivered_total",
         "counter",
         "Event frames written to streams.",
-        c.delivered.load(Ordering::Relaxed),
+        state.hub.events_delivered(),
     );
     metric(
         "herald_stream_lagged_total",
