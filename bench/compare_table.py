@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Markdown table for bench/compare from its results.jsonl (standard library only).
+
+Usage: compare_table.py RESULTS_JSONL META_TXT   (sizes come from the environment
+that bench/compare exports). Each line of RESULTS_JSONL is one run of one figure
+against one server: {"run", "server", "figure", "report": <herald bench --json>,
+...}. Cells are medians over the runs; loss, duplicates, reordering and failed
+streams are flagged in the cell, never hidden.
+"""
+
+import json
+import os
+import statistics
+import sys
+
+SERVERS = ["floor", "herald", "nchan-1w", "nchan-2w", "pushpin"]
+TITLES = {
+    "floor": "floor",
+    "herald": "Herald",
+    "nchan-1w": "Nchan 1w",
+    "nchan-2w": "Nchan 2w",
+    "pushpin": "Pushpin",
+}
+
+
+def env(name, default="?"):
+    return os.environ.get(name, default)
+
+
+def num(n):
+    try:
+        return f"{int(n):,}"
+    except ValueError:
+        return n
+
+
+# figure id -> (label, unit, higher_is_better)
+FIGURES = [
+    ("conns", f"memory per idle stream, {num(env('CONNS'))} open (KiB, lower is better)", "kib", False),
+    ("bbig", f"broadcast {num(env('BBIG_SUBS'))} subs × {num(env('BBIG_EVENTS'))} events flat out: deliveries/s", "rate", True),
+    ("bbigbatch", f"same, Herald with batch publish ({env('BATCH')} events per request)", "rate", True),
+    ("bsmall", f"broadcast {num(env('BSMALL_SUBS'))} subs × {num(env('BSMALL_EVENTS'))} events flat out: deliveries/s", "rate", True),
+    ("bsmallbatch", f"same, Herald with batch publish ({env('BATCH')} events per request)", "rate", True),
+    ("lat", f"p99 publish→receive, {num(env('LAT_SUBS'))} subs × {env('LAT_RATE')} events/s (ms, lower is better)", "ms", False),
+    ("uni", f"unicast {num(env('UNI_USERS'))} users, {num(env('UNI_EVENTS'))} events, {env('PUBLISHERS')} publishers: events/s delivered", "rate", True),
+    ("unibatch", f"same, Herald with batch publish ({env('BATCH')} events per request)", "rate", True),
+]
+
+def first(report, *keys):
+    """The first of `keys` present in `report` (field names differ by subcommand)."""
+    for key in keys:
+        if isinstance(report, dict) and report.get(key) is not None:
+            return report[key]
+    return None
+
+
+def extract(line):
+    """(value, problems) of one run; value None when the run gave no figure."""
+    report = line.get("report")
+    figure = line["figure"]
+    if not isinstance(report, dict):
+        return None, [line.get("error", "no report")]
+    problems = []
+    if figure == "conns":
+        before, during = line.get("mem_before_kib"), line.get("mem_open_kib")
+        streams = line.get("server_streams") or 0
+        opened = first(report, "opened") or 0
+        failed = first(report, "failed") or 0
+        if failed:
+            problems.append(f"{num(failed)} failed")
+        if streams and streams < opened:
+            problems.append(f"{num(opened - streams)} closed by the server")
+        count = min(streams, opened) if streams else opened
+        if not count or before is None or during is None:
+            return None, problems or ["no streams"]
+        return (during - before) / count, problems
+    failed = first(report, "failed") or 0
+    if failed:
+        problems.append(f"{num(failed)} subs failed")
+    expected = first(report, "expected") or 0
+    missing = first(report, "missing") or 0
+    if missing:
+        share = 100.0 * missing / expected if expected else 0.0
+        problems.append(f"lost {share:.2g}%")
+    for key, word in (("duplicates", "dup"), ("out_of_order", "reordered")):
+        if first(report, key):
+            problems.append(f"{num(report[key])} {word}")
+    if first(report, "timed_out"):
+        problems.append("timed out")
+    if figure == "lat":
+        latency = first(report, "latency_ms") or {}
+        value = latency.get("p99") if isinstance(latency, dict) else None
+        if not latency.get("samples") if isinstance(latency, dict) else True:
+            value = None
+        return value, problems
+    value = first(report, "deliveries_per_sec", "delivered_per_sec", "events_per_sec")
+    if not value:
+        return None, problems or ["nothing delivered"]
+    return value, problems
+
+
+def flags(problems):
+    """`lost 0.03% / 0.13%, 2 dup`: one entry per kind, the runs' values joined."""
+    kinds = {}
+    for problem in problems:
+        words = problem.split(" ")
+        # "lost 0.1%" and "timed out" start with the kind; "12 dup" ends with it.
+        kind = words[0] if not words[0][0].isdigit() else " ".join(words[1:])
+        kinds.setdefault(kind, []).append(problem)
+    out = []
+    for kind, texts in kinds.items():
+        texts = list(dict.fromkeys(texts))
+        if kind == "lost":
+            out.append("lost " + " / ".join(t.split(" ", 1)[1] for t in texts))
+        else:
+            out.append(" / ".join(texts))
+    return ", ".join(out)
+
+
+def fmt(value, unit):
+    if value is None:
+        return "—"
+    if unit == "kib":
+        return f"{value:.1f}"
+    if unit == "ms":
+        return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f} M/s"
+    if value >= 1e3:
+        return f"{value / 1e3:.0f} k/s"
+    return f"{value:.0f}/s"
+
+
+def main():
+    path, meta_path = sys.argv[1], sys.argv[2]
+    with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    runs = int(env("RUNS", "1"))
+    servers = [s for s in SERVERS if s in env("SERVERS", " ".join(SERVERS)).split()]
+    wanted = env("FIGURES", " ".join(f[0] for f in FIGURES)).split()
+    figures = [f for f in FIGURES if f[0] in wanted]
+
+    cells = {}  # (figure, server) -> (median or None, problems, values)
+    for figure, _, _, _ in figures:
+        for server in servers:
+            values, problems = [], []
+            for line in lines:
+                if line["figure"] == figure and line["server"] == server:
+                    value, probs = extract(line)
+                    if value is not None:
+                        values.append(value)
+                    problems += probs
+            if values or problems:
+                median = statistics.median(values) if values else None
+                cells[(figure, server)] = (median, problems, values)
+
+    out = []
+    with open(meta_path) as f:
+        meta = f.read().strip()
+    out.append("```text\n" + meta + "\n```\n")
+    header = ["figure"] + [TITLES[s] for s in servers]
+    ratio_cols = []
+    if "herald" in servers:
+        if "floor" in servers:
+            ratio_cols.append(("Herald / floor", ["floor"]))
+        nchans = [s for s in ("nchan-1w", "nchan-2w") if s in servers]
+        if nchans:
+            ratio_cols.append(("Herald / best Nchan", nchans))
+        if "pushpin" in servers:
+            ratio_cols.append(("Herald / Pushpin", ["pushpin"]))
+    header += [title for title, _ in ratio_cols]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + " --- |" * len(header))
+    notes = []
+    for figure, label, unit, higher in figures:
+        row = [label]
+        for server in servers:
+            cell = cells.get((figure, server))
+            if cell is None:
+                row.append("—")
+                continue
+            median, problems, values = cell
+            text = fmt(median, unit) if median is not None else "failed"
+            if problems:
+                text += " ⚠ " + flags(problems)
+            if median is not None and len(values) < runs:
+                text += f" ({len(values)} of {runs} runs)"
+            row.append(text)
+        herald = cells.get((figure, "herald"), (None, [], []))[0]
+        for _, peers in ratio_cols:
+            # Batch publish is Herald's alone: compare with the peers' one
+            # event per request.
+            peer_figure = figure.removesuffix("batch")
+            candidates = []
+            for peer in peers:
+                value, problems, _ = cells.get((peer_figure, peer), (None, [], []))
+                if value is not None:
+                    candidates.append((bool(problems), -value if higher else value, value))
+            if herald is None or not candidates:
+                row.append("—")
+                continue
+            # Best peer: lossless first, then the best value.
+            best = min(candidates)[2]
+            row.append(f"{herald / best:.2f}×" if best else "—")
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    out.append(
+        f"Medians of {runs} run(s). Ratios are Herald's value over the peer's: above 1× is more "
+        "throughput, or more memory / latency in the rows where lower is better. "
+        "\"best Nchan\" is the better of 1 and 2 workers. Every server gets one event "
+        "per publish request; the batch rows (Herald only) are compared with the peers' "
+        "row above them. ⚠ marks loss, duplicates, "
+        "reordering or streams that did not open, in any run."
+    )
+    out.extend(notes)
+
+    # Per-run details, for the record.
+    out.append("\n<details><summary>every run</summary>\n")
+    out.append("| figure | server | run | value | subs ok / failed | missing | dup | reordered | p50 / p99 ms | window s |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for line in sorted(lines, key=lambda l: ([f[0] for f in FIGURES].index(l["figure"]), SERVERS.index(l["server"]), l["run"])):
+        report = line.get("report") if isinstance(line.get("report"), dict) else {}
+        value, _ = extract(line)
+        unit = next(u for f, _, u, _ in FIGURES if f == line["figure"])
+        latency = report.get("latency_ms") or {}
+        ok = first(report, "connected", "opened")
+        out.append(
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |".format(
+                line["figure"], line["server"], line["run"], fmt(value, unit),
+                ok if ok is not None else "?", first(report, "failed") or 0,
+                first(report, "missing") or 0, first(report, "duplicates") or 0,
+                first(report, "out_of_order") or 0,
+                f"{latency.get('p50', '?')} / {latency.get('p99', '?')}" if latency else "—",
+                first(report, "delivery_window_secs", "open_secs") or "—",
+            )
+        )
+    out.append("\n</details>")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
