@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use crate::event::EventId;
+use crate::event::{Event, EventId};
 use crate::filter::Filter;
 use crate::hub::{ConnId, ConnShared, Hub, Outbound};
 use crate::log::{Gap, Position};
@@ -149,47 +149,31 @@ impl Connection {
         if self.shared.closed.load(Ordering::SeqCst) {
             return None;
         }
-        let mut single = None;
-        let mut coalesced: Option<BytesMut> = None;
+        let mut chunk = ChunkBuilder::default();
         let mut events = 0u64;
         let mut item = Some(first);
         while let Some(outbound) = item.take() {
-            let frame = match outbound {
-                Outbound::Heartbeat => Hub::heartbeat_frame(),
-                Outbound::Event(event) => {
-                    if self.last_written.is_some_and(|last| event.id <= last) {
-                        Bytes::new()
-                    } else {
-                        self.last_written = Some(event.id);
-                        events += 1;
-                        event.frame().clone()
-                    }
-                }
-            };
-            if !frame.is_empty() {
-                match (&mut single, &mut coalesced) {
-                    (None, None) => single = Some(frame),
-                    (Some(first), None) => {
-                        let mut buf = BytesMut::with_capacity(first.len() + frame.len() * 4);
-                        buf.extend_from_slice(first);
-                        buf.extend_from_slice(&frame);
-                        single = None;
-                        coalesced = Some(buf);
-                    }
-                    (_, Some(buf)) => buf.extend_from_slice(&frame),
-                }
+            match outbound {
+                Outbound::Heartbeat => chunk.push(&Hub::heartbeat_frame()),
+                Outbound::Event(event) => events += u64::from(self.write_event(&event, &mut chunk)),
             }
-            let size =
-                single.as_ref().map_or(0, Bytes::len) + coalesced.as_ref().map_or(0, BytesMut::len);
-            if size < MAX_CHUNK_BYTES {
+            if chunk.len() < MAX_CHUNK_BYTES {
                 item = self.rx.try_recv().ok();
             }
         }
         self.count_delivered(events);
-        Some(match coalesced {
-            Some(buf) => buf.freeze(),
-            None => single.unwrap_or_default(),
-        })
+        Some(chunk.finish())
+    }
+
+    /// Adds `event`'s frame unless it was already written (ids only grow, so
+    /// "already written" is "id not above the last written"); true if added.
+    fn write_event(&mut self, event: &Event, chunk: &mut ChunkBuilder) -> bool {
+        if self.last_written.is_some_and(|last| event.id <= last) {
+            return false;
+        }
+        self.last_written = Some(event.id);
+        chunk.push(event.frame());
+        true
     }
 
     fn start_catch_up(&mut self) {
@@ -215,7 +199,7 @@ impl Connection {
                 return None;
             }
         };
-        let mut buf = BytesMut::new();
+        let mut chunk = ChunkBuilder::default();
         let gap = match (batch.gap, self.unknown_resume.take()) {
             (Some(gap), raw) => Some((gap, raw.unwrap_or_else(|| describe(from)))),
             (None, Some(raw)) => Some((
@@ -227,19 +211,14 @@ impl Connection {
             (None, None) => None,
         };
         if let Some((gap, last_event_id)) = gap {
-            buf.extend_from_slice(&gap_frame(&last_event_id, &gap));
+            chunk.push(&gap_frame(&last_event_id, &gap));
             // The resume point is not in the log (trimmed, or never issued
             // here): what follows is new to the client, whatever its ids.
             self.last_written = None;
         }
         let mut events = 0u64;
         for event in &batch.events {
-            if self.last_written.is_some_and(|last| event.id <= last) {
-                continue;
-            }
-            buf.extend_from_slice(event.frame());
-            self.last_written = Some(event.id);
-            events += 1;
+            events += u64::from(self.write_event(event, &mut chunk));
         }
         self.count_delivered(events);
         let from = batch.scanned_to.map_or(from, Position::After);
@@ -254,11 +233,11 @@ impl Connection {
                 final_pass: true,
             }
         };
-        if buf.is_empty() {
+        if chunk.len() == 0 {
             // Scanning past non-matching events: let other tasks run.
             tokio::task::yield_now().await;
         }
-        Some(buf.freeze())
+        Some(chunk.finish())
     }
 
     fn count_delivered(&self, events: u64) {
@@ -271,6 +250,36 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.hub.unregister(self.id, &self.shared);
+    }
+}
+
+/// Frames gathered into one write: a single frame is passed on as the shared
+/// `Bytes` (no copy); only a second frame makes a buffer.
+#[derive(Debug, Default)]
+struct ChunkBuilder {
+    single: Option<Bytes>,
+    buf: BytesMut,
+}
+
+impl ChunkBuilder {
+    fn push(&mut self, frame: &Bytes) {
+        if self.single.is_none() && self.buf.is_empty() {
+            self.single = Some(frame.clone());
+            return;
+        }
+        if let Some(first) = self.single.take() {
+            self.buf.reserve(first.len() + frame.len() * 4);
+            self.buf.extend_from_slice(&first);
+        }
+        self.buf.extend_from_slice(frame);
+    }
+
+    fn len(&self) -> usize {
+        self.single.as_ref().map_or(self.buf.len(), Bytes::len)
+    }
+
+    fn finish(self) -> Bytes {
+        self.single.unwrap_or_else(|| self.buf.freeze())
     }
 }
 

@@ -149,8 +149,9 @@ impl Index {
                     set.values().for_each(|e| e.offer(event));
                 }
             }
-            self.everything.values().for_each(|e| e.offer(event));
         }
+        // Once per event, not once per topic.
+        self.everything.values().for_each(|e| e.offer(event));
     }
 
     fn insert(&mut self, entry: Arc<ConnEntry>) {
