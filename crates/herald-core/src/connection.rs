@@ -117,57 +117,79 @@ impl Connection {
 
     /// The next bytes to write, waiting until there are some; `None` ends the
     /// stream (kicked, expired, or the log failed — the client reconnects and
-    /// resumes).
+    /// resumes). A single frame comes back as the shared `Bytes`, uncopied.
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        let mut chunk = SharedChunk::default();
+        self.next_frames(&mut chunk).await.then(|| chunk.finish())
+    }
+
+    /// Like [`Connection::next_chunk`], but appends the bytes to `out`, for a
+    /// writer that copies frames into its own buffer anyway (it saves taking
+    /// and releasing a reference on each shared frame). `false` ends the stream.
+    pub async fn next_chunk_into(&mut self, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        let mut chunk = CopiedChunk { out, start };
+        self.next_frames(&mut chunk).await
+    }
+
+    /// Adds the next frames to `chunk`, waiting until there are some.
+    async fn next_frames(&mut self, chunk: &mut impl ChunkSink) -> bool {
         if !self.opened {
             self.opened = true;
             let retry = self.hub.config().retry_ms;
-            return Some(Bytes::from(format!("retry: {retry}\n:ok\n\n")));
+            chunk.push(&Bytes::from(format!("retry: {retry}\n:ok\n\n")));
+            return true;
         }
         loop {
             if self.shared.closed.load(Ordering::SeqCst) {
-                return None;
+                return false;
             }
-            let chunk = match self.mode {
-                Mode::Live => self.next_live().await?,
-                Mode::CatchUp { from, final_pass } => self.next_catch_up(from, final_pass).await?,
+            let more = match self.mode {
+                Mode::Live => self.next_live(chunk).await,
+                Mode::CatchUp { from, final_pass } => {
+                    self.next_catch_up(from, final_pass, chunk).await
+                }
             };
-            if !chunk.is_empty() {
+            if !more {
+                return false;
+            }
+            if chunk.len() > 0 {
                 self.shared.wrote_recently.store(true, Ordering::Relaxed);
-                return Some(chunk);
+                return true;
             }
         }
     }
 
-    /// Drains the queue; an empty chunk means "nothing to write, look again".
-    async fn next_live(&mut self) -> Option<Bytes> {
+    /// Drains the queue into `chunk`; adding nothing means "look again".
+    async fn next_live(&mut self, chunk: &mut impl ChunkSink) -> bool {
         if self.shared.lagging.load(Ordering::SeqCst) && self.rx.is_empty() {
             self.start_catch_up();
-            return Some(Bytes::new());
+            return true;
         }
-        let first = self.rx.recv().await?;
+        let Some(first) = self.rx.recv().await else {
+            return false;
+        };
         if self.shared.closed.load(Ordering::SeqCst) {
-            return None;
+            return false;
         }
-        let mut chunk = ChunkBuilder::default();
         let mut events = 0u64;
         let mut item = Some(first);
         while let Some(outbound) = item.take() {
             match outbound {
                 Outbound::Heartbeat => chunk.push(&Hub::heartbeat_frame()),
-                Outbound::Event(event) => events += u64::from(self.write_event(&event, &mut chunk)),
+                Outbound::Event(event) => events += u64::from(self.write_event(&event, chunk)),
             }
             if chunk.len() < MAX_CHUNK_BYTES {
                 item = self.rx.try_recv().ok();
             }
         }
         self.count_delivered(events);
-        Some(chunk.finish())
+        true
     }
 
     /// Adds `event`'s frame unless it was already written (ids only grow, so
     /// "already written" is "id not above the last written"); true if added.
-    fn write_event(&mut self, event: &Event, chunk: &mut ChunkBuilder) -> bool {
+    fn write_event(&mut self, event: &Event, chunk: &mut impl ChunkSink) -> bool {
         if self.last_written.is_some_and(|last| event.id <= last) {
             return false;
         }
@@ -185,8 +207,13 @@ impl Connection {
         };
     }
 
-    /// One page of catch-up from the log.
-    async fn next_catch_up(&mut self, from: Position, final_pass: bool) -> Option<Bytes> {
+    /// One page of catch-up from the log, into `chunk`.
+    async fn next_catch_up(
+        &mut self,
+        from: Position,
+        final_pass: bool,
+        chunk: &mut impl ChunkSink,
+    ) -> bool {
         let batch = match self
             .hub
             .log()
@@ -196,10 +223,10 @@ impl Connection {
             Ok(batch) => batch,
             Err(err) => {
                 tracing::warn!(%err, conn = self.id, "catch-up read failed; closing the stream so the client resumes");
-                return None;
+                return false;
             }
         };
-        let mut chunk = ChunkBuilder::default();
+        let added_before = chunk.len();
         let gap = match (batch.gap, self.unknown_resume.take()) {
             (Some(gap), raw) => Some((gap, raw.unwrap_or_else(|| describe(from)))),
             (None, Some(raw)) => Some((
@@ -218,7 +245,7 @@ impl Connection {
         }
         let mut events = 0u64;
         for event in &batch.events {
-            events += u64::from(self.write_event(event, &mut chunk));
+            events += u64::from(self.write_event(event, chunk));
         }
         self.count_delivered(events);
         let from = batch.scanned_to.map_or(from, Position::After);
@@ -233,11 +260,11 @@ impl Connection {
                 final_pass: true,
             }
         };
-        if chunk.len() == 0 {
+        if chunk.len() == added_before {
             // Scanning past non-matching events: let other tasks run.
             tokio::task::yield_now().await;
         }
-        Some(chunk.finish())
+        true
     }
 
     fn count_delivered(&self, events: u64) {
@@ -253,15 +280,22 @@ impl Drop for Connection {
     }
 }
 
-/// Frames gathered into one write: a single frame is passed on as the shared
-/// `Bytes` (no copy); only a second frame makes a buffer.
+/// Where a writer gathers the frames of one write.
+trait ChunkSink {
+    fn push(&mut self, frame: &Bytes);
+    /// Bytes gathered so far.
+    fn len(&self) -> usize;
+}
+
+/// Frames gathered into one `Bytes`: a single frame is passed on as the
+/// shared `Bytes` (no copy); only a second frame makes a buffer.
 #[derive(Debug, Default)]
-struct ChunkBuilder {
+struct SharedChunk {
     single: Option<Bytes>,
     buf: BytesMut,
 }
 
-impl ChunkBuilder {
+impl ChunkSink for SharedChunk {
     fn push(&mut self, frame: &Bytes) {
         if self.single.is_none() && self.buf.is_empty() {
             self.single = Some(frame.clone());
@@ -277,9 +311,32 @@ impl ChunkBuilder {
     fn len(&self) -> usize {
         self.single.as_ref().map_or(self.buf.len(), Bytes::len)
     }
+}
 
+impl SharedChunk {
     fn finish(self) -> Bytes {
         self.single.unwrap_or_else(|| self.buf.freeze())
+    }
+}
+
+/// Frames copied onto the end of a caller's buffer, after `start`.
+struct CopiedChunk<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl ChunkSink for CopiedChunk<'_> {
+    fn push(&mut self, frame: &Bytes) {
+        if self.len() == 0 {
+            // Room for a few more frames and the caller's trailer: one
+            // allocation for the usual write rather than several.
+            self.out.reserve(frame.len() * 2 + 16);
+        }
+        self.out.extend_from_slice(frame);
+    }
+
+    fn len(&self) -> usize {
+        self.out.len() - self.start
     }
 }
 

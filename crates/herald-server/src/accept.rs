@@ -4,6 +4,16 @@
 //!
 //! `axum::serve` exposes none of these knobs, so connections are served here
 //! with hyper-util's auto builder.
+//!
+//! Two runtimes: the accept loop, publishes and every other short request run
+//! on the *control* runtime (the one `serve` is called on); event streams —
+//! direct ones and h2c connections, which may carry streams — are handed to
+//! the *streams* runtime. Why: writing one event to 10,000 sockets is 10,000
+//! tasks to poll; on one shared runtime a publish waits behind all of them, so
+//! publishers are acknowledged at the pace of the slowest fan-out and each
+//! event leaves in its own write. On a runtime of its own the publish is
+//! answered at once, events queue up while the writers work, and each writer
+//! sends everything queued in one write.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,9 +24,11 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{direct, AppState};
+use crate::direct::{self, Sniffed};
+use crate::AppState;
 
 /// How long in-flight requests get to finish after shutdown is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -26,6 +38,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    streams: Handle,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let app = crate::router(state.clone());
@@ -64,17 +77,15 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = serve_connection(
-            stream,
-            state.clone(),
-            app.clone(),
-            builder.clone(),
-            graceful.watcher(),
-        );
-        tokio::spawn(async move {
-            connection.await;
-            drop(permit);
-        });
+        let connection = Connection {
+            state: state.clone(),
+            app: app.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            streams: streams.clone(),
+            _permit: permit,
+        };
+        tokio::spawn(connection.serve(stream));
     }
     drop(listener);
     state.hub.close_all();
@@ -82,30 +93,62 @@ pub async fn serve(
     Ok(())
 }
 
-/// One TCP connection: an HTTP/1.1 event stream goes the direct path (see
-/// `crate::direct`), everything else — and the same connection after a
-/// direct stream the server ended — is served by hyper.
-async fn serve_connection(
-    stream: TcpStream,
+/// What serving one accepted connection needs.
+struct Connection {
     state: Arc<AppState>,
     app: axum::Router,
     builder: Arc<Builder<TokioExecutor>>,
     watcher: Watcher,
-) {
-    let timeout = state.config.header_read_timeout;
-    let stream = match tokio::time::timeout(timeout, direct::sniff(&stream, &state)).await {
-        Ok(Some(request)) => match direct::stream(stream, state, request).await {
-            Ok(Some(stream)) => stream,
-            // The client left, or the socket failed: nothing more to serve.
-            _ => return,
-        },
-        Ok(None) => stream,
-        // No request head in time: the same answer hyper's header timeout gives.
-        Err(_) => return,
-    };
-    let service = TowerToHyperService::new(app);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    // Boxed: the hyper connection's state is large, and every idle direct
-    // stream would otherwise carry room for it in its task.
-    let _ = Box::pin(watcher.watch(connection)).await;
+    streams: Handle,
+    /// Held for as long as the connection is served, on whichever runtime.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Looks at the first request and serves the connection on the runtime
+    /// it belongs to: event streams on the streams runtime, the rest here.
+    async fn serve(self, stream: TcpStream) {
+        let timeout = self.state.config.header_read_timeout;
+        let first = match tokio::time::timeout(timeout, direct::sniff(&stream, &self.state)).await {
+            Ok(first) => first,
+            // No request head in time: the same answer hyper's header timeout gives.
+            Err(_) => return,
+        };
+        if matches!(first, Sniffed::Other) {
+            return self.serve_with_hyper(stream).await;
+        }
+        // A socket moves between runtimes as a std socket: it must be
+        // registered with the reactor of the runtime that polls it.
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        let streams = self.streams.clone();
+        streams.spawn(async move {
+            let Ok(stream) = TcpStream::from_std(stream) else {
+                return;
+            };
+            let stream = match first {
+                Sniffed::Direct(request) => {
+                    match direct::stream(stream, self.state.clone(), request).await {
+                        Ok(Some(stream)) => stream,
+                        // The client left, or the socket failed: nothing more to serve.
+                        _ => return,
+                    }
+                }
+                _ => stream,
+            };
+            self.serve_with_hyper(stream).await;
+        });
+    }
+
+    /// Serves the connection with hyper, on the runtime this is called on.
+    async fn serve_with_hyper(self, stream: TcpStream) {
+        let service = TowerToHyperService::new(self.app);
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        // Boxed: the hyper connection's state is large, and every idle direct
+        // stream would otherwise carry room for it in its task.
+        let _ = Box::pin(self.watcher.watch(connection)).await;
+    }
 }

@@ -15,14 +15,30 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Validate everything before a runtime starts or a port is bound.
     let Validated { config, listen } = Config::load(&args)?;
     init_logging(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Event streams and the fan-out on a multi-threaded runtime (a worker per
+    // core); the accept loop, publishes and admin requests on a runtime of
+    // their own on this thread, so a publish is never queued behind thousands
+    // of stream writes (see herald_server's accept module).
+    let streams = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("herald-streams")
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve(config, listen))
+        .context("starting the streams runtime")?;
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("herald-control")
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+    let result = control.block_on(serve(config, listen, streams.handle().clone()));
+    streams.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
-async fn serve(config: Config, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    listen: std::net::SocketAddr,
+    streams: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
     if config.dev {
         tracing::warn!(
             "DEV MODE: no authentication; anyone who can reach {listen} may subscribe as any user, publish and use admin routes"
@@ -45,8 +61,8 @@ async fn serve(config: Config, listen: std::net::SocketAddr) -> anyhow::Result<(
             retry_ms: config.retry_ms,
         },
     );
-    tokio::spawn(hub.clone().run_dispatcher());
-    tokio::spawn(hub.clone().run_housekeeping());
+    streams.spawn(hub.clone().run_dispatcher());
+    streams.spawn(hub.clone().run_housekeeping());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -78,7 +94,7 @@ async fn serve(config: Config, listen: std::net::SocketAddr) -> anyhow::Result<(
     if config.dev {
         tracing::info!("demo page: http://{local}/demo");
     }
-    herald_server::serve(listener, state, shutdown)
+    herald_server::serve(listener, state, streams, shutdown)
         .await
         .context("serving")?;
     tracing::info!("stopped");
