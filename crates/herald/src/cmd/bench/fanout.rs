@@ -14,10 +14,11 @@ use serde::Serialize;
 use super::client::Target;
 use super::progress::{note, Progress};
 use super::publisher::Publisher;
+use super::report::DeliveryReport;
 use super::subs::{stream_targets, Fleet, StopReason};
 use super::template::{Addressing, PublishTemplateArgs, SubscribeArgs, DEFAULT_TOPIC_SUBSCRIBE};
 use super::tracker::{AckSet, Expect};
-use super::{per_sec, round3, usage, CommonArgs, Latency};
+use super::{usage, CommonArgs, Latency};
 
 /// Flags of `herald bench fanout`.
 #[derive(Debug, Args)]
@@ -163,7 +164,24 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         .load(std::sync::atomic::Ordering::Relaxed);
     let trackers = fleet.stop().await;
 
-    let mut report = Report {
+    let mut delivery = DeliveryReport::new(
+        stop_reason,
+        Latency::of(&histogram),
+        publish_result.as_ref().err().map(|e| format!("{e:#}")),
+        first_error,
+    );
+    for tracker in &trackers {
+        delivery.add(tracker, &acked);
+    }
+    // Subscribers that did not report back (should not happen) miss everything.
+    let lost = connected.saturating_sub(trackers.len()) as u64;
+    delivery.expected += lost * published;
+    delivery.missing += lost * published;
+    let last_receive_us = shared
+        .last_receive_us
+        .load(std::sync::atomic::Ordering::Relaxed);
+    delivery.set_times(published, first_publish_us, publish_end_us, last_receive_us);
+    let report = Report {
         server_api: herald_subscribe && herald_body,
         subscribe_url: template.to_owned(),
         subscribers: args.subscribers,
@@ -175,65 +193,22 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         batch,
         rate: args.rate,
         data_bytes: args.data_bytes,
-        expected: 0,
-        received: 0,
-        unique: 0,
-        missing: 0,
-        duplicates: 0,
-        out_of_order: 0,
-        unexpected: 0,
-        other_events: 0,
-        disconnected: 0,
-        stop_reason,
-        timed_out: stop_reason == StopReason::Timeout,
-        publish_secs: 0.0,
-        publish_events_per_sec: 0.0,
-        delivery_window_secs: 0.0,
-        deliveries_per_sec: 0.0,
-        latency_ms: Latency::of(&histogram),
-        publish_error: publish_result.as_ref().err().map(|e| format!("{e:#}")),
-        first_subscriber_error: first_error,
+        delivery,
     };
-    for tracker in &trackers {
-        let (expected, missing) = tracker.missing(&acked);
-        let r = tracker.result;
-        report.expected += expected;
-        report.missing += missing;
-        report.received += r.received;
-        report.unique += r.unique;
-        report.duplicates += r.duplicates;
-        report.out_of_order += r.out_of_order;
-        report.unexpected += r.unexpected;
-        report.other_events += r.other;
-        report.disconnected += u64::from(r.disconnected);
-    }
-    // Subscribers that did not report back (should not happen) miss everything.
-    let lost = connected.saturating_sub(trackers.len()) as u64;
-    report.expected += lost * published;
-    report.missing += lost * published;
-    let publish_secs = publish_end_us.saturating_sub(first_publish_us) as f64 / 1e6;
-    let last_receive_us = shared
-        .last_receive_us
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let window_secs = last_receive_us.saturating_sub(first_publish_us) as f64 / 1e6;
-    report.publish_secs = round3(publish_secs);
-    report.publish_events_per_sec = per_sec(published, publish_secs);
-    report.delivery_window_secs = round3(window_secs);
-    report.deliveries_per_sec = per_sec(report.unique, window_secs);
 
     if args.common.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         report.print();
     }
-    if let Some(err) = &report.first_subscriber_error {
+    if let Some(err) = &report.delivery.first_subscriber_error {
         eprintln!("bench: first subscriber error: {err}");
     }
     publish_result?;
-    if report.missing > 0 || failed > 0 {
+    if report.delivery.missing > 0 || failed > 0 {
         bail!(
             "{} deliveries missing, {failed} subscribers failed to open",
-            report.missing
+            report.delivery.missing
         );
     }
     Ok(())
@@ -256,32 +231,10 @@ struct Report {
     batch: u32,
     rate: Option<f64>,
     data_bytes: usize,
-    /// Acknowledged events × subscribers that opened.
-    expected: u64,
-    /// Bench events received by all subscribers, duplicates included.
-    received: u64,
-    /// Distinct expected deliveries.
-    unique: u64,
-    missing: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    /// Bench events with a sequence number past `--events`.
-    unexpected: u64,
-    other_events: u64,
-    /// Streams the server ended (or that failed) before the run ended.
-    disconnected: u64,
-    stop_reason: StopReason,
-    timed_out: bool,
-    /// First publish to last acknowledgement.
-    publish_secs: f64,
-    publish_events_per_sec: f64,
-    /// From the first publish to the last receive.
-    delivery_window_secs: f64,
-    /// `unique / delivery_window_secs`.
-    deliveries_per_sec: f64,
-    latency_ms: Latency,
-    publish_error: Option<String>,
-    first_subscriber_error: Option<String>,
+    /// What the subscribers got (fields shared with unicast, flattened so the
+    /// JSON keeps them at the top level); `users` is `None` here.
+    #[serde(flatten)]
+    delivery: DeliveryReport,
 }
 
 impl Report {
@@ -297,25 +250,6 @@ impl Report {
             "events                   {} published of {}, batch {}, {rate}",
             self.published, self.events, self.batch
         );
-        println!(
-            "publish time             {:.3} s ({:.0} events/s)",
-            self.publish_secs, self.publish_events_per_sec
-        );
-        println!(
-            "deliveries               {} of {} expected in {:.3} s",
-            self.unique, self.expected, self.delivery_window_secs
-        );
-        println!("deliveries/s             {:.0}", self.deliveries_per_sec);
-        println!("missing                  {}", self.missing);
-        println!("duplicates               {}", self.duplicates);
-        println!("out of order             {}", self.out_of_order);
-        println!("unexpected events        {}", self.unexpected);
-        println!("other events             {}", self.other_events);
-        println!("streams ended early      {}", self.disconnected);
-        println!("stopped because          {:?}", self.stop_reason);
-        println!("latency ms               {}", self.latency_ms.line());
-        if let Some(err) = &self.publish_error {
-            println!("publish error            {err}");
-        }
+        self.delivery.print("unexpected events");
     }
 }

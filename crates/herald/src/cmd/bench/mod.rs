@@ -16,6 +16,7 @@ mod fanout;
 mod progress;
 mod publish;
 mod publisher;
+mod report;
 mod subs;
 mod template;
 mod tracker;

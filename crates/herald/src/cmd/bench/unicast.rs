@@ -20,10 +20,11 @@ use serde::Serialize;
 use super::client::Target;
 use super::progress::{note, Progress};
 use super::publisher::Publisher;
+use super::report::{DeliveryReport, UsersAffected};
 use super::subs::{stream_targets, Fleet, StopReason};
 use super::template::{Addressing, PublishTemplateArgs, SubscribeArgs, DEFAULT_USER_SUBSCRIBE};
 use super::tracker::{AckSet, Expect};
-use super::{per_sec, round3, usage, CommonArgs, Latency};
+use super::{usage, CommonArgs, Latency};
 
 /// Flags of `herald bench unicast`.
 #[derive(Debug, Args)]
@@ -237,7 +238,30 @@ pub(crate) async fn run(args: UnicastArgs) -> anyhow::Result<()> {
     let retried_opens = shared.retried_opens.load(Ordering::Relaxed);
     let trackers = fleet.stop().await;
 
-    let mut report = Report {
+    let mut delivery = DeliveryReport::new(
+        stop_reason,
+        Latency::of(&histogram),
+        publish_error,
+        first_subscriber_error,
+    );
+    // Every user has its own events: count the users each fault touched.
+    delivery.users = Some(UsersAffected::default());
+    let mut reported = 0u64;
+    for tracker in &trackers {
+        reported += delivery.add(tracker, &acked);
+    }
+    if trackers.len() < connected {
+        // Subscribers that did not report back (should not happen): count
+        // every acknowledged event as missing for them, once.
+        let lost = u64::try_from(connected - trackers.len()).unwrap_or(u64::MAX);
+        delivery.users.get_or_insert_with(Default::default).missing += lost;
+        let unaccounted = published.saturating_sub(reported);
+        delivery.expected += unaccounted;
+        delivery.missing += unaccounted;
+    }
+    let last_receive_us = shared.last_receive_us.load(Ordering::Relaxed);
+    delivery.set_times(published, first_publish_us, publish_end_us, last_receive_us);
+    let report = Report {
         server_api: herald_subscribe && herald_body,
         subscribe_url: template.to_owned(),
         users: args.users,
@@ -251,78 +275,24 @@ pub(crate) async fn run(args: UnicastArgs) -> anyhow::Result<()> {
         rate: args.rate,
         seed: args.seed,
         data_bytes: args.data_bytes,
-        expected: 0,
-        received: 0,
-        unique: 0,
-        missing: 0,
-        duplicates: 0,
-        out_of_order: 0,
-        unexpected: 0,
-        other_events: 0,
-        users_missing: 0,
-        users_duplicates: 0,
-        users_out_of_order: 0,
-        disconnected: 0,
-        stop_reason,
-        timed_out: stop_reason == StopReason::Timeout,
-        publish_secs: 0.0,
-        publish_events_per_sec: 0.0,
-        delivery_window_secs: 0.0,
-        deliveries_per_sec: 0.0,
-        latency_ms: Latency::of(&histogram),
-        publish_error,
-        first_subscriber_error,
+        delivery,
     };
-    let mut reported = 0u64;
-    for tracker in &trackers {
-        let (expected, missing) = tracker.missing(&acked);
-        let r = tracker.result;
-        report.expected += expected;
-        report.missing += missing;
-        report.received += r.received;
-        report.unique += r.unique;
-        report.duplicates += r.duplicates;
-        report.out_of_order += r.out_of_order;
-        report.unexpected += r.unexpected;
-        report.other_events += r.other;
-        report.users_missing += u64::from(missing > 0);
-        report.users_duplicates += u64::from(r.duplicates > 0);
-        report.users_out_of_order += u64::from(r.out_of_order > 0);
-        report.disconnected += u64::from(r.disconnected);
-        reported += expected;
-    }
-    if trackers.len() < connected {
-        // Subscribers that did not report back (should not happen): count
-        // every acknowledged event as missing for them, once.
-        let lost = u64::try_from(connected - trackers.len()).unwrap_or(u64::MAX);
-        report.users_missing += lost;
-        let unaccounted = published.saturating_sub(reported);
-        report.expected += unaccounted;
-        report.missing += unaccounted;
-    }
-    let publish_secs = publish_end_us.saturating_sub(first_publish_us) as f64 / 1e6;
-    let last_receive_us = shared.last_receive_us.load(Ordering::Relaxed);
-    let window_secs = last_receive_us.saturating_sub(first_publish_us) as f64 / 1e6;
-    report.publish_secs = round3(publish_secs);
-    report.publish_events_per_sec = per_sec(published, publish_secs);
-    report.delivery_window_secs = round3(window_secs);
-    report.deliveries_per_sec = per_sec(report.unique, window_secs);
 
     if args.common.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         report.print();
     }
-    if let Some(err) = &report.first_subscriber_error {
+    if let Some(err) = &report.delivery.first_subscriber_error {
         eprintln!("bench: first subscriber error: {err}");
     }
-    if let Some(err) = &report.publish_error {
+    if let Some(err) = &report.delivery.publish_error {
         bail!("publishing failed: {err}");
     }
-    if report.missing > 0 || failed > 0 {
+    if report.delivery.missing > 0 || failed > 0 {
         bail!(
             "{} deliveries missing, {failed} subscribers failed to open",
-            report.missing
+            report.delivery.missing
         );
     }
     Ok(())
@@ -346,35 +316,10 @@ struct Report {
     rate: Option<f64>,
     seed: u64,
     data_bytes: usize,
-    /// Acknowledged events addressed to users whose stream opened.
-    expected: u64,
-    /// Bench events received, duplicates and strays included.
-    received: u64,
-    /// Distinct expected deliveries.
-    unique: u64,
-    missing: u64,
-    duplicates: u64,
-    /// Per user: deliveries that arrived after a later-published one.
-    out_of_order: u64,
-    /// Bench events delivered to a user they were not addressed to.
-    unexpected: u64,
-    other_events: u64,
-    /// Users with at least one missing event.
-    users_missing: u64,
-    users_duplicates: u64,
-    users_out_of_order: u64,
-    disconnected: u64,
-    stop_reason: StopReason,
-    timed_out: bool,
-    publish_secs: f64,
-    publish_events_per_sec: f64,
-    /// From the first publish to the last receive.
-    delivery_window_secs: f64,
-    /// `unique / delivery_window_secs`.
-    deliveries_per_sec: f64,
-    latency_ms: Latency,
-    publish_error: Option<String>,
-    first_subscriber_error: Option<String>,
+    /// What the users got (fields shared with fanout, flattened so the JSON
+    /// keeps them at the top level), with the `users_*` counts.
+    #[serde(flatten)]
+    delivery: DeliveryReport,
 }
 
 impl Report {
@@ -390,35 +335,7 @@ impl Report {
             "events                   {} published of {} by {} publishers, batch {}, {rate}, seed {}",
             self.published, self.events, self.publishers, self.batch, self.seed
         );
-        println!(
-            "publish time             {:.3} s ({:.0} events/s)",
-            self.publish_secs, self.publish_events_per_sec
-        );
-        println!(
-            "deliveries               {} of {} expected in {:.3} s",
-            self.unique, self.expected, self.delivery_window_secs
-        );
-        println!("deliveries/s             {:.0}", self.deliveries_per_sec);
-        println!(
-            "missing                  {} ({} users)",
-            self.missing, self.users_missing
-        );
-        println!(
-            "duplicates               {} ({} users)",
-            self.duplicates, self.users_duplicates
-        );
-        println!(
-            "out of order             {} ({} users)",
-            self.out_of_order, self.users_out_of_order
-        );
-        println!("to the wrong user        {}", self.unexpected);
-        println!("other events             {}", self.other_events);
-        println!("streams ended early      {}", self.disconnected);
-        println!("stopped because          {:?}", self.stop_reason);
-        println!("latency ms               {}", self.latency_ms.line());
-        if let Some(err) = &self.publish_error {
-            println!("publish error            {err}");
-        }
+        self.delivery.print("to the wrong user");
     }
 }
 
