@@ -77,7 +77,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = Connection {
+        let connection = AcceptedConnection {
             state: state.clone(),
             app: app.clone(),
             builder: builder.clone(),
@@ -94,7 +94,7 @@ pub async fn serve(
 }
 
 /// What serving one accepted connection needs.
-struct Connection {
+struct AcceptedConnection {
     state: Arc<AppState>,
     app: axum::Router,
     builder: Arc<Builder<TokioExecutor>>,
@@ -104,7 +104,7 @@ struct Connection {
     _permit: OwnedSemaphorePermit,
 }
 
-impl Connection {
+impl AcceptedConnection {
     /// Looks at the first request and serves the connection on the runtime
     /// it belongs to: event streams on the streams runtime, the rest here.
     async fn serve(self, stream: TcpStream) {

@@ -24,8 +24,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the streams runtime")?;
-    let control = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("herald-control")
+    // One thread: publishes are short, and a single control thread costs
+    // fewer thread wake-ups per request than a pool that hands work around.
+    let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the control runtime")?;
