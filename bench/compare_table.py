@@ -44,6 +44,8 @@ FIGURES = [
     ("lat", f"p99 publish→receive, {num(env('LAT_SUBS'))} subs × {env('LAT_RATE')} events/s (ms, lower is better)", "ms", False),
     ("uni", f"unicast {num(env('UNI_USERS'))} users, {num(env('UNI_EVENTS'))} events, {env('PUBLISHERS')} publishers: events/s delivered", "rate", True),
     ("unibatch", f"same, Herald with batch publish ({env('BATCH')} events per request)", "rate", True),
+    ("durable", f"durable acknowledged publishes/s, embedded log (`process`), {num(env('DURABLE_EVENTS'))} events, {env('DURABLE_CONCURRENCY')} requests in flight", "rate", True),
+    ("durablebatch", f"same, {num(env('DURABLE_BATCH_EVENTS'))} events in batches of {env('BATCH')}", "rate", True),
 ]
 
 def first(report, *keys):
@@ -87,13 +89,16 @@ def extract(line):
             problems.append(f"{num(report[key])} {word}")
     if first(report, "timed_out"):
         problems.append("timed out")
+    for key, word in (("non_2xx", "refused"), ("errors", "failed requests")):
+        if first(report, key):
+            problems.append(f"{num(report[key])} {word}")
     if figure == "lat":
         latency = first(report, "latency_ms") or {}
         value = latency.get("p99") if isinstance(latency, dict) else None
         if not latency.get("samples") if isinstance(latency, dict) else True:
             value = None
         return value, problems
-    value = first(report, "deliveries_per_sec", "delivered_per_sec", "events_per_sec")
+    value = first(report, "deliveries_per_sec", "delivered_per_sec", "events_per_sec", "publishes_per_sec")
     if not value:
         return None, problems or ["nothing delivered"]
     return value, problems
