@@ -2,16 +2,8 @@
 //!
 //! Invariants:
 //! - Events reach the hub only through [`Hub::run_dispatcher`], which tails the
-//!   event log and dispatches in id order. Streams are split into *shards*
-//!   (one per thread that runs streams, [`HubConfig::shards`]); each shard has
-//!   its own dispatcher task, on that thread, offering events to that shard's
-//!   streams only. So every stream is fed by exactly one dispatcher (the
-//!   per-connection dedupe stamp relies on that), and waking a stream's
-//!   writer never crosses threads. With one shard the dispatcher follows the
-//!   log's head; with several, a shard's dispatcher is woken only for events
-//!   that have recipients in it ([`Hub::wake_dispatchers`], called by the
-//!   publisher after appending), and once a second regardless, so every
-//!   shard reads the whole log in order but no thread wakes for nothing.
+//!   event log and dispatches in id order from a single task; the per-connection
+//!   dedupe stamp relies on that.
 //! - Dispatch never waits: each event is offered to each matching connection's
 //!   bounded queue with `try_send`. A full queue marks the connection
 //!   *lagging*; the hub then skips it, and its writer catches up from the log
@@ -33,7 +25,7 @@ use crate::connection::{Connection, Resume};
 use crate::event::{Event, EventId};
 use crate::filter::Filter;
 use crate::log::{EventLog, Position};
-use crate::topic::{Topic, TopicPattern};
+use crate::topic::TopicPattern;
 
 /// Identifies one open stream within this process.
 pub type ConnId = u64;
@@ -54,10 +46,6 @@ pub struct HubConfig {
     pub max_connection_lifetime: Option<Duration>,
     /// The `retry:` value (ms) sent when a stream opens.
     pub retry_ms: u64,
-    /// Dispatch shards: one per thread that runs streams, each with its own
-    /// [`Hub::run_dispatcher`]. A stream joins the shard of the thread that
-    /// opens it (see [`enter_shard`]).
-    pub shards: usize,
 }
 
 impl Default for HubConfig {
@@ -67,7 +55,6 @@ impl Default for HubConfig {
             heartbeat: Duration::from_secs(15),
             max_connection_lifetime: None,
             retry_ms: 3000,
-            shards: 1,
         }
     }
 }
@@ -99,23 +86,9 @@ pub struct ConnShared {
     pub(crate) delivered: AtomicU64,
 }
 
-thread_local! {
-    /// The dispatch shard of streams opened on this thread.
-    static THREAD_SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Declares that streams opened on the current thread belong to dispatch
-/// shard `shard` (call it once at the start of each thread that runs
-/// streams; threads that never call it use shard 0).
-pub fn enter_shard(shard: usize) {
-    THREAD_SHARD.with(|s| s.set(shard));
-}
-
 #[derive(Debug)]
 struct ConnEntry {
     id: ConnId,
-    /// The dispatch shard whose dispatcher feeds this stream.
-    shard: usize,
     user: Option<Arc<str>>,
     filter: Arc<Filter>,
     shared: Arc<ConnShared>,
@@ -154,64 +127,14 @@ type ConnSet = HashMap<ConnId, Arc<ConnEntry>>;
 
 #[derive(Debug, Default)]
 struct Index {
-    /// Every stream, and every stream by user: presence and admin.
-    conns: ConnSet,
-    users: HashMap<Arc<str>, ConnSet>,
-    /// Streams per subscribed exact topic, prefix, and `*`, over all shards
-    /// (the topic count of `/v1/stats`).
-    topic_refs: HashMap<Arc<str>, usize>,
-    prefix_refs: HashMap<Arc<str>, usize>,
-    everything_refs: usize,
-    /// Who wants what, one part per dispatch shard.
-    shards: Vec<ShardIndex>,
-}
-
-/// The subscriptions of one dispatch shard's streams.
-#[derive(Debug, Default)]
-struct ShardIndex {
-    /// Every stream of the shard (broadcasts).
     conns: ConnSet,
     exact: HashMap<Arc<str>, ConnSet>,
     prefixes: HashMap<Arc<str>, ConnSet>,
     everything: ConnSet,
+    users: HashMap<Arc<str>, ConnSet>,
 }
 
 impl Index {
-    fn with_shards(shards: usize) -> Self {
-        Self {
-            shards: (0..shards.max(1)).map(|_| ShardIndex::default()).collect(),
-            ..Self::default()
-        }
-    }
-
-    /// The index of dispatch shard `shard` (entries are made with a valid
-    /// shard; an index always has at least one).
-    fn shard_mut(&mut self, shard: usize) -> &mut ShardIndex {
-        if self.shards.is_empty() {
-            self.shards.push(ShardIndex::default());
-        }
-        let last = self.shards.len() - 1;
-        &mut self.shards[shard.min(last)]
-    }
-}
-
-impl ShardIndex {
-    /// Whether a stream of this shard would be offered an event with these
-    /// targets.
-    fn wants(&self, topics: &[Topic], broadcast: bool) -> bool {
-        if broadcast {
-            return !self.conns.is_empty();
-        }
-        !self.everything.is_empty()
-            || topics.iter().any(|topic| {
-                self.exact.contains_key(topic.as_str())
-                    || self
-                        .prefixes
-                        .keys()
-                        .any(|p| topic.as_str().starts_with(&**p))
-            })
-    }
-
     fn dispatch(&self, event: &Arc<Event>) {
         if event.broadcast {
             self.conns.values().for_each(|e| e.offer(event));
@@ -230,29 +153,16 @@ impl ShardIndex {
         // Once per event, not once per topic.
         self.everything.values().for_each(|e| e.offer(event));
     }
-}
 
-impl Index {
     fn insert(&mut self, entry: Arc<ConnEntry>) {
         for pattern in entry.filter.patterns() {
-            match pattern {
-                TopicPattern::Exact(t) => {
-                    *self.topic_refs.entry(t.as_arc().clone()).or_default() += 1
-                }
-                TopicPattern::Prefix(p) => *self.prefix_refs.entry(p.clone()).or_default() += 1,
-                TopicPattern::All => self.everything_refs += 1,
-            }
-        }
-        let shard = self.shard_mut(entry.shard);
-        for pattern in entry.filter.patterns() {
             let set = match pattern {
-                TopicPattern::Exact(t) => shard.exact.entry(t.as_arc().clone()).or_default(),
-                TopicPattern::Prefix(p) => shard.prefixes.entry(p.clone()).or_default(),
-                TopicPattern::All => &mut shard.everything,
+                TopicPattern::Exact(t) => self.exact.entry(t.as_arc().clone()).or_default(),
+                TopicPattern::Prefix(p) => self.prefixes.entry(p.clone()).or_default(),
+                TopicPattern::All => &mut self.everything,
             };
             set.insert(entry.id, entry.clone());
         }
-        shard.conns.insert(entry.id, entry.clone());
         if let Some(user) = &entry.user {
             self.users
                 .entry(user.clone())
@@ -272,29 +182,12 @@ impl Index {
                 }
             }
         }
-        fn release(refs: &mut HashMap<Arc<str>, usize>, key: &Arc<str>) {
-            if let Some(count) = refs.get_mut(key) {
-                *count -= 1;
-                if *count == 0 {
-                    refs.remove(key);
-                }
-            }
-        }
         for pattern in entry.filter.patterns() {
             match pattern {
-                TopicPattern::Exact(t) => release(&mut self.topic_refs, t.as_arc()),
-                TopicPattern::Prefix(p) => release(&mut self.prefix_refs, p),
-                TopicPattern::All => self.everything_refs -= 1,
-            }
-        }
-        let shard = self.shard_mut(entry.shard);
-        shard.conns.remove(&id);
-        for pattern in entry.filter.patterns() {
-            match pattern {
-                TopicPattern::Exact(t) => remove_from(&mut shard.exact, t.as_arc(), id),
-                TopicPattern::Prefix(p) => remove_from(&mut shard.prefixes, p, id),
+                TopicPattern::Exact(t) => remove_from(&mut self.exact, t.as_arc(), id),
+                TopicPattern::Prefix(p) => remove_from(&mut self.prefixes, p, id),
                 TopicPattern::All => {
-                    shard.everything.remove(&id);
+                    self.everything.remove(&id);
                 }
             }
         }
@@ -313,7 +206,7 @@ pub struct Counters {
     /// Event frames written by streams that have since closed (the open
     /// ones keep their own count; see [`Hub::events_delivered`]).
     delivered_by_closed: AtomicU64,
-    /// Events the dispatcher fanned out (counted by shard 0's).
+    /// Events the dispatcher fanned out.
     pub dispatched: AtomicU64,
     /// Times a connection's queue overflowed and it switched to catch-up.
     pub lagged: AtomicU64,
@@ -345,24 +238,6 @@ pub struct Hub {
     /// Where the dispatcher starts: the log head when the hub was made, so an
     /// event stored between then and the dispatcher's first run is delivered.
     dispatch_from: Position,
-    /// Per shard (when there are several): "new events for your streams".
-    shard_wake: Box<[tokio::sync::Notify]>,
-}
-
-/// The dispatch shards that have recipients for some events; see
-/// [`Hub::shards_for`] and [`Hub::wake_dispatchers`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ShardSet(u64);
-
-impl ShardSet {
-    fn insert(&mut self, shard: usize) {
-        self.0 |= 1 << (shard % 64);
-    }
-
-    /// Whether `shard` is in the set.
-    pub fn contains(self, shard: usize) -> bool {
-        self.0 & (1 << (shard % 64)) != 0
-    }
 }
 
 /// Who is connecting and what they want.
@@ -383,18 +258,11 @@ impl Hub {
             Some(id) => Position::After(id),
             None => Position::Oldest,
         };
-        let config = HubConfig {
-            shards: config.shards.max(1),
-            ..config
-        };
         Arc::new(Self {
             dispatch_from,
-            index: RwLock::new(Index::with_shards(config.shards)),
-            shard_wake: (0..config.shards)
-                .map(|_| tokio::sync::Notify::new())
-                .collect(),
             config,
             log,
+            index: RwLock::new(Index::default()),
             next_conn_id: AtomicU64::new(1),
             counters: Counters::default(),
             started: Instant::now(),
@@ -432,7 +300,6 @@ impl Hub {
         });
         let entry = Arc::new(ConnEntry {
             id,
-            shard: THREAD_SHARD.with(std::cell::Cell::get) % self.config.shards,
             user: subscriber.user,
             filter: filter.clone(),
             shared: shared.clone(),
@@ -477,69 +344,20 @@ impl Hub {
         open + self.counters.delivered_by_closed.load(Ordering::Relaxed)
     }
 
-    /// Whether there are several dispatch shards, so publishers should tell
-    /// them about new events ([`Hub::shards_for`], [`Hub::wake_dispatchers`]).
-    pub fn is_sharded(&self) -> bool {
-        self.config.shards > 1
-    }
-
-    /// The shards with a stream that events with these targets (topics,
-    /// broadcast) reach. Ask *after* appending them: every stream open
-    /// before the append is in the index by then, and one opened later
-    /// starts past them.
-    pub fn shards_for<'a>(
-        &self,
-        targets: impl IntoIterator<Item = (&'a [Topic], bool)>,
-    ) -> ShardSet {
-        let mut set = ShardSet::default();
-        if !self.is_sharded() {
-            // One dispatcher, which follows the log's head by itself.
-            return set;
-        }
-        let index = self.index.read();
-        for (topics, broadcast) in targets {
-            for (i, shard) in index.shards.iter().enumerate() {
-                if !set.contains(i) && shard.wants(topics, broadcast) {
-                    set.insert(i);
-                }
-            }
-        }
-        set
-    }
-
-    /// Wakes the dispatchers of `shards` (after the events that reach them
-    /// were appended). A wake-up is kept if the dispatcher is busy, so none
-    /// is lost.
-    pub fn wake_dispatchers(&self, shards: ShardSet) {
-        for (i, wake) in self.shard_wake.iter().enumerate() {
-            if shards.contains(i) {
-                wake.notify_one();
-            }
-        }
-    }
-
-    /// Offers each event, in order, to every stream of `shard` it matches,
-    /// once each.
-    fn dispatch(&self, shard: usize, events: &[Arc<Event>]) {
-        if shard == 0 {
-            self.counters
-                .dispatched
-                .fetch_add(events.len() as u64, Ordering::Relaxed);
-        }
+    /// Offers each event, in order, to every connection it matches, once each.
+    pub fn dispatch(&self, events: &[Arc<Event>]) {
+        self.counters
+            .dispatched
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         // One lock per batch, not per event.
         let index = self.index.read();
-        let Some(shard) = index.shards.get(shard) else {
-            return;
-        };
         for event in events {
-            shard.dispatch(event);
+            index.dispatch(event);
         }
     }
 
-    /// Tails the log and dispatches every new event to the streams of
-    /// `shard`, forever. Run one per shard, on the thread whose streams
-    /// belong to it (then every wake-up of a writer stays on its thread).
-    pub async fn run_dispatcher(self: Arc<Self>, shard: usize) {
+    /// Tails the log and dispatches every new event, forever. Run it once per hub.
+    pub async fn run_dispatcher(self: Arc<Self>) {
         let mut head = self.log.head();
         let everything = Filter::everything();
         let mut position = self.dispatch_from;
@@ -553,11 +371,13 @@ impl Hub {
                         tracing::warn!(
                             "the log tail fell behind retention; all streams catch up from the log"
                         );
-                        if let Some(shard) = self.index.read().shards.get(shard) {
-                            shard.conns.values().for_each(|e| e.force_catch_up());
-                        }
+                        self.index
+                            .read()
+                            .conns
+                            .values()
+                            .for_each(|e| e.force_catch_up());
                     }
-                    self.dispatch(shard, &batch.events);
+                    self.dispatch(&batch.events);
                     if let Some(id) = batch.scanned_to {
                         position = Position::After(id);
                     }
@@ -576,15 +396,6 @@ impl Hub {
                 (Position::After(at), Some(newest)) => at >= *newest,
                 (Position::Oldest, Some(_)) => false,
             };
-            if self.config.shards > 1 {
-                // Woken for events with recipients here, and once a second
-                // by housekeeping; a wake-up that came while dispatching was
-                // kept, so nothing appended before it is missed.
-                if let Some(wake) = self.shard_wake.get(shard) {
-                    wake.notified().await;
-                }
-                continue;
-            }
             // Checks the current value first, so an append that raced the
             // read above is not missed.
             if head.wait_for(|newest| !caught_up(newest)).await.is_err() {
@@ -602,13 +413,6 @@ impl Hub {
         let mut last_heartbeat = Instant::now();
         loop {
             interval.tick().await;
-            // Every shard's dispatcher reads the log at least this often, so
-            // one whose streams want nothing lately stays near the head.
-            if self.config.shards > 1 {
-                self.shard_wake
-                    .iter()
-                    .for_each(tokio::sync::Notify::notify_one);
-            }
             let now = Instant::now();
             let heartbeat_due = now.duration_since(last_heartbeat) >= self.config.heartbeat;
             if heartbeat_due {
@@ -659,8 +463,7 @@ impl Hub {
     /// Ends every stream (shutdown).
     pub fn close_all(&self) {
         let mut index = self.index.write();
-        let emptied = std::mem::replace(&mut *index, Index::with_shards(self.config.shards));
-        for entry in emptied.conns.into_values() {
+        for entry in std::mem::take(&mut *index).conns.into_values() {
             entry.close();
         }
     }
@@ -671,9 +474,9 @@ impl Hub {
         HubCounts {
             connections: index.conns.len(),
             users_online: index.users.len(),
-            topics: index.topic_refs.len()
-                + index.prefix_refs.len()
-                + usize::from(index.everything_refs > 0),
+            topics: index.exact.len()
+                + index.prefixes.len()
+                + usize::from(!index.everything.is_empty()),
         }
     }
 
@@ -703,7 +506,16 @@ impl Hub {
         index
             .conns
             .values()
-            .filter(|e| e.filter.patterns().iter().any(|p| p.matches(topic)))
+            .filter(|e| {
+                index
+                    .exact
+                    .get(topic)
+                    .is_some_and(|s| s.contains_key(&e.id))
+                    || e.filter
+                        .patterns()
+                        .iter()
+                        .any(|p| !matches!(p, TopicPattern::Exact(_)) && p.matches(topic))
+            })
             .count()
     }
 

@@ -20,6 +20,6 @@ pub mod topic;
 pub use connection::{Connection, Resume};
 pub use event::{now_ms, now_s, Event, EventId, FrameArena, NewEvent, RESERVED_EVENT_PREFIX};
 pub use filter::Filter;
-pub use hub::{enter_shard, Hub, HubConfig, HubCounts, ShardSet, Subscriber};
+pub use hub::{Hub, HubConfig, HubCounts, Subscriber};
 pub use log::{Appended, EventLog, Gap, LogError, Position, ReadBatch};
 pub use topic::{Topic, TopicError, TopicPattern, MAX_TOPIC_BYTES};

@@ -113,7 +113,7 @@ impl Env {
 /// warm-up events go to topic `warmup`, which no test subscribes to.
 async fn start_hub(log: &Arc<MemoryLog>, config: HubConfig) -> (Arc<Hub>, JoinHandle<()>) {
     let hub = Hub::new(log.clone() as Arc<dyn EventLog>, config);
-    let dispatcher = tokio::spawn(hub.clone().run_dispatcher(0));
+    let dispatcher = tokio::spawn(hub.clone().run_dispatcher());
     timeout(STEP, async {
         while hub.counters.dispatched.load(Ordering::SeqCst) == 0 {
             publish(log, vec![on("warmup", "warmup")]).await;
@@ -902,115 +902,4 @@ async fn stream_is_closed_after_its_lifetime() {
     assert!(ended.is_ok(), "the stream outlived max_connection_lifetime");
     assert_eq!(env.hub.counts().connections, 0);
     assert_eq!(env.hub.counts().users_online, 0);
-}
-
-// ---------------------------------------------------------------------------
-// Dispatch shards
-// ---------------------------------------------------------------------------
-
-/// Opens a stream that belongs to dispatch shard `shard`. Only for
-/// current-thread tests: the shard is taken from the thread that connects.
-async fn open_on_shard(hub: &Arc<Hub>, shard: usize, patterns: &[&str]) -> Reader {
-    herald_core::enter_shard(shard);
-    // `connect` runs in the first poll, on this thread, before any await.
-    let reader = Reader::open(hub, None, filter(patterns, None), Resume::Live).await;
-    herald_core::enter_shard(0);
-    reader
-}
-
-/// Appends like the publish route does: then wakes the shards with recipients.
-async fn publish_and_wake(hub: &Hub, log: &MemoryLog, events: Vec<NewEvent>) {
-    let targets: Vec<(Vec<Topic>, bool)> = events
-        .iter()
-        .map(|e| (e.topics.clone(), e.broadcast))
-        .collect();
-    publish(log, events).await;
-    hub.wake_dispatchers(hub.shards_for(targets.iter().map(|(t, b)| (t.as_slice(), *b))));
-}
-
-#[tokio::test]
-async fn sharded_dispatch_reaches_every_shard_once_and_wakes_only_recipients() {
-    let log = Arc::new(MemoryLog::new(Retention::default()));
-    let config = HubConfig {
-        shards: 2,
-        ..HubConfig::default()
-    };
-    let hub = Hub::new(log.clone() as Arc<dyn EventLog>, config);
-    let env = Env {
-        log: log.clone(),
-        hub: hub.clone(),
-        tasks: (0..2)
-            .map(|shard| tokio::spawn(hub.clone().run_dispatcher(shard)))
-            .collect(),
-    };
-    assert!(hub.is_sharded());
-    let mut a = open_on_shard(&hub, 0, &["t"]).await;
-    let mut b = open_on_shard(&hub, 1, &["t", "only-b"]).await;
-    let mut all = open_on_shard(&hub, 1, &["*"]).await;
-
-    // Who gets woken: "only-b" has a stream on shard 1 only, "t" on both,
-    // "nobody" on neither shard... except that shard 1 has a `*` stream.
-    let topic = |t: &str| vec![Topic::new(t).unwrap()];
-    let only_b = hub.shards_for([(topic("only-b").as_slice(), false)]);
-    assert!(!only_b.contains(0) && only_b.contains(1));
-    let t = hub.shards_for([(topic("t").as_slice(), false)]);
-    assert!(t.contains(0) && t.contains(1));
-    let nobody = hub.shards_for([(topic("nobody").as_slice(), false)]);
-    assert!(!nobody.contains(0) && nobody.contains(1));
-    let broadcast = hub.shards_for([(&[][..], true)]);
-    assert!(broadcast.contains(0) && broadcast.contains(1));
-
-    for (i, event) in [
-        on("t", "1"),
-        on("only-b", "2"),
-        bcast(None, "3"),
-        on("nobody", "4"),
-        on("t", "5"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        publish_and_wake(&hub, &env.log, vec![event]).await;
-        // Interleave with reading so wake-ups arrive while dispatchers wait.
-        if i % 2 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
-    a.until_data("5").await;
-    b.until_data("5").await;
-    all.until_data("5").await;
-    assert_eq!(a.datas(), ["1", "3", "5"]);
-    assert_eq!(b.datas(), ["1", "2", "3", "5"]);
-    assert_eq!(all.datas(), ["1", "2", "3", "4", "5"]);
-    a.ids();
-    b.ids();
-    all.ids();
-}
-
-#[tokio::test]
-async fn sharded_dispatcher_catches_up_on_the_housekeeping_tick_without_a_wake() {
-    let log = Arc::new(MemoryLog::new(Retention::default()));
-    let config = HubConfig {
-        shards: 2,
-        ..HubConfig::default()
-    };
-    let hub = Hub::new(log.clone() as Arc<dyn EventLog>, config);
-    let mut tasks: Vec<JoinHandle<()>> = (0..2)
-        .map(|shard| tokio::spawn(hub.clone().run_dispatcher(shard)))
-        .collect();
-    tasks.push(tokio::spawn(hub.clone().run_housekeeping()));
-    let env = Env {
-        log: log.clone(),
-        hub: hub.clone(),
-        tasks,
-    };
-    let mut a = open_on_shard(&hub, 0, &["t"]).await;
-    let mut b = open_on_shard(&hub, 1, &["t"]).await;
-    // Appended by something that does not wake dispatchers (not the
-    // publish route): delivered within a tick or two.
-    env.publish(vec![on("t", "quiet")]).await;
-    a.until_within("quiet", Duration::from_secs(5)).await;
-    b.until_within("quiet", Duration::from_secs(5)).await;
-    assert_eq!(a.datas(), ["quiet"]);
-    assert_eq!(b.datas(), ["quiet"]);
 }

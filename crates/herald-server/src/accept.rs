@@ -38,7 +38,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
-    streams: Vec<Handle>,
+    streams: Handle,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let app = crate::router(state.clone());
@@ -55,7 +55,6 @@ pub async fn serve(
         state.config.max_connections.saturating_add(1024),
     ));
     let graceful = GracefulShutdown::new();
-    let mut accepted = 0usize;
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -83,7 +82,7 @@ pub async fn serve(
             app: app.clone(),
             builder: builder.clone(),
             watcher: graceful.watcher(),
-            streams: next_streams_runtime(&streams, &mut accepted),
+            streams: streams.clone(),
             _permit: permit,
         };
         tokio::spawn(connection.serve(stream));
@@ -92,16 +91,6 @@ pub async fn serve(
     state.hub.close_all();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
     Ok(())
-}
-
-/// The streams runtime for the next connection: round robin.
-fn next_streams_runtime(streams: &[Handle], accepted: &mut usize) -> Handle {
-    *accepted = accepted.wrapping_add(1);
-    match streams.get(*accepted % streams.len().max(1)) {
-        Some(handle) => handle.clone(),
-        // No streams runtime given: streams share the control runtime.
-        None => Handle::current(),
-    }
 }
 
 /// What serving one accepted connection needs.

@@ -69,22 +69,9 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
         .enumerate()
         .map(|(i, r)| validate(r, state.config.max_data_bytes).map_err(|e| in_item(e, i, single)))
         .collect::<Result<Vec<_>, _>>()?;
-    // With several dispatch shards, only those with recipients are woken.
-    let targets: Vec<(Vec<Topic>, bool)> = if state.hub.is_sharded() {
-        batch
-            .iter()
-            .map(|e| (e.topics.clone(), e.broadcast))
-            .collect()
-    } else {
-        Vec::new()
-    };
     let results = state.hub.log().append(batch).await.map_err(|e| {
         ApiError::unavailable(format!("{e}; the event was not stored, retry later"))
     })?;
-    let recipients = state
-        .hub
-        .shards_for(targets.iter().map(|(topics, b)| (topics.as_slice(), *b)));
-    state.hub.wake_dispatchers(recipients);
     let stored = results.iter().filter(|r| !r.duplicate).count() as u64;
     state
         .hub

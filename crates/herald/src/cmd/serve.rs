@@ -15,83 +15,30 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Validate everything before a runtime starts or a port is bound.
     let Validated { config, listen } = Config::load(&args)?;
     init_logging(&config.log);
-    // Event streams on one single-threaded runtime per core, each with its
-    // own dispatcher (see herald_core's hub); the accept loop, publishes and
-    // admin requests on a runtime of their own on this thread, so a publish is
-    // never queued behind thousands of stream writes (see herald_server's
-    // accept module).
-    let shards = StreamShards::start(
-        std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
-    )?;
+    // Event streams and the fan-out on a multi-threaded runtime (a worker per
+    // core); the accept loop, publishes and admin requests on a runtime of
+    // their own on this thread, so a publish is never queued behind thousands
+    // of stream writes (see herald_server's accept module).
+    let streams = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("herald-streams")
+        .enable_all()
+        .build()
+        .context("starting the streams runtime")?;
     // One thread: publishes are short, and a single control thread costs
     // fewer thread wake-ups per request than a pool that hands work around.
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the control runtime")?;
-    let result = control.block_on(serve(config, listen, shards.handles.clone()));
-    drop(control);
-    shards.stop();
+    let result = control.block_on(serve(config, listen, streams.handle().clone()));
+    streams.shutdown_timeout(Duration::from_secs(1));
     result
-}
-
-/// The threads event streams run on, each a current-thread runtime.
-///
-/// Why not one multi-threaded runtime: work reaches streams from the
-/// control thread one event at a time, and a multi-threaded runtime that is
-/// woken from outside wakes a second idle worker to look for work to steal
-/// — at tens of thousands of events a second those wake-ups cost more than
-/// the work. With one runtime per thread and a dispatcher on each, an event
-/// costs one wake-up per thread that has streams to write.
-struct StreamShards {
-    handles: Vec<tokio::runtime::Handle>,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl StreamShards {
-    fn start(count: usize) -> anyhow::Result<Self> {
-        let mut shards = Self {
-            handles: Vec::new(),
-            stops: Vec::new(),
-            threads: Vec::new(),
-        };
-        for shard in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a streams runtime")?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            shards.handles.push(runtime.handle().clone());
-            shards.stops.push(stop);
-            let thread = std::thread::Builder::new()
-                .name(format!("herald-streams-{shard}"))
-                .spawn(move || {
-                    herald_core::enter_shard(shard);
-                    runtime.block_on(async {
-                        let _ = stopped.await;
-                    });
-                    runtime.shutdown_timeout(Duration::from_secs(1));
-                })
-                .context("starting a streams thread")?;
-            shards.threads.push(thread);
-        }
-        Ok(shards)
-    }
-
-    /// Ends every streams runtime (their tasks are dropped) and waits.
-    fn stop(self) {
-        drop(self.stops);
-        for thread in self.threads {
-            let _ = thread.join();
-        }
-    }
 }
 
 async fn serve(
     config: Config,
     listen: std::net::SocketAddr,
-    streams: Vec<tokio::runtime::Handle>,
+    streams: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     if config.dev {
         tracing::warn!(
@@ -113,13 +60,10 @@ async fn serve(
             max_connection_lifetime: (config.max_connection_lifetime_secs > 0)
                 .then(|| Duration::from_secs(config.max_connection_lifetime_secs)),
             retry_ms: config.retry_ms,
-            shards: streams.len(),
         },
     );
-    for (shard, runtime) in streams.iter().enumerate() {
-        runtime.spawn(hub.clone().run_dispatcher(shard));
-    }
-    tokio::spawn(hub.clone().run_housekeeping());
+    streams.spawn(hub.clone().run_dispatcher());
+    streams.spawn(hub.clone().run_housekeeping());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
