@@ -62,7 +62,7 @@ pub struct Connection {
     id: ConnId,
     shared: Arc<ConnShared>,
     filter: Arc<Filter>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: mpsc::UnboundedReceiver<Outbound>,
     mode: Mode,
     /// Whether the `retry:` preamble has been sent.
     opened: bool,
@@ -78,7 +78,7 @@ impl Connection {
         id: ConnId,
         shared: Arc<ConnShared>,
         filter: Arc<Filter>,
-        rx: mpsc::Receiver<Outbound>,
+        rx: mpsc::UnboundedReceiver<Outbound>,
         resume: Resume,
         live_from: Option<EventId>,
     ) -> Self {
@@ -169,6 +169,7 @@ impl Connection {
         let Some(first) = self.rx.recv().await else {
             return false;
         };
+        self.taken_from_queue();
         if self.shared.closed.load(Ordering::SeqCst) {
             return false;
         }
@@ -181,6 +182,9 @@ impl Connection {
             }
             if chunk.len() < MAX_CHUNK_BYTES {
                 item = self.rx.try_recv().ok();
+                if item.is_some() {
+                    self.taken_from_queue();
+                }
             }
         }
         self.count_delivered(events);
@@ -265,6 +269,11 @@ impl Connection {
             tokio::task::yield_now().await;
         }
         true
+    }
+
+    /// One item left the queue: room for the hub to queue another.
+    fn taken_from_queue(&self) {
+        self.shared.queued.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn count_delivered(&self, events: u64) {

@@ -13,7 +13,7 @@
 //!   one lock, so it is exact the moment a connection is unregistered.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,10 @@ pub struct ConnShared {
     /// Events this stream has written. Per stream, not one global counter:
     /// every write would otherwise contend on one cache line across cores.
     pub(crate) delivered: AtomicU64,
+    /// Items in the stream's queue. The hub enforces the queue's bound with
+    /// it; the channel itself is unbounded because a bounded tokio channel
+    /// takes a lock for every item received, on the hottest path there is.
+    pub(crate) queued: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -92,7 +96,9 @@ struct ConnEntry {
     user: Option<Arc<str>>,
     filter: Arc<Filter>,
     shared: Arc<ConnShared>,
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::UnboundedSender<Outbound>,
+    /// Items the queue may hold before the stream is switched to catch-up.
+    capacity: usize,
     close_at: Option<Instant>,
 }
 
@@ -105,17 +111,28 @@ impl ConnEntry {
         {
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            self.tx.try_send(Outbound::Event(event.clone()))
-        {
+        if !self.push(Outbound::Event(event.clone())) {
             self.shared.lagging.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Queues `item` unless the queue is full; false if it was. The bound
+    /// is soft by at most a heartbeat or two (those come from another task
+    /// than the dispatcher's events).
+    fn push(&self, item: Outbound) -> bool {
+        if self.shared.queued.load(Ordering::Relaxed) >= self.capacity {
+            return false;
+        }
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        // Fails only once the writer is gone, and then nobody is counting.
+        let _ = self.tx.send(item);
+        true
     }
 
     /// Switches the stream to catch-up, and wakes its writer so it notices.
     fn force_catch_up(&self) {
         self.shared.lagging.store(true, Ordering::SeqCst);
-        let _ = self.tx.try_send(Outbound::Heartbeat);
+        self.push(Outbound::Heartbeat);
     }
 
     fn close(&self) {
@@ -287,7 +304,7 @@ impl Hub {
     /// Registers a new stream; dropping the returned [`Connection`] unregisters it.
     pub fn connect(self: &Arc<Self>, subscriber: Subscriber) -> Connection {
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.config.queue_capacity.max(1));
+        let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(ConnShared::default());
         // A resuming stream starts in catch-up: the hub must not queue live
         // events ahead of the replay.
@@ -304,6 +321,7 @@ impl Hub {
             filter: filter.clone(),
             shared: shared.clone(),
             tx,
+            capacity: self.config.queue_capacity.max(1),
             close_at,
         });
         self.index.write().insert(entry);
@@ -428,7 +446,7 @@ impl Hub {
                         && !entry.shared.wrote_recently.swap(false, Ordering::Relaxed)
                     {
                         // A full queue means the stream is busy, not idle.
-                        let _ = entry.tx.try_send(Outbound::Heartbeat);
+                        entry.push(Outbound::Heartbeat);
                     }
                 }
             }
