@@ -169,24 +169,24 @@ impl Connection {
         let Some(first) = self.rx.recv().await else {
             return false;
         };
-        self.taken_from_queue();
         if self.shared.closed.load(Ordering::SeqCst) {
             return false;
         }
         let mut events = 0u64;
+        let mut taken = 0usize;
         let mut item = Some(first);
         while let Some(outbound) = item.take() {
+            taken += 1;
             match outbound {
                 Outbound::Heartbeat => chunk.push(&Hub::heartbeat_frame()),
                 Outbound::Event(event) => events += u64::from(self.write_event(&event, chunk)),
             }
             if chunk.len() < MAX_CHUNK_BYTES {
                 item = self.rx.try_recv().ok();
-                if item.is_some() {
-                    self.taken_from_queue();
-                }
             }
         }
+        // Once per drain, not per item: one atomic write on the hot path.
+        self.shared.queued.fetch_sub(taken, Ordering::Relaxed);
         self.count_delivered(events);
         true
     }
@@ -269,11 +269,6 @@ impl Connection {
             tokio::task::yield_now().await;
         }
         true
-    }
-
-    /// One item left the queue: room for the hub to queue another.
-    fn taken_from_queue(&self) {
-        self.shared.queued.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn count_delivered(&self, events: u64) {

@@ -20,7 +20,6 @@ use std::io;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Version};
-
 use herald_core::{Connection, Subscriber};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -131,13 +130,14 @@ pub(crate) async fn stream(
     // Only read to notice the client closing; SSE clients send nothing more.
     let mut probe = [0u8; 32];
     loop {
-        // A fresh buffer per write: an idle stream holds none.
-        let mut chunk = Vec::new();
+        // A fresh buffer per write, starting with room for the size line;
+        // an idle stream holds only that room.
+        let mut chunk = vec![0u8; SIZE_LINE_ROOM];
         tokio::select! {
             // Frames first: under load the read side is looked at only when
             // the queue is empty (a closed peer also fails the next write).
             biased;
-            more = connection.next_chunk_into(chunk_body(&mut chunk)) => if more {
+            more = connection.next_chunk_into(&mut chunk) => if more {
                 writer.write_all(frame_chunk(&mut chunk)).await?;
             } else {
                 writer.write_all(b"0\r\n\r\n").await?;
@@ -190,16 +190,9 @@ fn response_head(state: &AppState, request: &HeaderMap) -> Vec<u8> {
 /// Room left at the front of a chunk buffer for the size line.
 const SIZE_LINE_ROOM: usize = 18;
 
-/// Prepares `chunk` to receive the data of one HTTP chunk: room for the size
-/// line first, filled in by [`frame_chunk`].
-fn chunk_body(chunk: &mut Vec<u8>) -> &mut Vec<u8> {
-    chunk.clear();
-    chunk.resize(SIZE_LINE_ROOM, 0);
-    chunk
-}
-
-/// Completes the HTTP chunk (`size CRLF data CRLF`) around the data added
-/// after [`chunk_body`]; returns the bytes to write, in one plain write.
+/// Completes the HTTP chunk (`size CRLF data CRLF`) around the data that
+/// follows the first [`SIZE_LINE_ROOM`] bytes of `chunk`; returns the bytes
+/// to write, in one plain write.
 ///
 /// Why one buffer: frames are copied in anyway, and a `send` of one slice
 /// costs the kernel less than a `writev` of three (the vfs layer, importing
