@@ -1,7 +1,9 @@
 //! Encoding events, comments and `retry` blocks into SSE wire bytes.
 //!
-//! Every function here produces a whole block terminated by a blank line, so
-//! outputs can be concatenated in any order without merging blocks.
+//! Every function here but [`encode_notice`] produces a whole block terminated
+//! by a blank line, so outputs can be concatenated in any order without
+//! merging blocks. [`encode_notice`] ends with no blank line on purpose (see
+//! its doc); it only ever precedes whole blocks or other notices.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -105,6 +107,34 @@ pub fn encode_retry(ms: u64) -> Bytes {
     out.put_slice(RETRY_PREFIX);
     put_decimal(&mut out, ms);
     out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+/// Encodes lines that dispatch no event in any common client: an optional
+/// `retry: N` line, then one `:` comment line per line of `comment` (none if
+/// it is empty and `retry_ms` is given; `:` alone if both are empty). No
+/// blank line follows.
+///
+/// Why no blank line: a WHATWG parser applies `retry:` as soon as it reads
+/// the line and ignores a blank line that follows no data, but some clients
+/// (httpx-sse) dispatch an empty `message` event on a blank line once any
+/// field has been seen — `retry:`, or an `id:` they keep from an earlier
+/// event. Stream preambles, heartbeats and "come back later" answers are
+/// therefore notices, never blocks.
+pub fn encode_notice(retry_ms: Option<u64>, comment: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(RETRY_PREFIX.len() + 21 + comment.len() + 4);
+    if let Some(ms) = retry_ms {
+        out.put_slice(RETRY_PREFIX);
+        put_decimal(&mut out, ms);
+        out.put_u8(b'\n');
+    }
+    if !comment.is_empty() || retry_ms.is_none() {
+        for line in Lines::new(comment.as_bytes()) {
+            out.put_u8(b':');
+            out.put_slice(line);
+            out.put_u8(b'\n');
+        }
+    }
     out.freeze()
 }
 

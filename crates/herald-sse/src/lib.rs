@@ -14,6 +14,9 @@
 //! * **Each encoded event ends with a blank line**, so the output of every
 //!   encoding function leaves the stream on an event boundary and pieces can be
 //!   concatenated freely (events, comments and `retry` blocks in any order).
+//!   The one exception is [`encode_notice`] (preambles and heartbeats), which
+//!   ends with no blank line so that no lenient client dispatches an empty
+//!   event for it.
 //! * **Never emits a BOM.** Every piece starts with an ASCII field name or `:`,
 //!   so a U+FEFF inside the data is never at the start of the stream, where a
 //!   client would strip it.
@@ -37,7 +40,7 @@ pub mod encode;
 pub mod parse;
 
 pub use encode::{
-    encode_comment, encode_event, encode_event_into, encode_retry, validate_event_type,
+    encode_comment, encode_event, encode_event_into, encode_notice, encode_retry, validate_event_type,
     validate_id, EncodeError, EventFields,
 };
 pub use parse::{ParsedEvent, Parser};

@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use herald_sse::{
-    encode_comment, encode_event, encode_event_into, encode_retry, EncodeError, EventFields,
+    encode_comment, encode_event, encode_event_into, encode_notice, encode_retry, EncodeError, EventFields,
     ParsedEvent, Parser,
 };
 use proptest::prelude::*;
@@ -214,6 +214,29 @@ proptest! {
         prop_assert!(got.is_empty());
         prop_assert_eq!(parser.comments_seen(), normalise(&text).split('\n').count() as u64);
         prop_assert_eq!(parser.retry(), None);
+    }
+
+    #[test]
+    fn notice_has_no_blank_line_and_never_dispatches(
+        retry in prop::option::of(any::<u64>()),
+        text in tricky_string(64),
+        data in tricky_string(32),
+        cuts in cuts(),
+    ) {
+        let notice = encode_notice(retry, &text);
+        // No blank line anywhere: a lenient client dispatches on any blank line.
+        prop_assert!(!notice.starts_with(b"\n"));
+        prop_assert!(!notice.windows(2).any(|w| w == b"\n\n"));
+        prop_assert!(notice.ends_with(b"\n"));
+        let (parser, got) = parse_chunked(&notice, &cuts);
+        prop_assert!(got.is_empty());
+        prop_assert_eq!(parser.retry(), retry);
+        // The event after it arrives whole and alone.
+        let mut wire = BytesMut::from(&notice[..]);
+        encode_event_into(&EventFields { id: Some("1"), data: &data, ..Default::default() }, &mut wire).unwrap();
+        let (_, got) = parse_chunked(&wire, &cuts);
+        prop_assert_eq!(got.len(), 1);
+        prop_assert_eq!(&got[0].data, &normalise(&data));
     }
 
     #[test]
