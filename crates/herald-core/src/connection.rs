@@ -17,12 +17,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 
 use crate::event::{Event, EventId};
 use crate::filter::Filter;
-use crate::hub::{ConnId, ConnShared, Hub, Outbound};
-use crate::log::{Gap, Position};
+use crate::log::{EventLog, Gap, Position};
+use crate::stream::{Outbound, StreamReceiver};
 
 /// Events read from the log per catch-up step. Small on purpose: the chunk it
 /// makes is held per connection until the socket takes it, and when thousands
@@ -32,6 +31,8 @@ const CATCH_UP_BATCH: usize = 128;
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
 /// Longest part of an untrusted `Last-Event-ID` echoed back in `herald.gap`.
 const MAX_ECHOED_ID_BYTES: usize = 128;
+/// The heartbeat comment (a notice: no blank line, see `herald_sse::encode_notice`).
+const HEARTBEAT: Bytes = Bytes::from_static(herald_sse::HEARTBEAT);
 
 /// Where a new stream starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,14 +56,16 @@ enum Mode {
     },
 }
 
-/// The writer of one stream. Dropping it unregisters the stream from the hub.
+/// The writer of one stream. Dropping it unregisters the stream from the hub
+/// (its queue's receiving end is the drop guard).
 #[derive(Debug)]
 pub struct Connection {
-    hub: Arc<Hub>,
-    id: ConnId,
-    shared: Arc<ConnShared>,
+    /// Where catch-up reads from.
+    log: Arc<dyn EventLog>,
+    queue: StreamReceiver,
     filter: Arc<Filter>,
-    rx: mpsc::UnboundedReceiver<Outbound>,
+    /// The `retry:` sent in the preamble, in ms.
+    retry_ms: u64,
     mode: Mode,
     /// Whether the `retry:` preamble has been sent.
     opened: bool,
@@ -74,13 +77,12 @@ pub struct Connection {
 
 impl Connection {
     pub(crate) fn new(
-        hub: Arc<Hub>,
-        id: ConnId,
-        shared: Arc<ConnShared>,
+        log: Arc<dyn EventLog>,
+        queue: StreamReceiver,
         filter: Arc<Filter>,
-        rx: mpsc::UnboundedReceiver<Outbound>,
         resume: Resume,
         live_from: Option<EventId>,
+        retry_ms: u64,
     ) -> Self {
         let (last_written, unknown_resume, mode) = match resume {
             Resume::Live => (live_from, None, Mode::Live),
@@ -103,11 +105,10 @@ impl Connection {
             ),
         };
         Self {
-            hub,
-            id,
-            shared,
+            log,
+            queue,
             filter,
-            rx,
+            retry_ms,
             mode,
             opened: false,
             last_written,
@@ -136,12 +137,11 @@ impl Connection {
     async fn next_frames(&mut self, chunk: &mut impl ChunkSink) -> bool {
         if !self.opened {
             self.opened = true;
-            let retry = self.hub.config().retry_ms;
-            chunk.push(&Bytes::from(format!("retry: {retry}\n:ok\n\n")));
+            chunk.push(&herald_sse::encode_notice(Some(self.retry_ms), "ok"));
             return true;
         }
         loop {
-            if self.shared.closed.load(Ordering::SeqCst) {
+            if self.queue.shared.closed.load(Ordering::SeqCst) {
                 return false;
             }
             let more = match self.mode {
@@ -154,7 +154,10 @@ impl Connection {
                 return false;
             }
             if chunk.len() > 0 {
-                self.shared.wrote_recently.store(true, Ordering::Relaxed);
+                self.queue
+                    .shared
+                    .wrote_recently
+                    .store(true, Ordering::Relaxed);
                 return true;
             }
         }
@@ -162,14 +165,14 @@ impl Connection {
 
     /// Drains the queue into `chunk`; adding nothing means "look again".
     async fn next_live(&mut self, chunk: &mut impl ChunkSink) -> bool {
-        if self.shared.lagging.load(Ordering::SeqCst) && self.rx.is_empty() {
+        if self.queue.shared.lagging.load(Ordering::SeqCst) && self.queue.is_empty() {
             self.start_catch_up();
             return true;
         }
-        let Some(first) = self.rx.recv().await else {
+        let Some(first) = self.queue.recv().await else {
             return false;
         };
-        if self.shared.closed.load(Ordering::SeqCst) {
+        if self.queue.shared.closed.load(Ordering::SeqCst) {
             return false;
         }
         let mut events = 0u64;
@@ -178,15 +181,14 @@ impl Connection {
         while let Some(outbound) = item.take() {
             taken += 1;
             match outbound {
-                Outbound::Heartbeat => chunk.push(&Hub::heartbeat_frame()),
+                Outbound::Heartbeat => chunk.push(&HEARTBEAT),
                 Outbound::Event(event) => events += u64::from(self.write_event(&event, chunk)),
             }
             if chunk.len() < MAX_CHUNK_BYTES {
-                item = self.rx.try_recv().ok();
+                item = self.queue.try_recv();
             }
         }
-        // Once per drain, not per item: one atomic write on the hot path.
-        self.shared.queued.fetch_sub(taken, Ordering::Relaxed);
+        self.queue.taken(taken);
         self.count_delivered(events);
         true
     }
@@ -204,7 +206,7 @@ impl Connection {
 
     fn start_catch_up(&mut self) {
         let from = self.last_written.map_or(Position::Oldest, Position::After);
-        self.hub.counters.lagged.fetch_add(1, Ordering::Relaxed);
+        self.queue.shared.lagged.fetch_add(1, Ordering::Relaxed);
         self.mode = Mode::CatchUp {
             from,
             final_pass: false,
@@ -219,14 +221,13 @@ impl Connection {
         chunk: &mut impl ChunkSink,
     ) -> bool {
         let batch = match self
-            .hub
-            .log()
+            .log
             .read_after(from, &self.filter, CATCH_UP_BATCH)
             .await
         {
             Ok(batch) => batch,
             Err(err) => {
-                tracing::warn!(%err, conn = self.id, "catch-up read failed; closing the stream so the client resumes");
+                tracing::warn!(%err, conn = self.queue.id, "catch-up read failed; closing the stream so the client resumes");
                 return false;
             }
         };
@@ -258,7 +259,7 @@ impl Connection {
         } else if final_pass {
             Mode::Live
         } else {
-            self.shared.lagging.store(false, Ordering::SeqCst);
+            self.queue.shared.lagging.store(false, Ordering::SeqCst);
             Mode::CatchUp {
                 from,
                 final_pass: true,
@@ -273,14 +274,11 @@ impl Connection {
 
     fn count_delivered(&self, events: u64) {
         if events > 0 {
-            self.shared.delivered.fetch_add(events, Ordering::Relaxed);
+            self.queue
+                .shared
+                .delivered
+                .fetch_add(events, Ordering::Relaxed);
         }
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.hub.unregister(self.id, &self.shared);
     }
 }
 

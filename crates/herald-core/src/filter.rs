@@ -1,7 +1,22 @@
-//! What one connection wants to receive.
+//! What one connection wants to receive: the one matching rule.
 //!
-//! The same [`Filter::matches`] decides live delivery (in the hub) and catch-up
-//! reads (in the log), so a resumed stream and a live one see the same events.
+//! An event reaches a connection when its type passes the connection's
+//! `types` filter and it is a broadcast or one of its topics is matched by one
+//! of the connection's patterns ([`TopicPattern::matches`]). That rule is
+//! written once, here ([`Filter::matches`] and the parts it is made of), and
+//! everything that decides delivery uses it:
+//! - catch-up and resume reads in every log backend call [`Filter::matches`]
+//!   (a backend that pre-filters stored records before decoding them calls
+//!   [`Filter::matches_targets`], the same rule without the type);
+//! - live delivery's subscription index (`crate::index`) only narrows the
+//!   candidates by the patterns' keys and then applies the type part; in
+//!   debug builds it asserts [`Filter::matches`] for every event it offers,
+//!   and a property test (`tests/live_vs_catch_up.rs`) checks that live
+//!   delivery and catch-up deliver the same set to every connection.
+//!
+//! A new kind of pattern (e.g. URI templates) is one new [`TopicPattern`]
+//! variant with its `matches` arm: the filter and the index handle every
+//! non-exact pattern through that method.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,13 +28,17 @@ use crate::topic::{Topic, TopicPattern};
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     patterns: Vec<TopicPattern>,
-    /// Exact topics, for O(1) matching of events with many topics.
+    /// The exact topics of `patterns`, for O(1) matching of events with many
+    /// topics (an `Exact` pattern matches exactly its own name).
     exact: HashSet<Arc<str>>,
-    prefixes: Vec<Arc<str>>,
-    all: bool,
+    /// The other patterns, each asked through [`TopicPattern::matches`].
+    scanned: Vec<TopicPattern>,
     /// `None`: every type. Untyped events count as type `message`.
     types: Option<HashSet<String>>,
 }
+
+/// The type an untyped event is dispatched as by EventSource.
+const DEFAULT_TYPE: &str = "message";
 
 impl Filter {
     /// A filter over `patterns` (duplicates removed) and optional `types`.
@@ -31,16 +50,16 @@ impl Filter {
             types: types.map(|t| t.into_iter().collect()),
             ..Self::default()
         };
+        let mut seen = HashSet::new();
         for pattern in patterns {
-            if filter.patterns.contains(&pattern) {
+            if !seen.insert(pattern.clone()) {
                 continue;
             }
             match &pattern {
                 TopicPattern::Exact(t) => {
                     filter.exact.insert(t.as_arc().clone());
                 }
-                TopicPattern::Prefix(p) => filter.prefixes.push(p.clone()),
-                TopicPattern::All => filter.all = true,
+                _ => filter.scanned.push(pattern.clone()),
             }
             filter.patterns.push(pattern);
         }
@@ -61,23 +80,28 @@ impl Filter {
     pub fn accepts_type(&self, event_type: Option<&str>) -> bool {
         match &self.types {
             None => true,
-            Some(types) => types.contains(event_type.unwrap_or("message")),
+            Some(types) => types.contains(event_type.unwrap_or(DEFAULT_TYPE)),
         }
     }
 
     /// Whether one of the subscriptions matches `topic`.
-    pub fn matches_topic(&self, topic: &Topic) -> bool {
-        self.all
-            || self.exact.contains(topic.as_str())
-            || self
-                .prefixes
-                .iter()
-                .any(|p| topic.as_str().starts_with(&**p))
+    pub fn matches_topic(&self, topic: &str) -> bool {
+        self.exact.contains(topic) || self.scanned.iter().any(|p| p.matches(topic))
+    }
+
+    /// Whether an event with these targets is for this connection, whatever
+    /// its type: a broadcast, or a topic one of the subscriptions matches.
+    pub fn matches_targets<'a>(
+        &self,
+        broadcast: bool,
+        topics: impl IntoIterator<Item = &'a str>,
+    ) -> bool {
+        broadcast || topics.into_iter().any(|t| self.matches_topic(t))
     }
 
     /// Whether `event` is delivered to a connection with this filter.
     pub fn matches(&self, event: &Event) -> bool {
         self.accepts_type(event.event_type.as_deref())
-            && (event.broadcast || event.topics.iter().any(|t| self.matches_topic(t)))
+            && self.matches_targets(event.broadcast, event.topics.iter().map(Topic::as_str))
     }
 }

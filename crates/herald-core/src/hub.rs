@@ -1,42 +1,46 @@
-//! The hub: which connection wants which event, and the fan-out itself.
+//! The hub: registration, presence, and the fan-out of one node.
 //!
 //! Invariants:
-//! - Events reach the hub only through [`Hub::run_dispatcher`], which tails the
-//!   event log and dispatches in id order from a single task; the per-connection
-//!   dedupe stamp relies on that.
-//! - Dispatch never waits: each event is offered to each matching connection's
-//!   bounded queue with `try_send`. A full queue marks the connection
-//!   *lagging*; the hub then skips it, and its writer catches up from the log
-//!   (see [`crate::connection`]). Publishers and other connections are never
-//!   blocked, and nothing is dropped silently.
+//! - Events reach streams only through [`Hub::run_dispatcher`], which tails
+//!   the event log and dispatches in id order from a single task; each
+//!   stream's dedupe stamp (`crate::stream`) relies on that.
+//! - Dispatch never waits: each event is offered to each matching stream's
+//!   queue, whose bound is a per-stream counter (`crate::stream`). A full
+//!   queue marks the stream *lagging*; the hub then skips it, and its writer
+//!   catches up from the log (see [`crate::connection`]). Publishers and other
+//!   streams are never blocked, and nothing is dropped silently.
+//! - Which stream matches which event is [`Filter::matches`]; the index
+//!   (`crate::index`) only finds the candidates fast.
 //! - Every count (connections, users, topics) is derived from the index under
-//!   one lock, so it is exact the moment a connection is unregistered.
+//!   one lock, so it is exact the moment a stream is unregistered.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::RwLock;
-use tokio::sync::mpsc;
 
 use crate::connection::{Connection, Resume};
 use crate::event::{Event, EventId};
 use crate::filter::Filter;
+use crate::index::{Entry, Index};
 use crate::log::{EventLog, Position};
-use crate::topic::TopicPattern;
-
-/// Identifies one open stream within this process.
-pub type ConnId = u64;
+use crate::stream::{stream_queue, ConnId, Outbound, Registry, StreamShared};
 
 /// How many events the log tail reads per step.
 const TAIL_BATCH: usize = 1024;
 
+/// Default of [`HubConfig::queue_capacity`].
+pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+/// Default of [`HubConfig::heartbeat`], in seconds.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
+/// Default of [`HubConfig::retry_ms`].
+pub const DEFAULT_RETRY_MS: u64 = 3000;
+
 /// Tunables of the hub.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
-    /// Events a connection may have queued before it is switched to catch-up.
+    /// Events a stream may have queued before it is switched to catch-up.
     pub queue_capacity: usize,
     /// An idle stream gets a comment this often (proxies cut silent ones, and a
     /// failed write is how a dead peer is found).
@@ -51,184 +55,27 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            queue_capacity: 256,
-            heartbeat: Duration::from_secs(15),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            heartbeat: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
             max_connection_lifetime: None,
-            retry_ms: 3000,
+            retry_ms: DEFAULT_RETRY_MS,
         }
-    }
-}
-
-/// What a connection's queue carries.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A stored event; its frame is shared with every other recipient.
-    Event(Arc<Event>),
-    /// A heartbeat comment.
-    Heartbeat,
-}
-
-/// State shared between the hub (producer side) and one connection's writer.
-#[derive(Debug, Default)]
-pub struct ConnShared {
-    /// Set by kick or lifetime expiry: the writer ends the stream.
-    pub(crate) closed: AtomicBool,
-    /// Set when the queue overflowed (or while resuming): the hub skips this
-    /// connection and the writer reads from the log instead.
-    pub(crate) lagging: AtomicBool,
-    /// Set by the writer on every write, cleared by the heartbeat tick.
-    pub(crate) wrote_recently: AtomicBool,
-    /// Id of the last event offered by the dispatcher: one delivery per
-    /// connection per event, however many subscriptions match.
-    last_offered: AtomicU64,
-    /// Events this stream has written. Per stream, not one global counter:
-    /// every write would otherwise contend on one cache line across cores.
-    pub(crate) delivered: AtomicU64,
-    /// Items in the stream's queue. The hub enforces the queue's bound with
-    /// it; the channel itself is unbounded because a bounded tokio channel
-    /// takes a lock for every item received, on the hottest path there is.
-    pub(crate) queued: AtomicUsize,
-}
-
-#[derive(Debug)]
-struct ConnEntry {
-    id: ConnId,
-    user: Option<Arc<str>>,
-    filter: Arc<Filter>,
-    shared: Arc<ConnShared>,
-    tx: mpsc::UnboundedSender<Outbound>,
-    /// Items the queue may hold before the stream is switched to catch-up.
-    capacity: usize,
-    close_at: Option<Instant>,
-}
-
-impl ConnEntry {
-    fn offer(&self, event: &Arc<Event>) {
-        let id = event.id.0;
-        if self.shared.last_offered.swap(id, Ordering::Relaxed) == id
-            || !self.filter.accepts_type(event.event_type.as_deref())
-            || self.shared.lagging.load(Ordering::SeqCst)
-        {
-            return;
-        }
-        if !self.push(Outbound::Event(event.clone())) {
-            self.shared.lagging.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Queues `item` unless the queue is full; false if it was. The bound
-    /// is soft by at most a heartbeat or two (those come from another task
-    /// than the dispatcher's events).
-    fn push(&self, item: Outbound) -> bool {
-        if self.shared.queued.load(Ordering::Relaxed) >= self.capacity {
-            return false;
-        }
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        // Fails only once the writer is gone, and then nobody is counting.
-        let _ = self.tx.send(item);
-        true
-    }
-
-    /// Switches the stream to catch-up, and wakes its writer so it notices.
-    fn force_catch_up(&self) {
-        self.shared.lagging.store(true, Ordering::SeqCst);
-        self.push(Outbound::Heartbeat);
-    }
-
-    fn close(&self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
-    }
-}
-
-type ConnSet = HashMap<ConnId, Arc<ConnEntry>>;
-
-#[derive(Debug, Default)]
-struct Index {
-    conns: ConnSet,
-    exact: HashMap<Arc<str>, ConnSet>,
-    prefixes: HashMap<Arc<str>, ConnSet>,
-    everything: ConnSet,
-    users: HashMap<Arc<str>, ConnSet>,
-}
-
-impl Index {
-    fn dispatch(&self, event: &Arc<Event>) {
-        if event.broadcast {
-            self.conns.values().for_each(|e| e.offer(event));
-            return;
-        }
-        for topic in &event.topics {
-            if let Some(set) = self.exact.get(topic.as_str()) {
-                set.values().for_each(|e| e.offer(event));
-            }
-            for (prefix, set) in &self.prefixes {
-                if topic.as_str().starts_with(&**prefix) {
-                    set.values().for_each(|e| e.offer(event));
-                }
-            }
-        }
-        // Once per event, not once per topic.
-        self.everything.values().for_each(|e| e.offer(event));
-    }
-
-    fn insert(&mut self, entry: Arc<ConnEntry>) {
-        for pattern in entry.filter.patterns() {
-            let set = match pattern {
-                TopicPattern::Exact(t) => self.exact.entry(t.as_arc().clone()).or_default(),
-                TopicPattern::Prefix(p) => self.prefixes.entry(p.clone()).or_default(),
-                TopicPattern::All => &mut self.everything,
-            };
-            set.insert(entry.id, entry.clone());
-        }
-        if let Some(user) = &entry.user {
-            self.users
-                .entry(user.clone())
-                .or_default()
-                .insert(entry.id, entry.clone());
-        }
-        self.conns.insert(entry.id, entry);
-    }
-
-    fn remove(&mut self, id: ConnId) -> Option<Arc<ConnEntry>> {
-        let entry = self.conns.remove(&id)?;
-        fn remove_from(map: &mut HashMap<Arc<str>, ConnSet>, key: &Arc<str>, id: ConnId) {
-            if let Some(set) = map.get_mut(key) {
-                set.remove(&id);
-                if set.is_empty() {
-                    map.remove(key);
-                }
-            }
-        }
-        for pattern in entry.filter.patterns() {
-            match pattern {
-                TopicPattern::Exact(t) => remove_from(&mut self.exact, t.as_arc(), id),
-                TopicPattern::Prefix(p) => remove_from(&mut self.prefixes, p, id),
-                TopicPattern::All => {
-                    self.everything.remove(&id);
-                }
-            }
-        }
-        if let Some(user) = &entry.user {
-            remove_from(&mut self.users, user, id);
-        }
-        Some(entry)
     }
 }
 
 /// Monotonic counters for `/v1/stats` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Events stored through this node's publish route.
-    pub published: AtomicU64,
+    /// Events the dispatcher fanned out.
+    pub dispatched: AtomicU64,
+    /// Streams opened since start.
+    pub connections_opened: AtomicU64,
     /// Event frames written by streams that have since closed (the open
     /// ones keep their own count; see [`Hub::events_delivered`]).
     delivered_by_closed: AtomicU64,
-    /// Events the dispatcher fanned out.
-    pub dispatched: AtomicU64,
-    /// Times a connection's queue overflowed and it switched to catch-up.
-    pub lagged: AtomicU64,
-    /// Streams opened since start.
-    pub connections_opened: AtomicU64,
+    /// Catch-up switches of streams that have since closed (see
+    /// [`Hub::streams_lagged`]).
+    lagged_by_closed: AtomicU64,
 }
 
 /// A point-in-time view of the hub's counts.
@@ -291,11 +138,6 @@ impl Hub {
         &self.config
     }
 
-    /// The log this hub delivers from.
-    pub fn log(&self) -> &Arc<dyn EventLog> {
-        &self.log
-    }
-
     /// Time since the hub was created.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
@@ -304,24 +146,21 @@ impl Hub {
     /// Registers a new stream; dropping the returned [`Connection`] unregisters it.
     pub fn connect(self: &Arc<Self>, subscriber: Subscriber) -> Connection {
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(ConnShared::default());
         // A resuming stream starts in catch-up: the hub must not queue live
         // events ahead of the replay.
         let resuming = !matches!(subscriber.resume, Resume::Live);
-        shared.lagging.store(resuming, Ordering::SeqCst);
+        let registry: Arc<dyn Registry> = self.clone();
+        let (sender, receiver) = stream_queue(id, self.config.queue_capacity, resuming, registry);
         let filter = Arc::new(subscriber.filter);
         let close_at = self.config.max_connection_lifetime.map(|life| {
             let jitter = life.mul_f64(0.1 * rand::random::<f64>());
             Instant::now() + life - jitter
         });
-        let entry = Arc::new(ConnEntry {
+        let entry = Arc::new(Entry {
             id,
             user: subscriber.user,
             filter: filter.clone(),
-            shared: shared.clone(),
-            tx,
-            capacity: self.config.queue_capacity.max(1),
+            sender,
             close_at,
         });
         self.index.write().insert(entry);
@@ -331,39 +170,42 @@ impl Hub {
         // Read after registering: any event newer than this is dispatched to us.
         let live_from = *self.log.head().borrow();
         Connection::new(
-            self.clone(),
-            id,
-            shared,
+            self.log.clone(),
+            receiver,
             filter,
-            rx,
             subscriber.resume,
             live_from,
+            self.config.retry_ms,
         )
-    }
-
-    /// Removes a stream and folds its delivery count into the total, under
-    /// one lock so [`Hub::events_delivered`] never counts it twice or not at all.
-    pub(crate) fn unregister(&self, id: ConnId, shared: &ConnShared) {
-        let mut index = self.index.write();
-        index.remove(id);
-        self.counters
-            .delivered_by_closed
-            .fetch_add(shared.delivered.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Event frames written to streams since start.
     pub fn events_delivered(&self) -> u64 {
         let index = self.index.read();
         let open: u64 = index
-            .conns
+            .streams
             .values()
-            .map(|e| e.shared.delivered.load(Ordering::Relaxed))
+            .map(|e| e.sender.shared().delivered.load(Ordering::Relaxed))
             .sum();
         open + self.counters.delivered_by_closed.load(Ordering::Relaxed)
     }
 
-    /// Offers each event, in order, to every connection it matches, once each.
-    pub fn dispatch(&self, events: &[Arc<Event>]) {
+    /// Times a stream's queue overflowed (or the log tail fell behind) and it
+    /// switched to catch-up from the log, since start.
+    pub fn streams_lagged(&self) -> u64 {
+        let index = self.index.read();
+        let open: u64 = index
+            .streams
+            .values()
+            .map(|e| e.sender.shared().lagged.load(Ordering::Relaxed))
+            .sum();
+        open + self.counters.lagged_by_closed.load(Ordering::Relaxed)
+    }
+
+    /// Offers each event, in order, to every stream it matches, once each.
+    /// Private: only the dispatcher, a single task reading the log in id
+    /// order, may call it (the dedupe stamp relies on that order).
+    fn dispatch(&self, events: &[Arc<Event>]) {
         self.counters
             .dispatched
             .fetch_add(events.len() as u64, Ordering::Relaxed);
@@ -391,9 +233,9 @@ impl Hub {
                         );
                         self.index
                             .read()
-                            .conns
+                            .streams
                             .values()
-                            .for_each(|e| e.force_catch_up());
+                            .for_each(|e| e.sender.force_catch_up());
                     }
                     self.dispatch(&batch.events);
                     if let Some(id) = batch.scanned_to {
@@ -423,7 +265,7 @@ impl Hub {
     }
 
     /// Heartbeats idle streams and closes expired ones, from one shared
-    /// ticker (no per-connection timers). Runs forever.
+    /// ticker (no per-stream timers). Runs forever.
     pub async fn run_housekeeping(self: Arc<Self>) {
         let tick = Duration::from_secs(1).min(self.config.heartbeat);
         let mut interval = tokio::time::interval(tick);
@@ -439,14 +281,18 @@ impl Hub {
             let mut expired = Vec::new();
             {
                 let index = self.index.read();
-                for entry in index.conns.values() {
+                for entry in index.streams.values() {
                     if entry.close_at.is_some_and(|at| at <= now) {
                         expired.push(entry.id);
                     } else if heartbeat_due
-                        && !entry.shared.wrote_recently.swap(false, Ordering::Relaxed)
+                        && !entry
+                            .sender
+                            .shared()
+                            .wrote_recently
+                            .swap(false, Ordering::Relaxed)
                     {
                         // A full queue means the stream is busy, not idle.
-                        entry.push(Outbound::Heartbeat);
+                        entry.sender.push(Outbound::Heartbeat);
                     }
                 }
             }
@@ -454,7 +300,7 @@ impl Hub {
                 let mut index = self.index.write();
                 for id in expired {
                     if let Some(entry) = index.remove(id) {
-                        entry.close();
+                        entry.sender.close();
                     }
                 }
             }
@@ -472,7 +318,7 @@ impl Hub {
         for id in &ids {
             // Dropping the entry drops the queue's sender, which wakes the writer.
             if let Some(entry) = index.remove(*id) {
-                entry.close();
+                entry.sender.close();
             }
         }
         ids.len()
@@ -481,8 +327,8 @@ impl Hub {
     /// Ends every stream (shutdown).
     pub fn close_all(&self) {
         let mut index = self.index.write();
-        for entry in std::mem::take(&mut *index).conns.into_values() {
-            entry.close();
+        for entry in std::mem::take(&mut *index).streams.into_values() {
+            entry.sender.close();
         }
     }
 
@@ -490,17 +336,15 @@ impl Hub {
     pub fn counts(&self) -> HubCounts {
         let index = self.index.read();
         HubCounts {
-            connections: index.conns.len(),
+            connections: index.streams.len(),
             users_online: index.users.len(),
-            topics: index.exact.len()
-                + index.prefixes.len()
-                + usize::from(!index.everything.is_empty()),
+            topics: index.topic_count(),
         }
     }
 
     /// Open streams of `user`.
     pub fn user_connections(&self, user: &str) -> usize {
-        self.index.read().users.get(user).map_or(0, HashMap::len)
+        self.index.read().users.get(user).map_or(0, |set| set.len())
     }
 
     /// Online users with their stream counts, sorted by id, starting after
@@ -518,27 +362,24 @@ impl Hub {
         users
     }
 
-    /// Connections whose subscriptions match `topic` (exact, prefix or `*`).
+    /// Streams whose subscriptions match `topic` (exact, prefix or `*`).
     pub fn topic_subscribers(&self, topic: &str) -> usize {
-        let index = self.index.read();
-        index
-            .conns
-            .values()
-            .filter(|e| {
-                index
-                    .exact
-                    .get(topic)
-                    .is_some_and(|s| s.contains_key(&e.id))
-                    || e.filter
-                        .patterns()
-                        .iter()
-                        .any(|p| !matches!(p, TopicPattern::Exact(_)) && p.matches(topic))
-            })
-            .count()
+        self.index.read().topic_subscribers(topic)
     }
+}
 
-    /// The comment sent as a heartbeat.
-    pub fn heartbeat_frame() -> Bytes {
-        Bytes::from_static(b":\n\n")
+impl Registry for Hub {
+    /// Removes a stream and folds its counts into the totals, under one lock
+    /// so [`Hub::events_delivered`] never counts it twice or not at all.
+    fn unregister(&self, id: ConnId, shared: &StreamShared) {
+        let mut index = self.index.write();
+        index.remove(id);
+        let totals = &self.counters;
+        totals
+            .delivered_by_closed
+            .fetch_add(shared.delivered.load(Ordering::Relaxed), Ordering::Relaxed);
+        totals
+            .lagged_by_closed
+            .fetch_add(shared.lagged.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }

@@ -16,12 +16,13 @@ mod error;
 mod query;
 mod routes;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{delete, get, post};
 use axum::Router;
-use herald_core::Hub;
+use herald_core::{EventLog, Hub};
 
 pub use accept::serve;
 pub use auth::Auth;
@@ -62,10 +63,33 @@ impl Default for ServerConfig {
 pub struct AppState {
     /// Subscriptions and fan-out.
     pub hub: Arc<Hub>,
+    /// Where publishes are stored (the hub delivers from the same log).
+    pub log: Arc<dyn EventLog>,
     /// HTTP options.
     pub config: ServerConfig,
     /// How identities are established.
     pub auth: Auth,
+    /// Events stored through this node's publish route.
+    pub published: AtomicU64,
+}
+
+impl AppState {
+    /// The state of a server publishing into `log` and delivering with `hub`
+    /// (which must tail that same log).
+    pub fn new(
+        hub: Arc<Hub>,
+        log: Arc<dyn EventLog>,
+        config: ServerConfig,
+        auth: Auth,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            hub,
+            log,
+            config,
+            auth,
+            published: AtomicU64::new(0),
+        })
+    }
 }
 
 /// The full router.

@@ -40,7 +40,11 @@ pub mod encode;
 pub mod parse;
 
 pub use encode::{
-    encode_comment, encode_event, encode_event_into, encode_notice, encode_retry, validate_event_type,
-    validate_id, EncodeError, EventFields,
+    encode_comment, encode_event, encode_event_into, encode_notice, encode_retry,
+    validate_event_type, validate_id, EncodeError, EventFields,
 };
 pub use parse::{ParsedEvent, Parser};
+
+/// The heartbeat comment: the same bytes as `encode_notice(None, "")`, for
+/// writers that want them without an allocation.
+pub const HEARTBEAT: &[u8] = b":\n";

@@ -5,8 +5,8 @@
 
 use bytes::BytesMut;
 use herald_sse::{
-    encode_comment, encode_event, encode_event_into, encode_notice, encode_retry, EncodeError, EventFields,
-    ParsedEvent, Parser,
+    encode_comment, encode_event, encode_event_into, encode_notice, encode_retry, EncodeError,
+    EventFields, ParsedEvent, Parser,
 };
 use proptest::prelude::*;
 
@@ -308,4 +308,10 @@ fn trailing_line_break_roundtrips() {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].data, want, "data {data:?}");
     }
+}
+
+#[test]
+fn heartbeat_constant_is_the_empty_notice() {
+    assert_eq!(&encode_notice(None, "")[..], herald_sse::HEARTBEAT);
+    assert_eq!(&encode_notice(Some(3000), "ok")[..], b"retry: 3000\n:ok\n");
 }

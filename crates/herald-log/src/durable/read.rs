@@ -240,9 +240,9 @@ pub(super) fn last_for_topic_on_disk(
     Ok(None)
 }
 
-/// The event of `view` if `filter` wants it. The check mirrors
-/// [`Filter::matches`] on the decoded names, so events that do not match
-/// cost no frame encoding.
+/// The event of `view` if `filter` wants it: [`Filter::matches`], in its
+/// two parts, asked of the decoded names before the event is built, so
+/// events that do not match cost no frame encoding.
 fn matching_event(
     view: &RecordView<'_>,
     filter: &Filter,
@@ -257,7 +257,10 @@ fn matching_event(
         .iter()
         .filter_map(|t| names.topic_str(t))
         .collect();
-    if !(view.broadcast || topics.iter().any(|t| filter.matches_topic(t))) {
+    if !filter.matches_targets(
+        view.broadcast,
+        topics.iter().map(herald_core::Topic::as_str),
+    ) {
         return None;
     }
     Some(event_of(view, topics, names, arena))

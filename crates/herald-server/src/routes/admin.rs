@@ -20,12 +20,11 @@ const MAX_PAGE: usize = 1000;
 pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     state.auth.admin()?;
     let counts = state.hub.counts();
-    let counters = &state.hub.counters;
     Ok(Json(json!({
         "connections": counts.connections,
         "users_online": counts.users_online,
         "topics": counts.topics,
-        "events_published": counters.published.load(Ordering::Relaxed),
+        "events_published": state.published.load(Ordering::Relaxed),
         "events_delivered": state.hub.events_delivered(),
         "uptime_s": state.hub.uptime().as_secs(),
         "nodes": ["local"],
@@ -97,8 +96,7 @@ pub(crate) async fn topic(
     let topic = Topic::new(&name)
         .map_err(|e| ApiError::bad_request("invalid_topic", format!("topic {name:?}: {e}")))?;
     let last = state
-        .hub
-        .log()
+        .log
         .last_id_for_topic(&topic)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;

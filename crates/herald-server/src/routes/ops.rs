@@ -20,7 +20,7 @@ pub(crate) async fn healthz() -> Response {
 
 /// `GET /readyz`: the event log can take events.
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.hub.log().ready().await {
+    match state.log.ready().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => ApiError::unavailable(e.to_string()).into_response(),
     }
@@ -59,7 +59,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "herald_events_published_total",
         "counter",
         "Events stored via this node.",
-        c.published.load(Ordering::Relaxed),
+        state.published.load(Ordering::Relaxed),
     );
     metric(
         "herald_events_dispatched_total",
@@ -77,7 +77,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "herald_stream_lagged_total",
         "counter",
         "Times a slow stream switched to catch-up from the log.",
-        c.lagged.load(Ordering::Relaxed),
+        state.hub.streams_lagged(),
     );
     metric(
         "herald_connections_opened_total",

@@ -69,15 +69,11 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
         .enumerate()
         .map(|(i, r)| validate(r, state.config.max_data_bytes).map_err(|e| in_item(e, i, single)))
         .collect::<Result<Vec<_>, _>>()?;
-    let results = state.hub.log().append(batch).await.map_err(|e| {
+    let results = state.log.append(batch).await.map_err(|e| {
         ApiError::unavailable(format!("{e}; the event was not stored, retry later"))
     })?;
     let stored = results.iter().filter(|r| !r.duplicate).count() as u64;
-    state
-        .hub
-        .counters
-        .published
-        .fetch_add(stored, Ordering::Relaxed);
+    state.published.fetch_add(stored, Ordering::Relaxed);
     Ok(answer(&results, single))
 }
 

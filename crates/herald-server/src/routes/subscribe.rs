@@ -125,8 +125,9 @@ pub(crate) fn set_stream_headers(headers: &mut HeaderMap, version: Version) {
 fn come_back_later(state: &AppState, version: Version) -> Response {
     let base = state.hub.config().retry_ms.max(1000);
     let retry = base + rand_jitter(base);
-    let body = Body::from(format!(
-        "retry: {retry}\n:over capacity, come back later\n\n"
+    let body = Body::from(herald_sse::encode_notice(
+        Some(retry),
+        "over capacity, come back later",
     ));
     let mut response = (StatusCode::OK, body).into_response();
     set_stream_headers(response.headers_mut(), version);

@@ -53,7 +53,7 @@ async fn serve(
     };
     let (log, trim) = open_log(&config, retention)?;
     let hub = Hub::new(
-        log,
+        log.clone(),
         HubConfig {
             queue_capacity: config.queue_capacity,
             heartbeat: config.heartbeat(),
@@ -73,9 +73,10 @@ async fn serve(
             let _ = tokio::task::spawn_blocking(move || trim()).await;
         }
     });
-    let state = Arc::new(AppState {
+    let state = AppState::new(
         hub,
-        config: ServerConfig {
+        log,
+        ServerConfig {
             dev: config.dev,
             max_body_bytes: config.max_body_bytes,
             max_data_bytes: config.max_data_bytes,
@@ -83,8 +84,8 @@ async fn serve(
             allowed_origins: config.allowed_origins.clone(),
             ..ServerConfig::default()
         },
-        auth: Auth::Dev,
-    });
+        Auth::Dev,
+    );
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -1,0 +1,180 @@
+//! One stream's queue: the state the hub (producer) and the stream's writer
+//! (consumer) share, and nothing else.
+//!
+//! Invariants:
+//! - The queue holds at most `capacity` items, counted by [`StreamShared`]'s
+//!   `queued`. The channel itself is unbounded because a bounded tokio channel
+//!   takes a lock for every item received, on the hottest path there is; the
+//!   bound is soft by at most a heartbeat or two (those come from the
+//!   housekeeping task, not the dispatcher).
+//! - A full queue never blocks the producer: the stream is marked *lagging*
+//!   and its writer catches up from the event log (see [`crate::connection`]).
+//! - Each event is queued at most once per stream, however many of the
+//!   stream's subscriptions match it: the dispatcher offers events in id
+//!   order from a single task, so "the id last offered" is a complete dedupe.
+//! - Dropping the [`StreamReceiver`] unregisters the stream from its
+//!   [`Registry`], exactly once.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::event::Event;
+
+/// Identifies one open stream within this process.
+pub type ConnId = u64;
+
+/// What a stream's queue carries.
+#[derive(Debug, Clone)]
+pub(crate) enum Outbound {
+    /// A stored event; its frame is shared with every other recipient.
+    Event(Arc<Event>),
+    /// A heartbeat comment.
+    Heartbeat,
+}
+
+/// State shared between the hub and one stream's writer.
+#[derive(Debug, Default)]
+pub(crate) struct StreamShared {
+    /// Set by kick or lifetime expiry: the writer ends the stream.
+    pub(crate) closed: AtomicBool,
+    /// Set when the queue overflowed (or while resuming): the hub skips this
+    /// stream and the writer reads from the log instead.
+    pub(crate) lagging: AtomicBool,
+    /// Set by the writer on every write, cleared by the heartbeat tick.
+    pub(crate) wrote_recently: AtomicBool,
+    /// Id of the last event offered by the dispatcher (the dedupe stamp).
+    last_offered: AtomicU64,
+    /// Events this stream has written. Per stream, not one global counter:
+    /// every write would otherwise contend on one cache line across cores.
+    pub(crate) delivered: AtomicU64,
+    /// Times this stream switched from live delivery to catch-up.
+    pub(crate) lagged: AtomicU64,
+    /// Items in the queue (the bound is enforced with it).
+    queued: AtomicUsize,
+}
+
+/// Where a stream is registered; told when the stream's writer goes away.
+pub(crate) trait Registry: Send + Sync + fmt::Debug {
+    /// Removes stream `id`, folding its counts (in `shared`) into the totals.
+    fn unregister(&self, id: ConnId, shared: &StreamShared);
+}
+
+/// The hub's end of a stream's queue.
+#[derive(Debug)]
+pub(crate) struct StreamSender {
+    shared: Arc<StreamShared>,
+    tx: mpsc::UnboundedSender<Outbound>,
+    /// Items the queue may hold before the stream is switched to catch-up.
+    capacity: usize,
+}
+
+/// The writer's end of a stream's queue. Dropping it unregisters the stream.
+#[derive(Debug)]
+pub(crate) struct StreamReceiver {
+    pub(crate) id: ConnId,
+    pub(crate) shared: Arc<StreamShared>,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    registry: Arc<dyn Registry>,
+}
+
+/// A new stream's queue of at most `capacity` items (at least 1). A resuming
+/// stream starts `lagging`, so no live event is queued ahead of its replay.
+pub(crate) fn stream_queue(
+    id: ConnId,
+    capacity: usize,
+    lagging: bool,
+    registry: Arc<dyn Registry>,
+) -> (StreamSender, StreamReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(StreamShared::default());
+    shared.lagging.store(lagging, Ordering::SeqCst);
+    let sender = StreamSender {
+        shared: shared.clone(),
+        tx,
+        capacity: capacity.max(1),
+    };
+    let receiver = StreamReceiver {
+        id,
+        shared,
+        rx,
+        registry,
+    };
+    (sender, receiver)
+}
+
+impl StreamSender {
+    /// The state shared with the writer.
+    pub(crate) fn shared(&self) -> &StreamShared {
+        &self.shared
+    }
+
+    /// Queues `event` unless it was already offered or the stream is
+    /// lagging; a full queue switches the stream to catch-up. The caller has
+    /// decided that the stream's filter matches `event`.
+    pub(crate) fn offer(&self, event: &Arc<Event>) {
+        let id = event.id.0;
+        if self.shared.last_offered.swap(id, Ordering::Relaxed) == id
+            || self.shared.lagging.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        if !self.push(Outbound::Event(event.clone())) {
+            self.shared.lagging.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Queues `item` unless the queue is full; false if it was.
+    pub(crate) fn push(&self, item: Outbound) -> bool {
+        if self.shared.queued.load(Ordering::Relaxed) >= self.capacity {
+            return false;
+        }
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        // Fails only once the writer is gone, and then nobody is counting.
+        let _ = self.tx.send(item);
+        true
+    }
+
+    /// Switches the stream to catch-up, and wakes its writer so it notices.
+    pub(crate) fn force_catch_up(&self) {
+        self.shared.lagging.store(true, Ordering::SeqCst);
+        self.push(Outbound::Heartbeat);
+    }
+
+    /// Tells the writer to end the stream. Dropping the sender (the hub
+    /// forgets the stream) then wakes it.
+    pub(crate) fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+    }
+}
+
+impl StreamReceiver {
+    /// The next item, waiting for one; `None` once the hub forgot the stream.
+    pub(crate) async fn recv(&mut self) -> Option<Outbound> {
+        self.rx.recv().await
+    }
+
+    /// The next item if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Whether nothing is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Gives back room for `taken` items. Once per drain, not per item: one
+    /// atomic write on the hot path.
+    pub(crate) fn taken(&self, taken: usize) {
+        self.shared.queued.fetch_sub(taken, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StreamReceiver {
+    fn drop(&mut self) {
+        self.registry.unregister(self.id, &self.shared);
+    }
+}
