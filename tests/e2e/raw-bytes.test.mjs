@@ -39,7 +39,7 @@ test('stream head and body are byte-exact', { timeout: 20_000 }, async () => {
   sockets.push(s);
   await s.waitHead();
   assert.ok(s.head !== null, 'got a response head');
-  await s.waitBody((h) => h.body().toString('utf8') === 'retry: 3000\n:ok\n\n', 10_000, 'the prelude');
+  await s.waitBody((h) => h.body().toString('utf8') === 'retry: 3000\n:ok\n', 10_000, 'the prelude');
 
   const observedHead = normaliseHead(s.head);
   if (observedHead !== EXPECTED_HEAD) {
@@ -66,7 +66,7 @@ test('stream head and body are byte-exact', { timeout: 20_000 }, async () => {
       'id: 1\n\nevent: evil\ndata: injected'],
   ];
 
-  let expected = 'retry: 3000\n:ok\n\n';
+  let expected = 'retry: 3000\n:ok\n';
   const expectedParsed = [];
   for (const [fields, frame, parsedData] of cases) {
     const id = await publishOk(server.url, { topics: ['raw'], ...fields });
@@ -93,8 +93,8 @@ test('--retry-ms sets the opening retry line', { timeout: 30_000 }, async () => 
     const s = rawTcpSse(other.url, '/v1/events?user=1');
     sockets.push(s);
     await s.waitHead();
-    await s.waitBody((h) => h.body().length >= 'retry: 1234\n:ok\n\n'.length, 10_000, 'the prelude');
-    assert.equal(s.body().toString('utf8'), 'retry: 1234\n:ok\n\n');
+    await s.waitBody((h) => h.body().length >= 'retry: 1234\n:ok\n'.length, 10_000, 'the prelude');
+    assert.equal(s.body().toString('utf8'), 'retry: 1234\n:ok\n');
     s.close();
   } finally {
     await other.stop();
@@ -107,11 +107,11 @@ test('idle streams get heartbeat comments', { timeout: 30_000 }, async () => {
     const s = rawTcpSse(other.url, '/v1/events?topic=idle');
     sockets.push(s);
     await s.waitHead();
-    const prelude = 'retry: 3000\n:ok\n\n';
-    await s.waitBody((h) => h.body().length >= prelude.length + 6, 15_000, 'two heartbeats');
+    const prelude = 'retry: 3000\n:ok\n';
+    await s.waitBody((h) => h.body().length >= prelude.length + 4, 15_000, 'two heartbeats');
     const body = s.body().toString('utf8');
     assert.ok(body.startsWith(prelude), JSON.stringify(body));
-    assert.match(body.slice(prelude.length), /^(:\n\n){2,}$/, JSON.stringify(body));
+    assert.match(body.slice(prelude.length), /^(:\n){2,}$/, JSON.stringify(body));
     s.close();
   } finally {
     await other.stop();
