@@ -11,6 +11,7 @@
 
 mod durable;
 mod idempotency;
+mod ids;
 mod memory;
 mod names;
 

@@ -3,9 +3,9 @@
 //! Invariants:
 //! - ids are contiguous within one process: the event at position `i` of the
 //!   deque has id `front.id + i`, so finding a resume point is O(1);
-//! - the first id is the wall clock in microseconds at start, so ids keep
-//!   increasing across restarts and a client holding an id from before a
-//!   restart gets `herald.gap` instead of silently skipping new events;
+//! - the first id is the wall clock in microseconds at start (`ids`), so ids
+//!   keep increasing across restarts and a client holding an id from before
+//!   a restart gets `herald.gap` instead of silently skipping new events;
 //! - retention (count, bytes, age) only ever removes from the front.
 
 use std::collections::VecDeque;
@@ -21,6 +21,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::idempotency::IdempotencyKeys;
+use crate::ids;
 use crate::names::Names;
 
 /// Events examined per read at most, so one reader never holds the lock long.
@@ -78,11 +79,7 @@ fn event_bytes(event: &Event) -> usize {
 impl MemoryLog {
     /// An empty log with the given retention.
     pub fn new(retention: Retention) -> Self {
-        let first_id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1)
-            .max(1);
+        let first_id = ids::start_id(None, false);
         Self {
             retention,
             inner: RwLock::new(Inner {

@@ -22,6 +22,7 @@ use super::{
     MIN_SEGMENT_BYTES,
 };
 use crate::idempotency::IdempotencyKeys;
+use crate::ids;
 use crate::names::Names;
 
 /// What scanning the segments produced.
@@ -47,20 +48,12 @@ pub(super) fn open(dir: &Path, options: DurableOptions) -> Result<DurableLog, Du
     let sync = options.durability == Durability::Fsync;
 
     let mut scanned = scan_segments(&seg_dir, &options)?;
-    let next_id = match scanned.last_id {
-        // After a cut, the ids of the dropped records may have been
-        // acknowledged (a damaged record mid-log) and seen by clients:
-        // jump to the wall clock so they are never issued again, and a
-        // client holding one does not silently skip the new events.
-        Some(last) if scanned.report.dropped_bytes > 0 => last
-            .saturating_add(1)
-            .max(wall_clock_micros())
-            .max(scanned.max_name),
-        Some(last) => last.saturating_add(1).max(scanned.max_name),
-        // No event on disk: start at the wall clock in microseconds, so ids
-        // keep increasing even across a wiped data directory.
-        None => wall_clock_micros().max(scanned.max_name),
-    };
+    // After a cut the ids of the dropped records may have been acknowledged
+    // (a damaged record mid-log) and seen by clients, so they jump to the
+    // clock (see `crate::ids`); and ids stay above every segment name, set
+    // aside ones included.
+    let repaired = scanned.report.dropped_bytes > 0;
+    let next_id = ids::start_id(scanned.last_id, repaired).max(scanned.max_name);
     if scanned.segments.is_empty() {
         let seg = Segment::create(&seg_dir, next_id, sync)
             .map_err(io(format!("creating a segment in {}", seg_dir.display())))?;
@@ -186,14 +179,6 @@ fn lock_dir(dir: &Path) -> Result<File, DurableError> {
         .and_then(|()| file.write_all(pid.as_bytes()))
         .map_err(DurableError::io(format!("writing {}", path.display())))?;
     Ok(file)
-}
-
-fn wall_clock_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(1)
-        .max(1)
 }
 
 /// Validates every record of every segment, cutting damaged tails.
