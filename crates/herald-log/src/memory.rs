@@ -144,7 +144,7 @@ impl EventLog for MemoryLog {
         let mut results = Vec::with_capacity(batch.len());
         let newest = {
             let mut inner = self.inner.write();
-            for new in batch {
+            for mut new in batch {
                 let inner = &mut *inner;
                 if let Some(key) = &new.idempotency_key {
                     if let Some(id) = inner.idempotency.get(key, now, window_ms) {
@@ -157,25 +157,12 @@ impl EventLog for MemoryLog {
                 }
                 let id = EventId(inner.next_id);
                 inner.next_id += 1;
-                if let Some(key) = new.idempotency_key {
+                if let Some(key) = new.idempotency_key.take() {
                     inner.idempotency.insert(key, id, now);
                 }
-                let topics = new
-                    .topics
-                    .into_iter()
-                    .map(|t| inner.names.topic(t))
-                    .collect();
-                let event_type = new.event_type.map(|t| inner.names.event_type(&t));
-                let event = Event::from_parts(
-                    id,
-                    topics,
-                    new.broadcast,
-                    event_type,
-                    &new.data,
-                    new.retry,
-                    (now / 1000) as u32,
-                    &mut inner.frames,
-                );
+                let event = inner
+                    .names
+                    .new_event(id, new, (now / 1000) as u32, &mut inner.frames);
                 inner.bytes += event_bytes(&event);
                 inner.events.push_back(Arc::new(event));
                 results.push(Appended {

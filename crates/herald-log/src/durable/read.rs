@@ -15,7 +15,7 @@ use herald_core::{Event, EventId, Filter, FrameArena, Gap, Position, ReadBatch};
 use super::record::{decode, peek_id, Cursor, Next, RecordView};
 use super::segment::Segment;
 use super::{Shared, MAX_SCAN_PER_READ, MAX_TOPIC_SCAN};
-use crate::names::Names;
+use crate::names::{Names, StoredFields};
 
 /// Serves a read from memory; `None` when it needs the disk.
 pub(super) fn read_cached(
@@ -263,24 +263,22 @@ fn matching_event(
     Some(event_of(view, topics, names, arena))
 }
 
-/// Builds the event of a decoded record.
+/// Builds the event of a decoded record whose topics are shared already.
 pub(super) fn event_of(
     view: &RecordView<'_>,
     topics: Box<[herald_core::Topic]>,
     names: &mut Names,
     arena: &mut FrameArena,
 ) -> Event {
-    let event_type = view.event_type.map(|t| names.event_type(t));
-    Event::from_parts(
-        EventId(view.id),
-        topics,
-        view.broadcast,
-        event_type,
-        view.data,
-        view.retry,
-        view.stored_at_s,
-        arena,
-    )
+    let fields = StoredFields {
+        id: EventId(view.id),
+        broadcast: view.broadcast,
+        event_type: view.event_type,
+        data: view.data,
+        retry: view.retry,
+        stored_at_s: view.stored_at_s,
+    };
+    names.event(fields, topics, arena)
 }
 
 fn damaged(seg: &Segment, offset: u64, reason: &str) {

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
-use herald_core::{now_ms, Appended, Event, EventId, FrameArena, LogError, NewEvent, Topic};
+use herald_core::{now_ms, Appended, Event, EventId, FrameArena, LogError};
 
 use super::record::{self, SEGMENT_HEADER};
 use super::segment::Segment;
@@ -188,7 +188,12 @@ impl Writer {
                     if self.shared.cache_events > 0 {
                         for (new, result) in req.batch.into_iter().zip(&results) {
                             if !result.duplicate {
-                                let event = self.make_event(result.id, new, stored_at_s);
+                                let event = self.names.new_event(
+                                    result.id,
+                                    new,
+                                    stored_at_s,
+                                    &mut self.arena,
+                                );
                                 events.push(Arc::new(event));
                             }
                         }
@@ -207,25 +212,6 @@ impl Writer {
             let _ = reply.send(answer);
         }
         self.names.sweep_if_grown();
-    }
-
-    fn make_event(&mut self, id: EventId, new: NewEvent, stored_at_s: u32) -> Event {
-        let topics: Box<[Topic]> = new
-            .topics
-            .into_iter()
-            .map(|t| self.names.topic(t))
-            .collect();
-        let event_type = new.event_type.as_deref().map(|t| self.names.event_type(t));
-        Event::from_parts(
-            id,
-            topics,
-            new.broadcast,
-            event_type,
-            &new.data,
-            new.retry,
-            stored_at_s,
-            &mut self.arena,
-        )
     }
 
     /// Puts written events in the cache and moves the head.
