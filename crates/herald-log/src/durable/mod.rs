@@ -16,9 +16,9 @@
 //!   moves only after the write (and sync) returned; the disk always holds
 //!   everything the cache holds (segment metadata is updated before the
 //!   cache), so a read may mix or switch sources freely.
-//! - Gap rules are `MemoryLog`'s: `After(x)` with `x` past the last issued id,
-//!   or `x + 1` older than the oldest retained id, reports a gap and reads
-//!   from the oldest.
+//! - Gap rules and paging are `MemoryLog`'s, from one home (`crate::page`):
+//!   `After(x)` with `x` past the last issued id, or `x + 1` older than the
+//!   oldest retained id, reports a gap and reads from the oldest.
 //!
 //! # On disk
 //!
@@ -77,7 +77,10 @@
 //! 128th record: id, offset, time) gives where to start, and records are read
 //! forward in 64 KiB `pread` blocks, checked (crc), decoded, filtered (names
 //! first, so records that do not match cost no frame encoding) until `limit`
-//! matches or 8192 examined events. Nothing is loaded whole.
+//! matches or 8192 examined events. Nothing is loaded whole. The cache and
+//! the disk are two `page::Source`s: where a read starts, its gap and how a
+//! page is filled are decided by `crate::page` for both (and for
+//! `MemoryLog`), so they cannot disagree.
 //!
 //! # Retention
 //!
@@ -175,8 +178,6 @@ use segment::Segment;
 
 pub use record::FORMAT_VERSION;
 
-/// Events examined per read at most, so one reader never holds a thread long.
-const MAX_SCAN_PER_READ: usize = 8192;
 /// Events `last_id_for_topic` examines on disk at most before it answers
 /// "none retained" (a topic silent for longer than this is treated as new).
 const MAX_TOPIC_SCAN: u64 = 1_000_000;
