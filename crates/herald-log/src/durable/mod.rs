@@ -152,6 +152,7 @@
 //!   `scanned_to`: 0.65 s in pages of 128 (a connection's catch-up page),
 //!   0.32 s in pages of 1,024 (about 1.5 and 3 million events/s).
 
+mod fs;
 mod open;
 mod read;
 mod record;
@@ -176,6 +177,7 @@ use tokio::sync::{oneshot, watch};
 use crate::memory::Retention;
 use segment::Segment;
 
+pub use fs::{Filesystem, StdFs};
 pub use record::FORMAT_VERSION;
 
 /// Events `last_id_for_topic` examines on disk at most before it answers
@@ -279,6 +281,8 @@ impl RecoveryReport {
 /// State shared by the handle, the writer thread and blocking reads.
 #[derive(Debug)]
 struct Shared {
+    /// Where segment files are changed (see `fs`).
+    fs: Arc<dyn Filesystem>,
     seg_dir: PathBuf,
     retention: Retention,
     durability: Durability,
@@ -406,7 +410,7 @@ impl Shared {
         };
         if let Some(seg) = removed {
             tracing::debug!(path = %seg.path.display(), why, "deleting a segment");
-            if let Err(err) = std::fs::remove_file(&seg.path) {
+            if let Err(err) = self.fs.remove_file(&seg.path) {
                 tracing::warn!(path = %seg.path.display(), %err, "could not delete a segment file");
             }
         }
@@ -521,7 +525,7 @@ pub struct DurableLog {
 impl DurableLog {
     /// Opens (or creates) the log in `dir`, recovering from a crash if needed.
     pub fn open(dir: &Path, options: DurableOptions) -> Result<Self, DurableError> {
-        open::open(dir, options)
+        open::open(dir, options, Arc::new(StdFs))
     }
 
     /// Applies retention (count, age, bytes). Call it about every second; it

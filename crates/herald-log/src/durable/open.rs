@@ -13,9 +13,10 @@ use herald_core::{now_ms, Event, EventId, FrameArena};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
+use super::fs::Filesystem;
 use super::read::event_of;
 use super::record::{decode, Cursor, Next, MAGIC, SEGMENT_HEADER};
-use super::segment::{parse_segment_name, sync_dir, SegMeta, Segment};
+use super::segment::{parse_segment_name, SegMeta, Segment};
 use super::writer::Writer;
 use super::{
     Durability, DurableError, DurableLog, DurableOptions, RecoveryReport, Run, Shared, Tail,
@@ -39,7 +40,11 @@ struct Scanned {
     report: RecoveryReport,
 }
 
-pub(super) fn open(dir: &Path, options: DurableOptions) -> Result<DurableLog, DurableError> {
+pub(super) fn open(
+    dir: &Path,
+    options: DurableOptions,
+    fs: Arc<dyn Filesystem>,
+) -> Result<DurableLog, DurableError> {
     let io = DurableError::io;
     fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let lock = lock_dir(dir)?;
@@ -55,7 +60,7 @@ pub(super) fn open(dir: &Path, options: DurableOptions) -> Result<DurableLog, Du
     let repaired = scanned.report.dropped_bytes > 0;
     let next_id = ids::start_id(scanned.last_id, repaired).max(scanned.max_name);
     if scanned.segments.is_empty() {
-        let seg = Segment::create(&seg_dir, next_id, sync)
+        let seg = Segment::create(&*fs, &seg_dir, next_id, sync)
             .map_err(io(format!("creating a segment in {}", seg_dir.display())))?;
         scanned.segments.insert(next_id, Arc::new(seg));
     }
@@ -68,7 +73,8 @@ pub(super) fn open(dir: &Path, options: DurableOptions) -> Result<DurableLog, Du
         .find_map(|s| s.meta.read().first)
         .map(EventId);
     if sync && !report.notes.is_empty() {
-        sync_dir(&seg_dir).map_err(io(format!("syncing {}", seg_dir.display())))?;
+        fs.sync_dir(&seg_dir)
+            .map_err(io(format!("syncing {}", seg_dir.display())))?;
     }
     for note in &report.notes {
         tracing::warn!("recovery: {note}");
@@ -112,6 +118,7 @@ pub(super) fn open(dir: &Path, options: DurableOptions) -> Result<DurableLog, Du
         })?;
     let max_bytes = options.retention.max_bytes as u64;
     let shared = Arc::new(Shared {
+        fs,
         seg_dir,
         retention: options.retention,
         durability: options.durability,

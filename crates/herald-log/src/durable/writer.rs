@@ -6,10 +6,10 @@
 //! `Fsync` mode, and only then publishes the events (segment metadata,
 //! cache, head) and answers. A failed write answers an error to the whole
 //! group and cuts the file back, so no record of a failed group survives.
+//! Files are changed only through `shared.fs`.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
@@ -295,10 +295,10 @@ impl Writer {
                 j += 1;
             }
             let from = records[i].end - records[i].len;
-            seg.file
-                .write_all_at(&buf[from..records[j - 1].end], seg_len)?;
+            let fs = &*self.shared.fs;
+            fs.write_all_at(&seg.file, &buf[from..records[j - 1].end], seg_len)?;
             if self.shared.durability == Durability::Fsync {
-                seg.file.sync_data()?;
+                fs.sync_data(&seg.file)?;
             }
             chunks.push(Chunk {
                 seg: seg.clone(),
@@ -314,7 +314,8 @@ impl Writer {
     /// Starts a segment whose first record will be `first_id`.
     fn create_segment(&mut self, first_id: u64) -> io::Result<Arc<Segment>> {
         let sync = self.shared.durability == Durability::Fsync;
-        let seg = Arc::new(Segment::create(&self.shared.seg_dir, first_id, sync)?);
+        let seg = Segment::create(&*self.shared.fs, &self.shared.seg_dir, first_id, sync)?;
+        let seg = Arc::new(seg);
         self.shared.segments.write().insert(first_id, seg.clone());
         Ok(seg)
     }
@@ -324,13 +325,14 @@ impl Writer {
         let mut failed = None;
         for seg in created {
             self.shared.segments.write().remove(&seg.first_id);
-            if let Err(err) = std::fs::remove_file(&seg.path) {
+            if let Err(err) = self.shared.fs.remove_file(&seg.path) {
                 failed = Some(format!("removing {}: {err}", seg.path.display()));
             }
         }
-        let cut = start_active.file.set_len(start_len).and_then(|()| {
+        let fs = &*self.shared.fs;
+        let cut = fs.set_len(&start_active.file, start_len).and_then(|()| {
             if self.shared.durability == Durability::Fsync {
-                start_active.file.sync_data()
+                fs.sync_data(&start_active.file)
             } else {
                 Ok(())
             }
