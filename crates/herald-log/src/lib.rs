@@ -23,4 +23,7 @@ mod page;
 pub use durable::{
     Durability, DurableError, DurableLog, DurableOptions, RecoveryReport, FORMAT_VERSION,
 };
+/// Storage fault injection for tests of the durable log's failure rules.
+#[cfg(feature = "fault-injection")]
+pub use durable::{FaultyFs, Filesystem, FsOp, StdFs};
 pub use memory::{MemoryLog, Retention};

@@ -1,12 +1,13 @@
 //! The filesystem seam: every operation that changes segment files after
 //! the log is open (the writer's writes, syncs, rollovers and undos, and
 //! retention's deletes) goes through [`Filesystem`], so storage failures can
-//! be injected and tested. [`StdFs`], plain `std::fs`, is what a log uses
-//! unless told otherwise.
+//! be injected and tested (`FaultyFs`, behind the `fault-injection`
+//! feature). [`StdFs`], plain `std::fs`, is what a log uses unless told
+//! otherwise.
 //!
 //! The seam works on real files (`std::fs::File`): readers `pread` the same
-//! files directly, and a fault-injecting implementation would wrap the
-//! real calls rather than simulate a disk. It costs one dynamic call per write
+//! files directly, and a fault-injecting implementation wraps the real
+//! calls rather than simulating a disk. It costs one dynamic call per write
 //! or sync of a group (not per event), next to a system call.
 //!
 //! Opening and recovery use `std::fs` directly: a failure there is an error

@@ -113,6 +113,8 @@ impl SegMeta {
 impl Segment {
     /// Creates an empty segment file whose first record will be `first_id`.
     /// With `sync`, the file and its directory entry are on disk on return.
+    /// On error no file of that name is left behind (as far as `fs` can
+    /// remove it).
     pub(crate) fn create(
         fs: &dyn Filesystem,
         dir: &Path,
@@ -123,10 +125,18 @@ impl Segment {
         // Truncate: a file of this name can only be debris of a failed
         // rollover whose unlink failed; its records were never acknowledged.
         let file = fs.create(&path)?;
-        fs.write_all_at(&file, MAGIC, 0)?;
-        if sync {
-            fs.sync_data(&file)?;
-            fs.sync_dir(dir)?;
+        let ready = fs.write_all_at(&file, MAGIC, 0).and_then(|()| {
+            if sync {
+                fs.sync_data(&file)?;
+                fs.sync_dir(dir)?;
+            }
+            Ok(())
+        });
+        if let Err(err) = ready {
+            // A file without its header would be set aside as corrupt at
+            // the next open; better gone now.
+            let _ = fs.remove_file(&path);
+            return Err(err);
         }
         Ok(Self {
             first_id,

@@ -4,9 +4,11 @@
 //! encodes every record into one buffer, writes it with one `pwrite` per
 //! segment touched (one, unless the group crosses a rollover), syncs it in
 //! `Fsync` mode, and only then publishes the events (segment metadata,
-//! cache, head) and answers. A failed write answers an error to the whole
-//! group and cuts the file back, so no record of a failed group survives.
-//! Files are changed only through `shared.fs`.
+//! cache, head) and answers. A failed write or sync answers an error to
+//! the whole group and cuts the files back, so no record of a failed group
+//! is served or survives; if the cut fails too, the writer refuses every
+//! later group until a restart (see "Write failures" in the module doc of
+//! `durable`). Files are changed only through `shared.fs`.
 
 use std::collections::HashMap;
 use std::io;
@@ -15,7 +17,8 @@ use std::sync::{mpsc, Arc};
 
 use herald_core::{now_ms, Appended, Event, EventId, FrameArena, LogError};
 
-use super::record::{self, SEGMENT_HEADER};
+use super::fs::Filesystem;
+use super::record::{self, RECORD_HEADER, SEGMENT_HEADER};
 use super::segment::Segment;
 use super::{Durability, Request, Shared};
 use crate::idempotency::IdempotencyKeys;
@@ -320,41 +323,84 @@ impl Writer {
         Ok(seg)
     }
 
-    /// Removes what a failed group wrote.
+    /// Removes what a failed group wrote: the segments it created, and the
+    /// bytes past `start_len` of the segment that was active. If any of that
+    /// fails, records of the group may still be on disk, so the writer stops
+    /// writing (a later group would bury them mid-segment, where the next
+    /// open could not tell them from acknowledged ones), and marks the first
+    /// of them damaged, so the next open cuts the file there.
     fn undo(&mut self, start_active: &Arc<Segment>, start_len: u64, created: Vec<Arc<Segment>>) {
-        let mut failed = None;
+        let fs = &*self.shared.fs;
+        let fsync = self.shared.durability == Durability::Fsync;
+        let mut failed = Vec::new();
+        // Where a damage mark was needed, and those that could not be written.
+        let mut marks = 0;
+        let mut unmarked = Vec::new();
         for seg in created {
             self.shared.segments.write().remove(&seg.first_id);
-            if let Err(err) = self.shared.fs.remove_file(&seg.path) {
-                failed = Some(format!("removing {}: {err}", seg.path.display()));
+            if let Err(err) = fs.remove_file(&seg.path) {
+                failed.push(format!("removing {}: {err}", seg.path.display()));
+                marks += 1;
+                if let Err(err) = mark_damaged(fs, &seg, SEGMENT_HEADER, fsync) {
+                    unmarked.push(format!("{}: {err}", seg.path.display()));
+                }
             }
         }
-        let fs = &*self.shared.fs;
-        let cut = fs.set_len(&start_active.file, start_len).and_then(|()| {
-            if self.shared.durability == Durability::Fsync {
-                fs.sync_data(&start_active.file)
-            } else {
-                Ok(())
+        let file = &start_active.file;
+        match fs.set_len(file, start_len) {
+            Ok(()) => {
+                let synced = if fsync { fs.sync_data(file) } else { Ok(()) };
+                if let Err(err) = synced {
+                    failed.push(format!(
+                        "syncing {} after cutting it back to {start_len} bytes: {err}",
+                        start_active.path.display()
+                    ));
+                }
             }
-        });
-        if let Err(err) = cut {
-            failed = Some(format!(
-                "cutting {} back to {start_len} bytes: {err}",
-                start_active.path.display()
-            ));
+            Err(err) => {
+                failed.push(format!(
+                    "cutting {} back to {start_len} bytes: {err}",
+                    start_active.path.display()
+                ));
+                marks += 1;
+                if let Err(err) = mark_damaged(fs, start_active, start_len, fsync) {
+                    unmarked.push(format!("{}: {err}", start_active.path.display()));
+                }
+            }
         }
-        if let Some(failed) = failed {
-            // Records of the failed group may still be on disk: writing on
-            // could let a restart serve events that were never acknowledged.
+        if !failed.is_empty() {
             let why = format!(
-                "could not undo a failed write ({failed}); refusing further writes until restart"
+                "could not undo a failed write ({}); refusing further writes until restart",
+                failed.join("; ")
             );
-            tracing::error!("{why}");
+            if marks == 0 {
+                tracing::error!("{why}");
+            } else if unmarked.is_empty() {
+                tracing::error!(
+                    "{why}; the failed records are marked damaged, so the next open drops them"
+                );
+            } else {
+                tracing::error!(
+                    "{why}; could not mark the failed records damaged either ({}): the next open may serve complete records of the failed group",
+                    unmarked.join("; ")
+                );
+            }
             *self.shared.write_error.lock() = Some(why.clone());
             self.poisoned = Some(why);
         }
         self.active = start_active.clone();
     }
+}
+
+/// Overwrites the record header at `offset` of `seg` with zeros, a length
+/// no record has, so recovery cuts the segment there and drops what
+/// follows (bytes of a failed group that could not be cut back).
+fn mark_damaged(fs: &dyn Filesystem, seg: &Segment, offset: u64, fsync: bool) -> io::Result<()> {
+    fs.write_all_at(&seg.file, &[0; RECORD_HEADER], offset)?;
+    if fsync {
+        fs.sync_data(&seg.file)?;
+    }
+    Ok(())
 }
 
 /// Roughly the bytes a request adds to a group.

@@ -1,8 +1,8 @@
 //! Helpers shared by this crate's test suites (`conformance.rs`,
-//! `durable.rs`): building events, appending, paging through a read with
-//! the invariants every page keeps, opening and filling a durable log, and
-//! the pieces of the model-based tests (positions, the model of stored
-//! events, its checks).
+//! `durable.rs`, `faults.rs`): building events, appending, paging through a
+//! read with the invariants every page keeps, opening and filling a durable
+//! log, and the pieces of the model-based tests (positions, the model of
+//! stored events, its checks).
 //!
 //! Every suite is its own crate and uses a part of this module.
 #![allow(dead_code)]
