@@ -14,7 +14,7 @@ use std::time::Duration;
 use herald_core::{EventId, EventLog, Filter, NewEvent, Position, Topic, TopicPattern};
 use herald_log::{Durability, DurableError, DurableLog, DurableOptions, Retention};
 
-use common::durable::{append_n, fill, open, options, segment_files};
+use common::durable::{append_n, fill, open, open_clean, options, segment_files};
 use common::{append, ids, keyed, on, read_to_end};
 
 fn everything() -> Filter {
@@ -30,12 +30,7 @@ async fn ids_keep_increasing_across_reopen_and_resume_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let opts = options(Retention::default(), 1000);
     let before = fill(dir.path(), opts, 50, 7, "before").await;
-    let log = open(dir.path(), opts);
-    assert!(
-        log.recovery_report().is_clean(),
-        "{:?}",
-        log.recovery_report()
-    );
+    let log = open_clean(dir.path(), opts);
     assert_eq!(log.recovery_report().events, 50);
     assert_eq!(*log.head().borrow(), before.last().copied());
     let after = append_n(&log, 50, 3, "after").await;
@@ -163,12 +158,7 @@ async fn a_record_cut_in_half_is_dropped() {
     assert_eq!(ids(&got), vec![next]);
     drop(log);
     // The repaired file opens clean.
-    let log = open(dir.path(), opts);
-    assert!(
-        log.recovery_report().is_clean(),
-        "{:?}",
-        log.recovery_report()
-    );
+    let log = open_clean(dir.path(), opts);
     assert_eq!(log.recovery_report().events, 100);
 }
 
@@ -545,8 +535,7 @@ async fn concurrent_appends(durability: Durability, tasks: usize, per_task: usiz
         }
     }
     drop(Arc::into_inner(log).unwrap());
-    let log = open(dir.path(), opts);
-    assert!(log.recovery_report().is_clean());
+    let log = open_clean(dir.path(), opts);
     let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 1000).await;
     assert_eq!(got.len(), tasks * per_task);
     for e in &got {
@@ -724,12 +713,7 @@ mod model {
                 Op::Trim => log.trim(),
                 Op::Reopen => {
                     drop(log);
-                    log = open(dir.path(), opts);
-                    assert!(
-                        log.recovery_report().is_clean(),
-                        "{:?}",
-                        log.recovery_report()
-                    );
+                    log = open_clean(dir.path(), opts);
                     assert_eq!(*log.head().borrow(), model.stored.last().map(|e| e.id));
                 }
             }

@@ -161,6 +161,17 @@ pub mod durable {
         DurableLog::open(dir, options).unwrap()
     }
 
+    /// Opens the log in `dir` and checks recovery had nothing to repair.
+    pub fn open_clean(dir: &Path, options: DurableOptions) -> DurableLog {
+        let log = open(dir, options);
+        assert!(
+            log.recovery_report().is_clean(),
+            "{:?}",
+            log.recovery_report()
+        );
+        log
+    }
+
     /// Appends `n` events on "a" with data `{prefix}{i}`, `per_batch` per call.
     pub async fn append_n(
         log: &DurableLog,
