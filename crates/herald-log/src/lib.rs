@@ -6,15 +6,24 @@
 //! - [`DurableLog`]: a segmented append-only log in a data directory, with
 //!   group commit; acknowledged events survive `kill -9` (or a power loss
 //!   with [`Durability::Fsync`]). Its module doc is its design doc.
+//!
+//! What the backends share has one home each: the read rule (gaps, pages,
+//! the scan bound) in `page`, where ids start in `ids`, building events with
+//! shared names in `names`, and the idempotency table in `idempotency`.
 
 #![forbid(unsafe_code)]
 
 mod durable;
 mod idempotency;
+mod ids;
 mod memory;
 mod names;
+mod page;
 
 pub use durable::{
     Durability, DurableError, DurableLog, DurableOptions, RecoveryReport, FORMAT_VERSION,
 };
+/// Storage fault injection for tests of the durable log's failure rules.
+#[cfg(feature = "fault-injection")]
+pub use durable::{FaultyFs, Filesystem, FsOp, StdFs};
 pub use memory::{MemoryLog, Retention};

@@ -3,10 +3,11 @@
 //! Invariants:
 //! - ids are contiguous within one process: the event at position `i` of the
 //!   deque has id `front.id + i`, so finding a resume point is O(1);
-//! - the first id is the wall clock in microseconds at start, so ids keep
-//!   increasing across restarts and a client holding an id from before a
-//!   restart gets `herald.gap` instead of silently skipping new events;
-//! - retention (count, bytes, age) only ever removes from the front.
+//! - the first id is the wall clock in microseconds at start (`ids`), so ids
+//!   keep increasing across restarts and a client holding an id from before
+//!   a restart gets `herald.gap` instead of silently skipping new events;
+//! - retention (count, bytes, age) only ever removes from the front;
+//! - reads follow the shared rule of `page` (gaps, limits, the scan bound).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,17 +15,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::{
-    now_ms, Appended, Event, EventId, EventLog, Filter, FrameArena, Gap, LogError, NewEvent,
-    Position, ReadBatch, Topic,
+    now_ms, Appended, Event, EventId, EventLog, Filter, FrameArena, LogError, NewEvent, Position,
+    ReadBatch, Topic,
 };
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::idempotency::IdempotencyKeys;
+use crate::ids;
 use crate::names::Names;
-
-/// Events examined per read at most, so one reader never holds the lock long.
-const MAX_SCAN_PER_READ: usize = 8192;
+use crate::page::{self, Page};
 
 /// How much history a log keeps.
 #[derive(Debug, Clone, Copy)]
@@ -78,11 +78,7 @@ fn event_bytes(event: &Event) -> usize {
 impl MemoryLog {
     /// An empty log with the given retention.
     pub fn new(retention: Retention) -> Self {
-        let first_id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1)
-            .max(1);
+        let first_id = ids::start_id(None, false);
         Self {
             retention,
             inner: RwLock::new(Inner {
@@ -134,8 +130,37 @@ impl Inner {
         self.names.sweep_if_grown();
     }
 
-    fn oldest_id(&self) -> Option<EventId> {
-        self.events.front().map(|e| e.id)
+    /// The id of the oldest event held, or the next id when none is.
+    fn first_held(&self) -> u64 {
+        self.events.front().map_or(self.next_id, |e| e.id.0)
+    }
+}
+
+/// Reads see the deque: ids are contiguous, so the start is an index.
+impl page::Source for Inner {
+    type Error = std::convert::Infallible;
+
+    fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    fn floor(&self) -> u64 {
+        self.first_held()
+    }
+
+    fn oldest_at_most(&self) -> u64 {
+        self.first_held()
+    }
+
+    fn oldest(&self) -> Result<Option<u64>, Self::Error> {
+        Ok(self.events.front().map(|e| e.id.0))
+    }
+
+    fn scan(&self, start: u64, filter: &Filter, page: &mut Page) -> Result<bool, Self::Error> {
+        // `start` is at least the first held id and at most the next id.
+        let first = start.saturating_sub(self.first_held()) as usize;
+        let first = first.min(self.events.len());
+        Ok(page::scan_events(self.events.range(first..), filter, page))
     }
 }
 
@@ -147,7 +172,7 @@ impl EventLog for MemoryLog {
         let mut results = Vec::with_capacity(batch.len());
         let newest = {
             let mut inner = self.inner.write();
-            for new in batch {
+            for mut new in batch {
                 let inner = &mut *inner;
                 if let Some(key) = &new.idempotency_key {
                     if let Some(id) = inner.idempotency.get(key, now, window_ms) {
@@ -160,25 +185,12 @@ impl EventLog for MemoryLog {
                 }
                 let id = EventId(inner.next_id);
                 inner.next_id += 1;
-                if let Some(key) = new.idempotency_key {
+                if let Some(key) = new.idempotency_key.take() {
                     inner.idempotency.insert(key, id, now);
                 }
-                let topics = new
-                    .topics
-                    .into_iter()
-                    .map(|t| inner.names.topic(t))
-                    .collect();
-                let event_type = new.event_type.map(|t| inner.names.event_type(&t));
-                let event = Event::from_parts(
-                    id,
-                    topics,
-                    new.broadcast,
-                    event_type,
-                    &new.data,
-                    new.retry,
-                    (now / 1000) as u32,
-                    &mut inner.frames,
-                );
+                let event = inner
+                    .names
+                    .new_event(id, new, (now / 1000) as u32, &mut inner.frames);
                 inner.bytes += event_bytes(&event);
                 inner.events.push_back(Arc::new(event));
                 results.push(Appended {
@@ -202,47 +214,7 @@ impl EventLog for MemoryLog {
         limit: usize,
     ) -> Result<ReadBatch, LogError> {
         let inner = self.inner.read();
-        let oldest = inner.oldest_id();
-        let last_issued = inner.next_id - 1;
-        let mut gap = None;
-        let start = match from {
-            Position::Oldest => 0,
-            Position::After(after) => {
-                // The first id we still hold (or would issue next).
-                let first_held = oldest.map_or(inner.next_id, |id| id.0);
-                if after.0 > last_issued || after.0.saturating_add(1) < first_held {
-                    gap = Some(Gap {
-                        oldest_available: oldest,
-                    });
-                    0
-                } else {
-                    (after.0 + 1 - first_held) as usize
-                }
-            }
-        };
-        let mut batch = ReadBatch {
-            gap,
-            ..ReadBatch::default()
-        };
-        if limit == 0 {
-            return Ok(batch);
-        }
-        let end = inner
-            .events
-            .len()
-            .min(start.saturating_add(MAX_SCAN_PER_READ));
-        let mut examined_to = start;
-        for (i, event) in inner.events.range(start.min(end)..end).enumerate() {
-            examined_to = start + i + 1;
-            batch.scanned_to = Some(event.id);
-            if filter.matches(event) {
-                batch.events.push(event.clone());
-                if batch.events.len() >= limit {
-                    break;
-                }
-            }
-        }
-        batch.reached_end = examined_to >= inner.events.len();
+        let Ok(batch) = page::read(&*inner, from, filter, limit);
         Ok(batch)
     }
 

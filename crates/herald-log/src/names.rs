@@ -1,10 +1,25 @@
 //! Shared topic and type names, so a million retained events on `news` hold
-//! one string, not a million. Used by every backend.
+//! one string, not a million, and the one place an [`Event`] is built from
+//! stored parts. Used by every backend.
+//!
+//! Invariant: every event a backend holds or returns was built here, so its
+//! topics and type name are the table's shared copies.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use herald_core::Topic;
+use herald_core::{Event, EventId, FrameArena, NewEvent, Topic};
+
+/// An event's stored fields other than its topics, as a backend keeps them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoredFields<'a> {
+    pub id: EventId,
+    pub broadcast: bool,
+    pub event_type: Option<&'a str>,
+    pub data: &'a str,
+    pub retry: Option<u64>,
+    pub stored_at_s: u32,
+}
 
 /// An interning table. A log's writer keeps one for the life of the log; a
 /// disk read makes a short-lived one so the events of one page share names.
@@ -45,6 +60,48 @@ impl Names {
         let shared: Arc<str> = Arc::from(name);
         self.types.insert(shared.clone());
         shared
+    }
+
+    /// The event of `fields` on `topics` (shared copies already, from
+    /// [`Names::topic`] or [`Names::topic_str`]), with its type name shared
+    /// and its frame encoded into `arena`.
+    pub(crate) fn event(
+        &mut self,
+        fields: StoredFields<'_>,
+        topics: Box<[Topic]>,
+        arena: &mut FrameArena,
+    ) -> Event {
+        let event_type = fields.event_type.map(|t| self.event_type(t));
+        Event::from_parts(
+            fields.id,
+            topics,
+            fields.broadcast,
+            event_type,
+            fields.data,
+            fields.retry,
+            fields.stored_at_s,
+            arena,
+        )
+    }
+
+    /// The event `new` becomes when stored as `id` at `stored_at_s`.
+    pub(crate) fn new_event(
+        &mut self,
+        id: EventId,
+        new: NewEvent,
+        stored_at_s: u32,
+        arena: &mut FrameArena,
+    ) -> Event {
+        let topics = new.topics.into_iter().map(|t| self.topic(t)).collect();
+        let fields = StoredFields {
+            id,
+            broadcast: new.broadcast,
+            event_type: new.event_type.as_deref(),
+            data: &new.data,
+            retry: new.retry,
+            stored_at_s,
+        };
+        self.event(fields, topics, arena)
     }
 
     /// Forgets names no event holds any more, when the table has doubled

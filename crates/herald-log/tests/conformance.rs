@@ -6,22 +6,22 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::{
-    Appended, Event, EventId, EventLog, Filter, LogError, NewEvent, Position, ReadBatch, Topic,
-    TopicPattern,
+    Appended, EventId, EventLog, Filter, LogError, NewEvent, Position, ReadBatch, Topic,
 };
 use herald_log::{DurableLog, DurableOptions, MemoryLog, Retention};
 
+use common::{
+    append, broadcast, check_page, datas, filter, ids, keyed, new_event, on, read_to_end,
+};
+
 /// Builds an empty log with the given retention.
 pub type Factory = fn(Retention) -> Arc<dyn EventLog>;
-
-/// Upper bound on pages read by any paging loop, so a backend that never
-/// reports `reached_end` fails instead of hanging.
-const MAX_PAGES: usize = 100_000;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -38,58 +38,11 @@ fn keep(max_events: usize) -> Retention {
     }
 }
 
-fn new_event(topics: &[&str], event_type: Option<&str>, data: &str) -> NewEvent {
-    NewEvent {
-        topics: topics.iter().map(|t| Topic::new(t).unwrap()).collect(),
-        broadcast: false,
-        event_type: event_type.map(str::to_owned),
-        data: data.to_owned(),
-        retry: None,
-        idempotency_key: None,
-    }
-}
-
-fn on(topic: &str, data: &str) -> NewEvent {
-    new_event(&[topic], None, data)
-}
-
-fn keyed(topic: &str, data: &str, key: &str) -> NewEvent {
-    NewEvent {
-        idempotency_key: Some(key.to_owned()),
-        ..on(topic, data)
-    }
-}
-
-fn broadcast(data: &str) -> NewEvent {
-    NewEvent {
-        broadcast: true,
-        ..new_event(&[], None, data)
-    }
-}
-
-fn filter(patterns: &[&str], types: Option<&[&str]>) -> Filter {
-    Filter::new(
-        patterns.iter().map(|p| TopicPattern::parse(p).unwrap()),
-        types.map(|t| t.iter().map(|s| (*s).to_owned()).collect()),
-    )
-}
-
-fn ids(events: &[Arc<Event>]) -> Vec<EventId> {
-    events.iter().map(|e| e.id).collect()
-}
-
-fn datas(events: &[Arc<Event>]) -> Vec<String> {
-    events.iter().map(|e| e.data()).collect()
-}
-
 /// Appends events one batch each, returning their (non-duplicate) ids.
 async fn append_each(log: &Arc<dyn EventLog>, events: Vec<NewEvent>) -> Vec<EventId> {
     let mut out = Vec::new();
     for e in events {
-        let r = log.append(vec![e]).await.unwrap();
-        assert_eq!(r.len(), 1);
-        assert!(!r[0].duplicate);
-        out.push(r[0].id);
+        out.extend(append(&**log, vec![e]).await);
     }
     out
 }
@@ -97,76 +50,7 @@ async fn append_each(log: &Arc<dyn EventLog>, events: Vec<NewEvent>) -> Vec<Even
 /// Appends `n` events on `topic` with data "0".."n-1" in one batch.
 async fn append_n(log: &Arc<dyn EventLog>, topic: &str, n: usize) -> Vec<EventId> {
     let batch = (0..n).map(|i| on(topic, &i.to_string())).collect();
-    let r = log.append(batch).await.unwrap();
-    assert_eq!(r.len(), n);
-    assert!(r.iter().all(|a| !a.duplicate));
-    r.iter().map(|a| a.id).collect()
-}
-
-/// Reads every page from `from` to the end, following `scanned_to`. Returns
-/// the concatenated events and the gap of the first page.
-async fn read_to_end(
-    log: &Arc<dyn EventLog>,
-    from: Position,
-    filter: &Filter,
-    limit: usize,
-) -> (Vec<Arc<Event>>, Option<herald_core::Gap>) {
-    let mut position = from;
-    let mut all = Vec::new();
-    let mut first_gap = None;
-    for page in 0..MAX_PAGES {
-        let batch = log.read_after(position, filter, limit).await.unwrap();
-        assert!(
-            batch.events.len() <= limit,
-            "page larger than limit {limit}"
-        );
-        if page == 0 {
-            first_gap = batch.gap.clone();
-        } else {
-            assert_eq!(batch.gap, None, "gap on a follow-up page at {position:?}");
-        }
-        check_page(&batch, position);
-        all.extend(batch.events.iter().cloned());
-        if batch.reached_end {
-            return (all, first_gap);
-        }
-        let next = batch
-            .scanned_to
-            .expect("a page that did not reach the end must say how far it scanned");
-        position = Position::After(next);
-    }
-    panic!("no reached_end after {MAX_PAGES} pages");
-}
-
-/// Invariants of a single page.
-fn check_page(batch: &ReadBatch, from: Position) {
-    for w in batch.events.windows(2) {
-        assert!(w[0].id < w[1].id, "events not in id order");
-    }
-    if let (Position::After(after), None) = (from, &batch.gap) {
-        if let Some(first) = batch.events.first() {
-            assert!(first.id > after, "event {} not after {after}", first.id);
-        }
-        if let Some(scanned) = batch.scanned_to {
-            assert!(
-                scanned > after,
-                "scanned_to {scanned} did not advance past {after}"
-            );
-        }
-    }
-    if let (Some(last), Some(scanned)) = (batch.events.last(), batch.scanned_to) {
-        assert!(
-            scanned >= last.id,
-            "scanned_to {scanned} behind the last returned {}",
-            last.id
-        );
-    }
-    if !batch.events.is_empty() {
-        assert!(
-            batch.scanned_to.is_some(),
-            "events returned but scanned_to is None"
-        );
-    }
+    append(&**log, batch).await
 }
 
 // ---------------------------------------------------------------------------
@@ -278,7 +162,7 @@ pub async fn limit_and_paging(factory: Factory) {
 
     // Filtered, 2 per page: every match exactly once.
     let hits = filter(&["hit"], None);
-    let (got, gap) = read_to_end(&log, Position::Oldest, &hits, 2).await;
+    let (got, gap, _) = read_to_end(&*log, Position::Oldest, &hits, 2).await;
     assert_eq!(gap, None);
     let expected: Vec<EventId> = all.iter().copied().step_by(3).collect();
     assert_eq!(ids(&got), expected);
@@ -372,7 +256,7 @@ pub async fn filter_applies(factory: Factory) {
     ];
     for (f, expected, name) in cases {
         for limit in [1, 3, 100] {
-            let (got, gap) = read_to_end(&log, Position::Oldest, &f, limit).await;
+            let (got, gap, _) = read_to_end(&*log, Position::Oldest, &f, limit).await;
             assert_eq!(gap, None, "{name}");
             assert_eq!(ids(&got), expected, "{name}, limit {limit}");
         }
@@ -438,7 +322,7 @@ pub async fn gap_when_after_is_older_than_retention(factory: Factory) {
     let retained = all[7..].to_vec();
     let everything = Filter::everything();
 
-    let (got, gap) = read_to_end(&log, Position::Oldest, &everything, 100).await;
+    let (got, gap, _) = read_to_end(&*log, Position::Oldest, &everything, 100).await;
     assert_eq!(gap, None, "Oldest never reports a gap");
     assert_eq!(ids(&got), retained);
 
@@ -506,27 +390,19 @@ pub async fn gap_for_ids_never_issued(factory: Factory) {
 }
 
 pub async fn no_gap_after_newest(factory: Factory) {
-    let log = factory(big());
-    let all = append_n(&log, "a", 3).await;
-    let b = log
-        .read_after(Position::After(all[2]), &Filter::everything(), 100)
-        .await
-        .unwrap();
-    assert_eq!(b.gap, None);
-    assert!(b.events.is_empty());
-    assert!(b.reached_end);
-    assert!(b.scanned_to.is_none_or(|s| s <= all[2]));
-
     // Also when retention has trimmed everything but the newest.
-    let log = factory(keep(1));
-    let all = append_n(&log, "a", 3).await;
-    let b = log
-        .read_after(Position::After(all[2]), &Filter::everything(), 100)
-        .await
-        .unwrap();
-    assert_eq!(b.gap, None);
-    assert!(b.events.is_empty());
-    assert!(b.reached_end);
+    for retention in [big(), keep(1)] {
+        let log = factory(retention);
+        let all = append_n(&log, "a", 3).await;
+        let b = log
+            .read_after(Position::After(all[2]), &Filter::everything(), 100)
+            .await
+            .unwrap();
+        assert_eq!(b.gap, None);
+        assert!(b.events.is_empty());
+        assert!(b.reached_end);
+        assert!(b.scanned_to.is_none_or(|s| s <= all[2]));
+    }
 }
 
 pub async fn idempotency_keys(factory: Factory) {
@@ -571,7 +447,7 @@ pub async fn idempotency_keys(factory: Factory) {
     assert!(r[4].duplicate);
     assert_eq!(r[4].id, r[0].id);
 
-    let (got, _) = read_to_end(&log, Position::Oldest, &Filter::everything(), 100).await;
+    let (got, _, _) = read_to_end(&*log, Position::Oldest, &Filter::everything(), 100).await;
     assert_eq!(datas(&got), ["original", "k2-first", "plain"]);
     assert_eq!(ids(&got), vec![first[0].id, r[0].id, r[2].id]);
 
@@ -651,7 +527,7 @@ pub async fn retention_by_count(factory: Factory) {
     let mut all = Vec::new();
     for size in [3usize, 1, 15, 4, 2] {
         all.extend(append_n(&log, "a", size).await);
-        let (got, gap) = read_to_end(&log, Position::Oldest, &Filter::everything(), 100).await;
+        let (got, gap, _) = read_to_end(&*log, Position::Oldest, &Filter::everything(), 100).await;
         assert_eq!(gap, None);
         let keep_from = all.len().saturating_sub(10);
         assert_eq!(
@@ -670,8 +546,8 @@ pub async fn retention_by_count(factory: Factory) {
 
 mod model {
     use super::*;
+    use common::model::{pos, run_cases, Model, Pos, Sent};
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
 
     const TOPICS: &[&str] = &["a", "a/1", "a/2", "b", "ab"];
     const PATTERNS: &[&str] = &["a", "a/1", "b", "a/*", "a*", "*", "zzz"];
@@ -689,17 +565,6 @@ mod model {
         broadcast: bool,
         event_type: usize,
         key: Option<u8>,
-    }
-
-    #[derive(Debug, Clone)]
-    enum Pos {
-        Oldest,
-        /// After the n-th stored event (mod the count).
-        AfterStored(usize),
-        /// After id 0: never issued.
-        Zero,
-        /// After an id beyond the newest.
-        Future(u64),
     }
 
     #[derive(Debug, Clone)]
@@ -738,16 +603,10 @@ mod model {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        let pos = prop_oneof![
-            2 => Just(Pos::Oldest),
-            6 => any::<usize>().prop_map(Pos::AfterStored),
-            1 => Just(Pos::Zero),
-            1 => (1u64..1000).prop_map(Pos::Future),
-        ];
         prop_oneof![
             4 => proptest::collection::vec(spec(), 1..=5).prop_map(Op::Append),
             5 => (
-                pos,
+                pos(),
                 proptest::collection::vec(0..PATTERNS.len(), 1..=3),
                 0..TYPE_FILTERS.len(),
                 1usize..=8,
@@ -762,87 +621,21 @@ mod model {
         ]
     }
 
-    #[derive(Debug, Clone)]
-    struct Stored {
-        id: EventId,
-        topics: Vec<&'static str>,
-        broadcast: bool,
-        event_type: Option<&'static str>,
-        data: String,
-    }
-
-    /// The model's idea of a filter, written from the spec, not from `Filter`.
-    fn model_matches(e: &Stored, patterns: &[&str], types: Option<&[&str]>) -> bool {
-        let type_ok = types.is_none_or(|ts| ts.contains(&e.event_type.unwrap_or("message")));
-        let topic_ok = e.broadcast
-            || e.topics.iter().any(|t| {
-                patterns.iter().any(|p| match p.strip_suffix('*') {
-                    Some(prefix) => t.starts_with(prefix),
-                    None => t == p,
-                })
-            });
-        type_ok && topic_ok
+    fn sent(s: &Spec, n: u64) -> Sent {
+        Sent {
+            topics: s.topics.iter().map(|&i| TOPICS[i]).collect(),
+            broadcast: s.broadcast,
+            event_type: TYPES[s.event_type],
+            data: format!("d{n}"),
+            key: s.key,
+        }
     }
 
     async fn run(log: Arc<dyn EventLog>, ops: Vec<Op>) {
-        let mut stored: Vec<Stored> = Vec::new();
-        let mut keys: HashMap<u8, EventId> = HashMap::new();
-        let mut counter = 0u64;
+        let mut model = Model::default();
         for op in ops {
             match op {
-                Op::Append(specs) => {
-                    let batch: Vec<NewEvent> = specs
-                        .iter()
-                        .map(|s| {
-                            counter += 1;
-                            NewEvent {
-                                topics: s
-                                    .topics
-                                    .iter()
-                                    .map(|&i| Topic::new(TOPICS[i]).unwrap())
-                                    .collect(),
-                                broadcast: s.broadcast,
-                                event_type: TYPES[s.event_type].map(str::to_owned),
-                                data: format!("d{counter}"),
-                                retry: None,
-                                idempotency_key: s.key.map(|k| format!("key-{k}")),
-                            }
-                        })
-                        .collect();
-                    let datas: Vec<String> = batch.iter().map(|e| e.data.clone()).collect();
-                    let result = log.append(batch).await.unwrap();
-                    assert_eq!(result.len(), specs.len());
-                    for ((s, r), data) in specs.iter().zip(&result).zip(datas) {
-                        let known = s.key.and_then(|k| keys.get(&k).copied());
-                        match known {
-                            Some(id) => {
-                                assert!(
-                                    r.duplicate,
-                                    "key {:?} repeated but not a duplicate",
-                                    s.key
-                                );
-                                assert_eq!(r.id, id);
-                            }
-                            None => {
-                                assert!(!r.duplicate, "fresh event marked duplicate");
-                                if let Some(last) = stored.last() {
-                                    assert!(r.id > last.id, "ids must increase");
-                                }
-                                if let Some(k) = s.key {
-                                    keys.insert(k, r.id);
-                                }
-                                stored.push(Stored {
-                                    id: r.id,
-                                    topics: s.topics.iter().map(|&i| TOPICS[i]).collect(),
-                                    broadcast: s.broadcast,
-                                    event_type: TYPES[s.event_type],
-                                    data,
-                                });
-                            }
-                        }
-                    }
-                    assert_eq!(*log.head().borrow(), stored.last().map(|e| e.id));
-                }
+                Op::Append(specs) => model.append(&*log, &specs, sent).await,
                 Op::Read {
                     pos,
                     patterns,
@@ -852,6 +645,7 @@ mod model {
                     let patterns: Vec<&str> = patterns.iter().map(|&i| PATTERNS[i]).collect();
                     let types = TYPE_FILTERS[types];
                     let f = filter(&patterns, types);
+                    let stored = &model.stored;
                     let newest = stored.last().map_or(0, |e| e.id.0);
                     // (position, index of the first event after it, gap expected)
                     let (position, start, gap) = match pos {
@@ -865,90 +659,21 @@ mod model {
                             (Position::After(EventId(newest.saturating_add(d))), 0, true)
                         }
                     };
-                    let expected: Vec<&Stored> = stored[start..]
-                        .iter()
-                        .filter(|e| model_matches(e, &patterns, types))
-                        .collect();
-
-                    // The first page.
-                    let b = log.read_after(position, &f, limit).await.unwrap();
-                    check_page(&b, position);
-                    assert!(b.events.len() <= limit);
-                    if gap {
-                        let g = b.gap.clone().expect("gap expected");
-                        assert_eq!(g.oldest_available, stored.first().map(|e| e.id));
-                    } else {
-                        assert_eq!(b.gap, None);
-                    }
-                    // Exactly the matches up to scanned_to, in order.
-                    let upto: Vec<EventId> = expected
-                        .iter()
-                        .filter(|e| b.scanned_to.is_some_and(|s| e.id <= s))
-                        .map(|e| e.id)
-                        .collect();
-                    assert_eq!(
-                        ids(&b.events),
-                        upto,
-                        "first page for {patterns:?} {types:?}"
-                    );
-                    for (got, want) in b.events.iter().zip(&expected) {
-                        assert_eq!(got.data(), want.data);
-                        assert_eq!(got.event_type.as_deref(), want.event_type);
-                        assert_eq!(got.broadcast, want.broadcast);
-                    }
-                    if b.reached_end {
-                        assert_eq!(
-                            b.events.len(),
-                            expected.len(),
-                            "reached_end but matches missing"
-                        );
-                        // Everything after the start position was examined.
-                        if start < stored.len() {
-                            assert_eq!(b.scanned_to, stored.last().map(|e| e.id));
-                        }
-                    } else {
-                        assert!(b.scanned_to.is_some(), "no progress and not at the end");
-                    }
-
-                    // Paging from the same position reaches every match once.
-                    let (all, _) = read_to_end(&log, position, &f, limit).await;
-                    let want: Vec<EventId> = expected.iter().map(|e| e.id).collect();
-                    assert_eq!(ids(&all), want, "paged read for {patterns:?} {types:?}");
+                    let gap = gap.then(|| stored.first().map(|e| e.id));
+                    let expected = model.expect(start, &patterns, types, gap);
+                    let what = format!("{patterns:?} {types:?}");
+                    model
+                        .check_read(&*log, position, &f, limit, &expected, &what)
+                        .await;
                 }
-                Op::LastId(t) => {
-                    let want = stored
-                        .iter()
-                        .rev()
-                        .find(|e| e.topics.contains(&TOPICS[t]))
-                        .map(|e| e.id);
-                    let got = log
-                        .last_id_for_topic(&Topic::new(TOPICS[t]).unwrap())
-                        .await
-                        .unwrap();
-                    assert_eq!(got, want, "last_id_for_topic({})", TOPICS[t]);
-                }
+                Op::LastId(t) => model.check_last_id(&*log, TOPICS[t], 0).await,
             }
         }
     }
 
     pub fn model_check(factory: Factory) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut runner = TestRunner::new(Config {
-            cases: 128,
-            failure_persistence: None,
-            ..Config::default()
-        });
         let strategy = proptest::collection::vec(op(), 1..60);
-        let result = runner.run(&strategy, |ops| {
-            rt.block_on(run(factory(big()), ops));
-            Ok(())
-        });
-        if let Err(err) = result {
-            panic!("{err}");
-        }
+        run_cases(strategy, |ops| run(factory(big()), ops));
     }
 }
 

@@ -5,115 +5,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{Event, EventId, EventLog, Filter, NewEvent, Position, Topic, TopicPattern};
+use herald_core::{EventId, EventLog, Filter, NewEvent, Position, Topic, TopicPattern};
 use herald_log::{Durability, DurableError, DurableLog, DurableOptions, Retention};
 
-// ---------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------
-
-fn options(retention: Retention, cache_events: usize) -> DurableOptions {
-    DurableOptions {
-        retention,
-        cache_events,
-        ..DurableOptions::default()
-    }
-}
-
-fn open(dir: &Path, options: DurableOptions) -> DurableLog {
-    DurableLog::open(dir, options).unwrap()
-}
-
-fn on(topic: &str, data: &str) -> NewEvent {
-    NewEvent {
-        topics: vec![Topic::new(topic).unwrap()],
-        broadcast: false,
-        event_type: None,
-        data: data.to_owned(),
-        retry: None,
-        idempotency_key: None,
-    }
-}
-
-fn keyed(topic: &str, data: &str, key: &str) -> NewEvent {
-    NewEvent {
-        idempotency_key: Some(key.to_owned()),
-        ..on(topic, data)
-    }
-}
-
-async fn append(log: &DurableLog, batch: Vec<NewEvent>) -> Vec<EventId> {
-    let n = batch.len();
-    let r = log.append(batch).await.unwrap();
-    assert_eq!(r.len(), n);
-    assert!(r.iter().all(|a| !a.duplicate));
-    r.iter().map(|a| a.id).collect()
-}
-
-/// Appends `n` events on "a" with data `{prefix}{i}`, `per_batch` per call.
-async fn append_n(log: &DurableLog, n: usize, per_batch: usize, prefix: &str) -> Vec<EventId> {
-    let mut ids = Vec::with_capacity(n);
-    let mut i = 0;
-    while i < n {
-        let batch = (i..n.min(i + per_batch))
-            .map(|k| on("a", &format!("{prefix}{k}")))
-            .collect();
-        ids.extend(append(log, batch).await);
-        i += per_batch;
-    }
-    ids
-}
-
-fn ids(events: &[Arc<Event>]) -> Vec<EventId> {
-    events.iter().map(|e| e.id).collect()
-}
-
-/// Every page from `from` to the end; checks page invariants on the way.
-async fn read_all(
-    log: &DurableLog,
-    from: Position,
-    filter: &Filter,
-    limit: usize,
-) -> (Vec<Arc<Event>>, Option<herald_core::Gap>, usize) {
-    let mut position = from;
-    let mut all = Vec::new();
-    let mut gap = None;
-    for page in 0..100_000 {
-        let b = log.read_after(position, filter, limit).await.unwrap();
-        assert!(b.events.len() <= limit, "page over the limit");
-        if page == 0 {
-            gap = b.gap.clone();
-        } else {
-            assert_eq!(b.gap, None, "gap on a follow-up page");
-        }
-        if let (Position::After(after), Some(scanned)) = (position, b.scanned_to) {
-            if b.gap.is_none() {
-                assert!(scanned > after, "scanned_to did not advance");
-            }
-        }
-        all.extend(b.events.iter().cloned());
-        if b.reached_end {
-            return (all, gap, page + 1);
-        }
-        position = Position::After(b.scanned_to.unwrap());
-    }
-    panic!("never reached the end");
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    files
-}
+use common::durable::{append_n, fill, open, open_clean, options, segment_files};
+use common::{append, ids, keyed, on, read_to_end};
 
 fn everything() -> Filter {
     Filter::everything()
@@ -127,27 +29,19 @@ fn everything() -> Filter {
 async fn ids_keep_increasing_across_reopen_and_resume_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let opts = options(Retention::default(), 1000);
-    let before = {
-        let log = open(dir.path(), opts);
-        append_n(&log, 50, 7, "before").await
-    };
-    let log = open(dir.path(), opts);
-    assert!(
-        log.recovery_report().is_clean(),
-        "{:?}",
-        log.recovery_report()
-    );
+    let before = fill(dir.path(), opts, 50, 7, "before").await;
+    let log = open_clean(dir.path(), opts);
     assert_eq!(log.recovery_report().events, 50);
     assert_eq!(*log.head().borrow(), before.last().copied());
     let after = append_n(&log, 50, 3, "after").await;
     assert!(after[0] > before[49], "ids went back after a restart");
 
     // A client that saw the last event before the restart gets exactly the new ones.
-    let (got, gap, _) = read_all(&log, Position::After(before[49]), &everything(), 16).await;
+    let (got, gap, _) = read_to_end(&log, Position::After(before[49]), &everything(), 16).await;
     assert_eq!(gap, None);
     assert_eq!(ids(&got), after);
     // One from earlier gets the rest of the old ones, then the new ones.
-    let (got, gap, _) = read_all(&log, Position::After(before[9]), &everything(), 16).await;
+    let (got, gap, _) = read_to_end(&log, Position::After(before[9]), &everything(), 16).await;
     assert_eq!(gap, None);
     let expected: Vec<EventId> = before[10..].iter().chain(&after).copied().collect();
     assert_eq!(ids(&got), expected);
@@ -172,7 +66,7 @@ async fn idempotency_key_survives_reopen() {
     assert!(again[0].duplicate);
     assert_eq!(again[0].id, first);
     assert!(!again[1].duplicate);
-    let (got, _, _) = read_all(&log, Position::Oldest, &everything(), 10).await;
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 10).await;
     assert_eq!(
         got.iter().map(|e| e.data()).collect::<Vec<_>>(),
         ["original", "new"]
@@ -215,10 +109,7 @@ async fn a_second_open_of_the_same_dir_is_refused() {
 async fn garbage_after_the_last_record_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     let opts = options(Retention::default(), 1000);
-    let written = {
-        let log = open(dir.path(), opts);
-        append_n(&log, 100, 1, "e").await
-    };
+    let written = fill(dir.path(), opts, 100, 1, "e").await;
     let last = segment_files(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&last).unwrap();
     let good_len = bytes.len() as u64;
@@ -232,7 +123,7 @@ async fn garbage_after_the_last_record_is_cut() {
     assert_eq!(report.events, 100);
     assert!(report.notes[0].contains("never acknowledged"), "{report:?}");
     assert_eq!(std::fs::metadata(&last).unwrap().len(), good_len);
-    let (got, _, _) = read_all(&log, Position::Oldest, &everything(), 1000).await;
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 1000).await;
     assert_eq!(ids(&got), written);
     let next = append(&log, vec![on("a", "next")]).await[0];
     assert!(next > written[99]);
@@ -242,10 +133,7 @@ async fn garbage_after_the_last_record_is_cut() {
 async fn a_record_cut_in_half_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let opts = options(Retention::default(), 1000);
-    let written = {
-        let log = open(dir.path(), opts);
-        append_n(&log, 100, 10, "e").await
-    };
+    let written = fill(dir.path(), opts, 100, 10, "e").await;
     let last = segment_files(dir.path()).pop().unwrap();
     let len = std::fs::metadata(&last).unwrap().len();
     // A clean reopen leaves the file as it is.
@@ -261,21 +149,16 @@ async fn a_record_cut_in_half_is_dropped() {
     assert!(report.dropped_bytes > 0, "{report:?}");
     assert_eq!(report.dropped_at_id, Some(written[98]));
     assert_eq!(report.events, 99);
-    let (got, _, _) = read_all(&log, Position::Oldest, &everything(), 1000).await;
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 1000).await;
     assert_eq!(ids(&got), written[..99].to_vec());
     let next = append(&log, vec![on("a", "next")]).await[0];
     assert!(next > written[98]);
-    let (got, gap, _) = read_all(&log, Position::After(written[98]), &everything(), 10).await;
+    let (got, gap, _) = read_to_end(&log, Position::After(written[98]), &everything(), 10).await;
     assert_eq!(gap, None);
     assert_eq!(ids(&got), vec![next]);
     drop(log);
     // The repaired file opens clean.
-    let log = open(dir.path(), opts);
-    assert!(
-        log.recovery_report().is_clean(),
-        "{:?}",
-        log.recovery_report()
-    );
+    let log = open_clean(dir.path(), opts);
     assert_eq!(log.recovery_report().events, 100);
 }
 
@@ -304,7 +187,7 @@ async fn a_bad_checksum_mid_segment_cuts_there() {
     assert_eq!(report.dropped_at_id, Some(written[49]));
     assert_eq!(report.events, 50);
     assert!(report.notes[0].contains("checksum"), "{report:?}");
-    let (got, _, _) = read_all(&log, Position::Oldest, &everything(), 1000).await;
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 1000).await;
     assert_eq!(ids(&got), written[..50].to_vec());
     assert_eq!(got[49].data(), "e149");
     // New ids are above every id ever issued, dropped ones included.
@@ -349,7 +232,7 @@ async fn damage_in_an_older_segment_keeps_later_segments() {
         "{report:?}"
     );
     let per_segment = (64 * 1024 - 8) / record;
-    let (got, gap, _) = read_all(&log, Position::Oldest, &everything(), 7).await;
+    let (got, gap, _) = read_to_end(&log, Position::Oldest, &everything(), 7).await;
     assert_eq!(gap, None);
     let expected: Vec<EventId> = written[..9]
         .iter()
@@ -358,7 +241,7 @@ async fn damage_in_an_older_segment_keeps_later_segments() {
         .collect();
     assert_eq!(ids(&got), expected);
     // Reads across the hole work from any position.
-    let (got, gap, _) = read_all(&log, Position::After(written[5]), &everything(), 3).await;
+    let (got, gap, _) = read_to_end(&log, Position::After(written[5]), &everything(), 3).await;
     assert_eq!(gap, None);
     assert_eq!(ids(&got), expected[6..].to_vec());
     let next = append(&log, vec![on("a", "next")]).await[0];
@@ -369,10 +252,7 @@ async fn damage_in_an_older_segment_keeps_later_segments() {
 async fn a_file_without_our_header_is_set_aside() {
     let dir = tempfile::tempdir().unwrap();
     let opts = options(Retention::default(), 10);
-    let written = {
-        let log = open(dir.path(), opts);
-        append_n(&log, 5, 5, "e").await
-    };
+    let written = fill(dir.path(), opts, 5, 5, "e").await;
     let bogus = dir
         .path()
         .join("segments")
@@ -383,7 +263,7 @@ async fn a_file_without_our_header_is_set_aside() {
     assert!(report.notes[0].contains("header"), "{report:?}");
     assert!(!bogus.exists());
     assert!(bogus.with_extension("log.corrupt").exists());
-    let (got, _, _) = read_all(&log, Position::Oldest, &everything(), 10).await;
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 10).await;
     assert_eq!(ids(&got), written);
     // Ids stay above the name of the set-aside file.
     let next = append(&log, vec![on("a", "next")]).await[0];
@@ -430,7 +310,7 @@ async fn retention_by_bytes_bounds_the_disk() {
         .sum();
     assert_eq!(on_disk, log.disk_bytes());
 
-    let (got, gap, _) = read_all(&log, Position::Oldest, &everything(), 500).await;
+    let (got, gap, _) = read_to_end(&log, Position::Oldest, &everything(), 500).await;
     assert_eq!(gap, None);
     assert!(got.len() < written.len() / 3, "old events still there");
     let retained = ids(&got);
@@ -454,7 +334,7 @@ async fn retention_by_bytes_bounds_the_disk() {
     // The same after a restart.
     drop(log);
     let log = open(dir.path(), opts);
-    let (got, _, _) = read_all(&log, Position::Oldest, &everything(), 500).await;
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 500).await;
     assert_eq!(ids(&got), retained);
     let b = log
         .read_after(Position::After(written[0]), &everything(), 10)
@@ -464,7 +344,7 @@ async fn retention_by_bytes_bounds_the_disk() {
 }
 
 async fn check_newest_100(log: &DurableLog, written: &[EventId]) {
-    let (got, gap, _) = read_all(log, Position::Oldest, &everything(), 30).await;
+    let (got, gap, _) = read_to_end(log, Position::Oldest, &everything(), 30).await;
     assert_eq!(gap, None);
     assert_eq!(ids(&got), written[900..].to_vec());
     assert_eq!(got[0].data(), "e900");
@@ -516,7 +396,7 @@ async fn retention_by_age() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let new = append_n(&log, 5, 5, "new").await;
     log.trim();
-    let (got, gap, _) = read_all(&log, Position::Oldest, &everything(), 100).await;
+    let (got, gap, _) = read_to_end(&log, Position::Oldest, &everything(), 100).await;
     assert_eq!(gap, None);
     assert_eq!(ids(&got), new);
     let b = log
@@ -569,7 +449,8 @@ async fn resume_from_far_back_pages_through_the_disk() {
         "expected several segments"
     );
     // Everything after an early id, 128 per page (a catch-up page).
-    let (got, gap, pages) = read_all(&log, Position::After(written[100]), &everything(), 128).await;
+    let (got, gap, pages) =
+        read_to_end(&log, Position::After(written[100]), &everything(), 128).await;
     assert_eq!(gap, None);
     assert_eq!(ids(&got), written[101..].to_vec());
     assert!(pages >= (written.len() - 101) / 128, "{pages} pages");
@@ -580,7 +461,7 @@ async fn resume_from_far_back_pages_through_the_disk() {
         }
     }
     // A rare topic: the scan is bounded per read, yet every page advances.
-    let (got, gap, pages) = read_all(
+    let (got, gap, pages) = read_to_end(
         &log,
         Position::After(written[0]),
         &Filter::new([TopicPattern::parse("rare").unwrap()], None),
@@ -633,7 +514,7 @@ async fn concurrent_appends(durability: Durability, tasks: usize, per_task: usiz
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 for i in 0..per_task {
-                    let id = append(&log, vec![on("a", &format!("{t}/{i}"))]).await[0];
+                    let id = append(&*log, vec![on("a", &format!("{t}/{i}"))]).await[0];
                     mine.push(id);
                 }
                 mine
@@ -654,9 +535,8 @@ async fn concurrent_appends(durability: Durability, tasks: usize, per_task: usiz
         }
     }
     drop(Arc::into_inner(log).unwrap());
-    let log = open(dir.path(), opts);
-    assert!(log.recovery_report().is_clean());
-    let (got, _, _) = read_all(&log, Position::Oldest, &everything(), 1000).await;
+    let log = open_clean(dir.path(), opts);
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 1000).await;
     assert_eq!(got.len(), tasks * per_task);
     for e in &got {
         assert_eq!(by_id[&e.id], e.data());
@@ -679,8 +559,8 @@ async fn fsync_durability_works_the_same() {
 
 mod model {
     use super::*;
+    use common::model::{pos, run_cases, Model, Pos, Sent};
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
 
     const TOPICS: &[&str] = &["a", "a/1", "b"];
     const PATTERNS: &[&str] = &["a", "a/*", "b", "*", "zzz"];
@@ -694,14 +574,6 @@ mod model {
         key: Option<u8>,
         /// About 6 KB of data, so a case spans several 64 KiB segments.
         big: bool,
-    }
-
-    #[derive(Debug, Clone)]
-    enum Pos {
-        Oldest,
-        AfterStored(usize),
-        Zero,
-        Future(u64),
     }
 
     #[derive(Debug, Clone)]
@@ -750,15 +622,9 @@ mod model {
                 key,
                 big,
             });
-        let pos = prop_oneof![
-            2 => Just(Pos::Oldest),
-            6 => any::<usize>().prop_map(Pos::AfterStored),
-            1 => Just(Pos::Zero),
-            1 => (1u64..1000).prop_map(Pos::Future),
-        ];
         prop_oneof![
             4 => proptest::collection::vec(spec, 1..=6).prop_map(Op::Append),
-            4 => (pos, 0..PATTERNS.len(), 0..TYPE_FILTERS.len(), 1usize..=8).prop_map(
+            4 => (pos(), 0..PATTERNS.len(), 0..TYPE_FILTERS.len(), 1usize..=8).prop_map(
                 |(pos, pattern, types, limit)| Op::Read {
                     pos,
                     pattern,
@@ -772,24 +638,19 @@ mod model {
         ]
     }
 
-    #[derive(Debug, Clone)]
-    struct Stored {
-        id: EventId,
-        topic: &'static str,
-        broadcast: bool,
-        typed: bool,
-        data: String,
-    }
-
-    fn model_matches(e: &Stored, pattern: &str, types: Option<&[&str]>) -> bool {
-        let ty = if e.typed { "t" } else { "message" };
-        let type_ok = types.is_none_or(|ts| ts.contains(&ty));
-        let topic_ok = e.broadcast
-            || match pattern.strip_suffix('*') {
-                Some(prefix) => e.topic.starts_with(prefix),
-                None => e.topic == pattern,
-            };
-        type_ok && topic_ok
+    fn sent(s: &Spec, n: u64) -> Sent {
+        let data = if s.big {
+            format!("big {n}\n{}", "x".repeat(6000))
+        } else {
+            format!("d{n}\nline")
+        };
+        Sent {
+            topics: vec![TOPICS[s.topic]],
+            broadcast: s.broadcast,
+            event_type: s.typed.then_some("t"),
+            data,
+            key: s.key,
+        }
     }
 
     async fn run(setup: Setup, ops: Vec<Op>) {
@@ -804,62 +665,12 @@ mod model {
             ..DurableOptions::default()
         };
         let mut log = open(dir.path(), opts);
-        let mut stored: Vec<Stored> = Vec::new();
-        let mut keys: HashMap<u8, EventId> = HashMap::new();
-        let mut counter = 0u64;
+        let mut model = Model::default();
         for op in ops {
             // The newest `max_events` are retained.
-            let r = stored.len().saturating_sub(setup.max_events);
+            let r = model.stored.len().saturating_sub(setup.max_events);
             match op {
-                Op::Append(specs) => {
-                    let batch: Vec<NewEvent> = specs
-                        .iter()
-                        .map(|s| {
-                            counter += 1;
-                            let data = if s.big {
-                                format!("big {counter}\n{}", "x".repeat(6000))
-                            } else {
-                                format!("d{counter}\nline")
-                            };
-                            NewEvent {
-                                topics: vec![Topic::new(TOPICS[s.topic]).unwrap()],
-                                broadcast: s.broadcast,
-                                event_type: s.typed.then(|| "t".to_owned()),
-                                data,
-                                retry: None,
-                                idempotency_key: s.key.map(|k| format!("key-{k}")),
-                            }
-                        })
-                        .collect();
-                    let datas: Vec<String> = batch.iter().map(|e| e.data.clone()).collect();
-                    let result = log.append(batch).await.unwrap();
-                    assert_eq!(result.len(), specs.len());
-                    for ((s, got), data) in specs.iter().zip(&result).zip(datas) {
-                        match s.key.and_then(|k| keys.get(&k).copied()) {
-                            Some(id) => {
-                                assert!(got.duplicate, "repeated key not a duplicate");
-                                assert_eq!(got.id, id);
-                            }
-                            None => {
-                                assert!(!got.duplicate, "fresh event marked duplicate");
-                                if let Some(last) = stored.last() {
-                                    assert!(got.id > last.id, "ids must increase");
-                                }
-                                if let Some(k) = s.key {
-                                    keys.insert(k, got.id);
-                                }
-                                stored.push(Stored {
-                                    id: got.id,
-                                    topic: TOPICS[s.topic],
-                                    broadcast: s.broadcast,
-                                    typed: s.typed,
-                                    data,
-                                });
-                            }
-                        }
-                    }
-                    assert_eq!(*log.head().borrow(), stored.last().map(|e| e.id));
-                }
+                Op::Append(specs) => model.append(&log, &specs, sent).await,
                 Op::Read {
                     pos,
                     pattern,
@@ -868,10 +679,8 @@ mod model {
                 } => {
                     let pattern = PATTERNS[pattern];
                     let types = TYPE_FILTERS[types];
-                    let filter = Filter::new(
-                        [TopicPattern::parse(pattern).unwrap()],
-                        types.map(|t| t.iter().map(|s| (*s).to_owned()).collect()),
-                    );
+                    let filter = common::filter(&[pattern], types);
+                    let stored = &model.stored;
                     let newest = stored.last().map_or(0, |e| e.id.0);
                     // (position, index of the first event expected, gap)
                     let (position, start, gap) = match pos {
@@ -893,63 +702,19 @@ mod model {
                             true,
                         ),
                     };
-                    let expected: Vec<&Stored> = stored[start..]
-                        .iter()
-                        .filter(|e| model_matches(e, pattern, types))
-                        .collect();
-                    let b = log.read_after(position, &filter, limit).await.unwrap();
-                    assert!(b.events.len() <= limit);
-                    if gap {
-                        let g = b.gap.clone().expect("gap expected");
-                        assert_eq!(g.oldest_available, stored.get(r).map(|e| e.id));
-                    } else {
-                        assert_eq!(b.gap, None, "unexpected gap from {position:?}");
-                    }
-                    let upto: Vec<EventId> = expected
-                        .iter()
-                        .filter(|e| b.scanned_to.is_some_and(|s| e.id <= s))
-                        .map(|e| e.id)
-                        .collect();
-                    assert_eq!(ids(&b.events), upto, "first page {pattern} {types:?}");
-                    for (got, want) in b.events.iter().zip(&expected) {
-                        assert_eq!(got.data(), want.data);
-                        assert_eq!(got.event_type.is_some(), want.typed);
-                        assert_eq!(got.broadcast, want.broadcast);
-                        assert_eq!(&*got.topics, &[Topic::new(want.topic).unwrap()]);
-                    }
-                    if b.reached_end {
-                        assert_eq!(
-                            b.events.len(),
-                            expected.len(),
-                            "reached_end but matches missing"
-                        );
-                    }
-                    let (all, _, _) = read_all(&log, position, &filter, limit).await;
-                    let want: Vec<EventId> = expected.iter().map(|e| e.id).collect();
-                    assert_eq!(ids(&all), want, "paged read {pattern} {types:?}");
+                    let gap = gap.then(|| stored.get(r).map(|e| e.id));
+                    let expected = model.expect(start, &[pattern], types, gap);
+                    let what = format!("{pattern} {types:?}");
+                    model
+                        .check_read(&log, position, &filter, limit, &expected, &what)
+                        .await;
                 }
-                Op::LastId(t) => {
-                    let want = stored[r..]
-                        .iter()
-                        .rev()
-                        .find(|e| e.topic == TOPICS[t])
-                        .map(|e| e.id);
-                    let got = log
-                        .last_id_for_topic(&Topic::new(TOPICS[t]).unwrap())
-                        .await
-                        .unwrap();
-                    assert_eq!(got, want, "last_id_for_topic({})", TOPICS[t]);
-                }
+                Op::LastId(t) => model.check_last_id(&log, TOPICS[t], r).await,
                 Op::Trim => log.trim(),
                 Op::Reopen => {
                     drop(log);
-                    log = open(dir.path(), opts);
-                    assert!(
-                        log.recovery_report().is_clean(),
-                        "{:?}",
-                        log.recovery_report()
-                    );
-                    assert_eq!(*log.head().borrow(), stored.last().map(|e| e.id));
+                    log = open_clean(dir.path(), opts);
+                    assert_eq!(*log.head().borrow(), model.stored.last().map(|e| e.id));
                 }
             }
         }
@@ -957,22 +722,7 @@ mod model {
 
     #[test]
     fn durable_log_matches_the_model_across_reopens() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut runner = TestRunner::new(Config {
-            cases: 128,
-            failure_persistence: None,
-            ..Config::default()
-        });
         let strategy = (setup(), proptest::collection::vec(op(), 1..60));
-        let result = runner.run(&strategy, |(setup, ops)| {
-            rt.block_on(run(setup, ops));
-            Ok(())
-        });
-        if let Err(err) = result {
-            panic!("{err}");
-        }
+        run_cases(strategy, |(setup, ops)| run(setup, ops));
     }
 }

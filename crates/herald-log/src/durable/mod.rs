@@ -5,8 +5,9 @@
 //!
 //! - An `append` is answered only after its records are written (`Process`)
 //!   or written and `fdatasync`ed (`Fsync`): acknowledged = on disk (in the
-//!   page cache for `Process`). A failed write answers an error to every
-//!   request of its group and cuts the file back: nothing of it is served.
+//!   page cache for `Process`). A failed write or sync answers an error to
+//!   every request of its group and cuts the files back: nothing of it is
+//!   served (see Write failures).
 //! - Ids strictly increase in append order, across restarts too: the first id
 //!   of an empty directory is the wall clock in microseconds (like
 //!   `MemoryLog`, so ids keep increasing even across a wiped directory), then
@@ -16,9 +17,9 @@
 //!   moves only after the write (and sync) returned; the disk always holds
 //!   everything the cache holds (segment metadata is updated before the
 //!   cache), so a read may mix or switch sources freely.
-//! - Gap rules are `MemoryLog`'s: `After(x)` with `x` past the last issued id,
-//!   or `x + 1` older than the oldest retained id, reports a gap and reads
-//!   from the oldest.
+//! - Gap rules and paging are `MemoryLog`'s, from one home (`crate::page`):
+//!   `After(x)` with `x` past the last issued id, or `x + 1` older than the
+//!   oldest retained id, reports a gap and reads from the oldest.
 //!
 //! # On disk
 //!
@@ -77,7 +78,55 @@
 //! 128th record: id, offset, time) gives where to start, and records are read
 //! forward in 64 KiB `pread` blocks, checked (crc), decoded, filtered (names
 //! first, so records that do not match cost no frame encoding) until `limit`
-//! matches or 8192 examined events. Nothing is loaded whole.
+//! matches or 8192 examined events. Nothing is loaded whole. The cache and
+//! the disk are two `page::Source`s: where a read starts, its gap and how a
+//! page is filled are decided by `crate::page` for both (and for
+//! `MemoryLog`), so they cannot disagree.
+//!
+//! # Write failures
+//!
+//! A group is all or nothing. When a write or a sync of a group fails:
+//! - every request of the group is answered `LogError::Unavailable` (with the
+//!   error), ids given to it are given again to the next group (none was
+//!   seen: the head, the cache and the segment metadata were not touched),
+//!   and `ready()` reports the error until a group is written again;
+//! - the segments the group created are removed, and the segment that was
+//!   active is cut back (`ftruncate`, then `fdatasync` in `Fsync` mode) to
+//!   its length before the group, so neither readers nor a restart ever see
+//!   a record of it. After a failed `fdatasync` the kernel may have dropped
+//!   the unsynced pages; the cut removes exactly those, the acknowledged
+//!   bytes before them were synced by their own group;
+//! - the next group is tried as usual: a passing fault costs one group.
+//!
+//! When undoing fails too (the cut, its sync, or a removal), records of the
+//! failed group may still be on disk. Writing on would put acknowledged
+//! records after them, where no open could tell them apart, so the writer
+//! refuses every later group ("could not undo a failed write (...);
+//! refusing further writes until restart", also from `ready()`); reads go
+//! on serving the acknowledged events. It also overwrites the record header
+//! where the failed group starts with zeros (an impossible length), so the
+//! next open cuts the file there and drops the group, complete records
+//! included; a segment the group created and that could not be deleted
+//! gets the same mark at its first record. Only if that write fails as
+//! well (a disk that takes no write at all) can a restart find complete
+//! records of the failed group and serve them: acknowledged events are
+//! never lost, but those appends, answered with an error, may then be
+//! stored after all (a publisher's retry with an idempotency key is still
+//! deduplicated).
+//!
+//! # The filesystem seam
+//!
+//! Every change to segment files after open goes through the `Filesystem`
+//! trait (`fs.rs`): the writer's `pwrite`, `fdatasync`, segment creation
+//! (create, header, directory sync), the undo's `ftruncate` and unlink, and
+//! retention's unlink. `StdFs` (plain `std::fs`) is the default; with the
+//! `fault-injection` feature (enabled by this crate's tests only),
+//! `DurableLog::open_with_filesystem` takes another, such as `FaultyFs`,
+//! which fails chosen calls (torn writes included) so the rules above are
+//! tested (`tests/faults.rs`). The seam works on real `File`s, which readers
+//! `pread` directly; it costs one dynamic call per write or sync of a group,
+//! never per event. Recovery at open repairs with `std::fs` directly: its
+//! failures are errors of `open`, with nothing acknowledged at stake.
 //!
 //! # Retention
 //!
@@ -122,7 +171,8 @@
 //!
 //! An event log needs append, read forward from an id, drop the oldest, and
 //! survive a crash; it needs no updates, secondary indexes or compaction.
-//! This is about 1,800 lines (without comments and tests) we can read end to end: one `write()` per group
+//! This is about 1,800 lines (without comments, tests and the test-only
+//! `FaultyFs`) we can read end to end: one `write()` per group
 //! commit (SQLite in WAL mode writes WAL frames plus B-tree pages and its own
 //! locks; an LSM tree adds a memtable, a WAL and compactions that rewrite the
 //! data we only ever append and delete whole), retention is an unlink, and
@@ -149,6 +199,9 @@
 //!   `scanned_to`: 0.65 s in pages of 128 (a connection's catch-up page),
 //!   0.32 s in pages of 1,024 (about 1.5 and 3 million events/s).
 
+#[cfg(feature = "fault-injection")]
+mod fault;
+mod fs;
 mod open;
 mod read;
 mod record;
@@ -173,10 +226,11 @@ use tokio::sync::{oneshot, watch};
 use crate::memory::Retention;
 use segment::Segment;
 
+#[cfg(feature = "fault-injection")]
+pub use fault::{FaultyFs, FsOp};
+pub use fs::{Filesystem, StdFs};
 pub use record::FORMAT_VERSION;
 
-/// Events examined per read at most, so one reader never holds a thread long.
-const MAX_SCAN_PER_READ: usize = 8192;
 /// Events `last_id_for_topic` examines on disk at most before it answers
 /// "none retained" (a topic silent for longer than this is treated as new).
 const MAX_TOPIC_SCAN: u64 = 1_000_000;
@@ -278,6 +332,8 @@ impl RecoveryReport {
 /// State shared by the handle, the writer thread and blocking reads.
 #[derive(Debug)]
 struct Shared {
+    /// Where segment files are changed (see `fs`).
+    fs: Arc<dyn Filesystem>,
     seg_dir: PathBuf,
     retention: Retention,
     durability: Durability,
@@ -405,7 +461,7 @@ impl Shared {
         };
         if let Some(seg) = removed {
             tracing::debug!(path = %seg.path.display(), why, "deleting a segment");
-            if let Err(err) = std::fs::remove_file(&seg.path) {
+            if let Err(err) = self.fs.remove_file(&seg.path) {
                 tracing::warn!(path = %seg.path.display(), %err, "could not delete a segment file");
             }
         }
@@ -520,7 +576,18 @@ pub struct DurableLog {
 impl DurableLog {
     /// Opens (or creates) the log in `dir`, recovering from a crash if needed.
     pub fn open(dir: &Path, options: DurableOptions) -> Result<Self, DurableError> {
-        open::open(dir, options)
+        open::open(dir, options, Arc::new(StdFs))
+    }
+
+    /// [`DurableLog::open`], with segment files changed through `fs` (a
+    /// [`FaultyFs`] in tests) instead of the real filesystem.
+    #[cfg(feature = "fault-injection")]
+    pub fn open_with_filesystem(
+        dir: &Path,
+        options: DurableOptions,
+        fs: Arc<dyn Filesystem>,
+    ) -> Result<Self, DurableError> {
+        open::open(dir, options, fs)
     }
 
     /// Applies retention (count, age, bytes). Call it about every second; it

@@ -13,15 +13,17 @@ use herald_core::{now_ms, Event, EventId, FrameArena};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
+use super::fs::Filesystem;
 use super::read::event_of;
 use super::record::{decode, Cursor, Next, MAGIC, SEGMENT_HEADER};
-use super::segment::{parse_segment_name, sync_dir, SegMeta, Segment};
+use super::segment::{parse_segment_name, SegMeta, Segment};
 use super::writer::Writer;
 use super::{
     Durability, DurableError, DurableLog, DurableOptions, RecoveryReport, Run, Shared, Tail,
     MIN_SEGMENT_BYTES,
 };
 use crate::idempotency::IdempotencyKeys;
+use crate::ids;
 use crate::names::Names;
 
 /// What scanning the segments produced.
@@ -38,7 +40,11 @@ struct Scanned {
     report: RecoveryReport,
 }
 
-pub(super) fn open(dir: &Path, options: DurableOptions) -> Result<DurableLog, DurableError> {
+pub(super) fn open(
+    dir: &Path,
+    options: DurableOptions,
+    fs: Arc<dyn Filesystem>,
+) -> Result<DurableLog, DurableError> {
     let io = DurableError::io;
     fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let lock = lock_dir(dir)?;
@@ -47,22 +53,14 @@ pub(super) fn open(dir: &Path, options: DurableOptions) -> Result<DurableLog, Du
     let sync = options.durability == Durability::Fsync;
 
     let mut scanned = scan_segments(&seg_dir, &options)?;
-    let next_id = match scanned.last_id {
-        // After a cut, the ids of the dropped records may have been
-        // acknowledged (a damaged record mid-log) and seen by clients:
-        // jump to the wall clock so they are never issued again, and a
-        // client holding one does not silently skip the new events.
-        Some(last) if scanned.report.dropped_bytes > 0 => last
-            .saturating_add(1)
-            .max(wall_clock_micros())
-            .max(scanned.max_name),
-        Some(last) => last.saturating_add(1).max(scanned.max_name),
-        // No event on disk: start at the wall clock in microseconds, so ids
-        // keep increasing even across a wiped data directory.
-        None => wall_clock_micros().max(scanned.max_name),
-    };
+    // After a cut the ids of the dropped records may have been acknowledged
+    // (a damaged record mid-log) and seen by clients, so they jump to the
+    // clock (see `crate::ids`); and ids stay above every segment name, set
+    // aside ones included.
+    let repaired = scanned.report.dropped_bytes > 0;
+    let next_id = ids::start_id(scanned.last_id, repaired).max(scanned.max_name);
     if scanned.segments.is_empty() {
-        let seg = Segment::create(&seg_dir, next_id, sync)
+        let seg = Segment::create(&*fs, &seg_dir, next_id, sync)
             .map_err(io(format!("creating a segment in {}", seg_dir.display())))?;
         scanned.segments.insert(next_id, Arc::new(seg));
     }
@@ -75,7 +73,8 @@ pub(super) fn open(dir: &Path, options: DurableOptions) -> Result<DurableLog, Du
         .find_map(|s| s.meta.read().first)
         .map(EventId);
     if sync && !report.notes.is_empty() {
-        sync_dir(&seg_dir).map_err(io(format!("syncing {}", seg_dir.display())))?;
+        fs.sync_dir(&seg_dir)
+            .map_err(io(format!("syncing {}", seg_dir.display())))?;
     }
     for note in &report.notes {
         tracing::warn!("recovery: {note}");
@@ -119,6 +118,7 @@ pub(super) fn open(dir: &Path, options: DurableOptions) -> Result<DurableLog, Du
         })?;
     let max_bytes = options.retention.max_bytes as u64;
     let shared = Arc::new(Shared {
+        fs,
         seg_dir,
         retention: options.retention,
         durability: options.durability,
@@ -186,14 +186,6 @@ fn lock_dir(dir: &Path) -> Result<File, DurableError> {
         .and_then(|()| file.write_all(pid.as_bytes()))
         .map_err(DurableError::io(format!("writing {}", path.display())))?;
     Ok(file)
-}
-
-fn wall_clock_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(1)
-        .max(1)
 }
 
 /// Validates every record of every segment, cutting damaged tails.

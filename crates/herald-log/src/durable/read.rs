@@ -1,21 +1,21 @@
 //! Reads: from the in-memory cache when the position is in it, else from
 //! the segment files (in a blocking task), streamed a block at a time.
 //!
-//! Gap rules are `MemoryLog`'s: `After(x)` with `x` past the last issued id,
-//! or with events after `x` gone (`x + 1` below the oldest retained id),
-//! reports a gap and reads from the oldest. Ids are compared, never counted:
-//! a recovered corruption can leave holes.
+//! Both are a [`page::Source`], so the gap rule and the page loop are the
+//! ones every backend shares (see `crate::page`). Ids are compared, never
+//! counted: a recovered corruption can leave holes.
 
 use std::io;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use herald_core::{Event, EventId, Filter, FrameArena, Gap, Position, ReadBatch};
+use herald_core::{Event, EventId, Filter, FrameArena, Position, ReadBatch};
 
 use super::record::{decode, peek_id, Cursor, Next, RecordView};
 use super::segment::Segment;
-use super::{Shared, MAX_SCAN_PER_READ, MAX_TOPIC_SCAN};
-use crate::names::Names;
+use super::{Shared, Tail, MAX_TOPIC_SCAN};
+use crate::names::{Names, StoredFields};
+use crate::page::{self, Page};
 
 /// Serves a read from memory; `None` when it needs the disk.
 pub(super) fn read_cached(
@@ -25,66 +25,78 @@ pub(super) fn read_cached(
     limit: usize,
 ) -> Option<ReadBatch> {
     let tail = shared.tail.read();
-    let next_id = tail.next_id;
-    let last_issued = next_id.saturating_sub(1);
-    let floor = shared.effective_floor(&tail);
-    let cache_from = tail.cache_from;
-    // Valid only when `floor >= cache_from`: then the oldest retained event
-    // is in the cache (or there is none).
-    let oldest_cached = || {
-        let i = tail.events.partition_point(|e| e.id.0 < floor);
-        tail.events.get(i).map(|e| e.id)
+    let cache = Cached {
+        floor: shared.effective_floor(&tail),
+        tail: &tail,
     };
-    let (start, gap) = match from {
-        Position::Oldest => (floor, None),
-        Position::After(x) if x.0 > last_issued || x.0 + 1 < floor => {
-            if floor < cache_from {
-                return None;
-            }
-            let gap = Gap {
-                oldest_available: oldest_cached(),
-            };
-            (floor, Some(gap))
-        }
-        Position::After(x) if x.0 + 1 >= cache_from => {
-            // Every retained event up to `x + 1` would be in the cache or
-            // on disk below `cache_from`; in the latter case there is one
-            // at or before `cache_from <= x + 1`, so no gap.
-            if floor >= cache_from && x.0 + 1 < oldest_cached().map_or(next_id, |id| id.0) {
-                let gap = Gap {
-                    oldest_available: oldest_cached(),
-                };
-                (floor, Some(gap))
-            } else {
-                (x.0 + 1, None)
-            }
-        }
-        Position::After(_) => return None,
-    };
-    if start < cache_from {
-        return None;
+    page::read(&cache, from, filter, limit).ok()
+}
+
+/// The part of the log not in the cache is asked for.
+#[derive(Debug)]
+struct NotCached;
+
+/// The cache as a read source. Every record with an id `>= cache_from` is
+/// in it; it may still hold events below the floor (trimmed lazily).
+#[derive(Debug)]
+struct Cached<'a> {
+    tail: &'a Tail,
+    floor: u64,
+}
+
+impl Cached<'_> {
+    /// Whether the oldest retained event is in the cache (or none is
+    /// retained): only then does the cache know it.
+    fn holds_oldest(&self) -> bool {
+        self.floor >= self.tail.cache_from
     }
-    let mut batch = ReadBatch {
-        gap,
-        ..ReadBatch::default()
-    };
-    if limit == 0 {
-        return Some(batch);
+
+    fn oldest_cached(&self) -> Option<u64> {
+        let i = self.tail.events.partition_point(|e| e.id.0 < self.floor);
+        self.tail.events.get(i).map(|e| e.id.0)
     }
-    let first = tail.events.partition_point(|e| e.id.0 < start);
-    let mut examined = 0;
-    for event in tail.events.range(first..).take(MAX_SCAN_PER_READ) {
-        examined += 1;
-        batch.scanned_to = Some(event.id);
-        if filter.matches(event) {
-            batch.events.push(event.clone());
-            if batch.events.len() >= limit {
-                break;
-            }
+}
+
+impl page::Source for Cached<'_> {
+    type Error = NotCached;
+
+    fn next_id(&self) -> u64 {
+        self.tail.next_id
+    }
+
+    fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    fn oldest_at_most(&self) -> u64 {
+        if self.holds_oldest() {
+            self.oldest_cached().unwrap_or(self.tail.next_id)
+        } else {
+            // The cache's first event (or the next id, if it is empty) is
+            // above the floor, so retained: the oldest is at or before it.
+            self.tail.cache_from
         }
     }
-    batch.reached_end = first + examined >= tail.events.len();
-    Some(batch)
+
+    fn oldest(&self) -> Result<Option<u64>, NotCached> {
+        if self.holds_oldest() {
+            Ok(self.oldest_cached())
+        } else {
+            Err(NotCached)
+        }
+    }
+
+    fn scan(&self, start: u64, filter: &Filter, page: &mut Page) -> Result<bool, NotCached> {
+        if start < self.tail.cache_from {
+            return Err(NotCached);
+        }
+        let first = self.tail.events.partition_point(|e| e.id.0 < start);
+        Ok(page::scan_events(
+            self.tail.events.range(first..),
+            filter,
+            page,
+        ))
+    }
 }
 
 /// Serves a read from the segment files. Blocking.
@@ -98,80 +110,77 @@ pub(super) fn read_disk(
         let tail = shared.tail.read();
         (tail.next_id, shared.effective_floor(&tail))
     };
-    let last_issued = next_id.saturating_sub(1);
-    let (start, gap) = match from {
-        Position::Oldest => (floor, None),
-        Position::After(x) => {
-            let gone = x.0 > last_issued
-                || x.0 + 1 < floor
-                || x.0 + 1 < first_at_or_after(shared, floor)?.unwrap_or(next_id);
-            if gone {
-                let gap = Gap {
-                    oldest_available: first_at_or_after(shared, floor)?.map(EventId),
-                };
-                (floor, Some(gap))
-            } else {
-                (x.0 + 1, None)
-            }
-        }
+    let disk = Disk {
+        shared,
+        next_id,
+        floor,
     };
-    let mut batch = ReadBatch {
-        gap,
-        ..ReadBatch::default()
-    };
-    if limit == 0 {
-        return Ok(batch);
+    page::read(&disk, from, filter, limit)
+}
+
+/// The segment files as a read source, with the bounds taken when the read
+/// started (the writer only adds events after them).
+#[derive(Debug)]
+struct Disk<'a> {
+    shared: &'a Shared,
+    next_id: u64,
+    floor: u64,
+}
+
+impl page::Source for Disk<'_> {
+    type Error = io::Error;
+
+    fn next_id(&self) -> u64 {
+        self.next_id
     }
-    let mut names = Names::default();
-    let mut arena = FrameArena::new();
-    let mut examined = 0;
-    let mut seg = segment_for(shared, start);
-    while let Some(s) = seg {
-        let (end, offset) = {
-            let meta = s.meta.read();
-            (meta.len, meta.offset_for(start))
-        };
-        let mut cursor = Cursor::new(&s.file, offset, end);
-        let mut stopped = false;
-        loop {
+
+    fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    fn oldest(&self) -> io::Result<Option<u64>> {
+        first_at_or_after(self.shared, self.floor)
+    }
+
+    fn scan(&self, start: u64, filter: &Filter, page: &mut Page) -> io::Result<bool> {
+        let shared = self.shared;
+        let mut names = Names::default();
+        let mut arena = FrameArena::new();
+        let stopped = walk_from(shared, start, |seg, cursor| loop {
+            if !page.wants_more() {
+                return Ok(Some(cursor.at_end() && nothing_after(shared, seg.first_id)));
+            }
             match cursor.next()? {
                 Next::Record { .. } => {}
-                Next::End => break,
+                Next::End => return Ok(None),
                 Next::Bad { offset, reason } => {
-                    damaged(&s, offset, reason);
-                    break;
+                    damaged(seg, offset, reason);
+                    return Ok(None);
                 }
             }
             if peek_id(cursor.body()) < start {
                 continue;
             }
             let Some(view) = decode(cursor.body()) else {
-                damaged(&s, cursor.pos(), "record does not decode");
-                break;
+                damaged(seg, cursor.pos(), "record does not decode");
+                return Ok(None);
             };
-            examined += 1;
-            batch.scanned_to = Some(EventId(view.id));
-            if let Some(event) = matching_event(&view, filter, &mut names, &mut arena) {
-                batch.events.push(Arc::new(event));
-            }
-            if batch.events.len() >= limit || examined >= MAX_SCAN_PER_READ {
-                stopped = true;
-                break;
-            }
-        }
-        let next = segment_after(shared, s.first_id);
-        if stopped {
-            batch.reached_end = cursor.at_end() && nothing_after(shared, s.first_id);
-            return Ok(batch);
-        }
-        seg = next;
+            let event = matching_event(&view, filter, &mut names, &mut arena);
+            page.examined(EventId(view.id), event.map(Arc::new));
+        })?;
+        // Not stopped by the page: every segment was read to its end.
+        Ok(stopped.unwrap_or(true))
     }
-    batch.reached_end = true;
-    Ok(batch)
 }
 
-/// The id of the oldest record with an id `>= id`, from disk. Blocking.
-fn first_at_or_after(shared: &Shared, id: u64) -> io::Result<Option<u64>> {
+/// Runs `visit` on each segment from the one that would hold `id` on, with
+/// a cursor at a record boundary at or before the first record `>= id` (the
+/// sparse index's), until it returns `Some`. Blocking.
+fn walk_from<T>(
+    shared: &Shared,
+    id: u64,
+    mut visit: impl FnMut(&Segment, &mut Cursor<'_>) -> io::Result<Option<T>>,
+) -> io::Result<Option<T>> {
     let mut seg = segment_for(shared, id);
     while let Some(s) = seg {
         let (end, offset) = {
@@ -179,15 +188,25 @@ fn first_at_or_after(shared: &Shared, id: u64) -> io::Result<Option<u64>> {
             (meta.len, meta.offset_for(id))
         };
         let mut cursor = Cursor::new(&s.file, offset, end);
+        if let Some(found) = visit(&s, &mut cursor)? {
+            return Ok(Some(found));
+        }
+        seg = segment_after(shared, s.first_id);
+    }
+    Ok(None)
+}
+
+/// The id of the oldest record with an id `>= id`, from disk. Blocking.
+fn first_at_or_after(shared: &Shared, id: u64) -> io::Result<Option<u64>> {
+    walk_from(shared, id, |_, cursor| {
         while let Next::Record { .. } = cursor.next()? {
             let found = peek_id(cursor.body());
             if found >= id {
                 return Ok(Some(found));
             }
         }
-        seg = segment_after(shared, s.first_id);
-    }
-    Ok(None)
+        Ok(None)
+    })
 }
 
 /// The id of the newest record on `topic` with `floor <= id < below`,
@@ -266,24 +285,22 @@ fn matching_event(
     Some(event_of(view, topics, names, arena))
 }
 
-/// Builds the event of a decoded record.
+/// Builds the event of a decoded record whose topics are shared already.
 pub(super) fn event_of(
     view: &RecordView<'_>,
     topics: Box<[herald_core::Topic]>,
     names: &mut Names,
     arena: &mut FrameArena,
 ) -> Event {
-    let event_type = view.event_type.map(|t| names.event_type(t));
-    Event::from_parts(
-        EventId(view.id),
-        topics,
-        view.broadcast,
-        event_type,
-        view.data,
-        view.retry,
-        view.stored_at_s,
-        arena,
-    )
+    let fields = StoredFields {
+        id: EventId(view.id),
+        broadcast: view.broadcast,
+        event_type: view.event_type,
+        data: view.data,
+        retry: view.retry,
+        stored_at_s: view.stored_at_s,
+    };
+    names.event(fields, topics, arena)
 }
 
 fn damaged(seg: &Segment, offset: u64, reason: &str) {

@@ -1,12 +1,12 @@
 //! One segment file and what is known about it in memory.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use parking_lot::RwLock;
 
+use super::fs::Filesystem;
 use super::record::{MAGIC, SEGMENT_HEADER};
 
 /// Every this many records of a segment get an index entry: a lookup reads
@@ -113,20 +113,30 @@ impl SegMeta {
 impl Segment {
     /// Creates an empty segment file whose first record will be `first_id`.
     /// With `sync`, the file and its directory entry are on disk on return.
-    pub(crate) fn create(dir: &Path, first_id: u64, sync: bool) -> io::Result<Self> {
+    /// On error no file of that name is left behind (as far as `fs` can
+    /// remove it).
+    pub(crate) fn create(
+        fs: &dyn Filesystem,
+        dir: &Path,
+        first_id: u64,
+        sync: bool,
+    ) -> io::Result<Self> {
         let path = segment_path(dir, first_id);
         // Truncate: a file of this name can only be debris of a failed
         // rollover whose unlink failed; its records were never acknowledged.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
-        file.write_all_at(MAGIC, 0)?;
-        if sync {
-            file.sync_data()?;
-            sync_dir(dir)?;
+        let file = fs.create(&path)?;
+        let ready = fs.write_all_at(&file, MAGIC, 0).and_then(|()| {
+            if sync {
+                fs.sync_data(&file)?;
+                fs.sync_dir(dir)?;
+            }
+            Ok(())
+        });
+        if let Err(err) = ready {
+            // A file without its header would be set aside as corrupt at
+            // the next open; better gone now.
+            let _ = fs.remove_file(&path);
+            return Err(err);
         }
         Ok(Self {
             first_id,
@@ -135,11 +145,6 @@ impl Segment {
             meta: RwLock::new(SegMeta::default()),
         })
     }
-}
-
-/// Makes file creations, renames and removals in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// `segments/{first_id:020}.log`: zero-padded so names sort as ids do.

@@ -4,18 +4,21 @@
 //! encodes every record into one buffer, writes it with one `pwrite` per
 //! segment touched (one, unless the group crosses a rollover), syncs it in
 //! `Fsync` mode, and only then publishes the events (segment metadata,
-//! cache, head) and answers. A failed write answers an error to the whole
-//! group and cuts the file back, so no record of a failed group survives.
+//! cache, head) and answers. A failed write or sync answers an error to
+//! the whole group and cuts the files back, so no record of a failed group
+//! is served or survives; if the cut fails too, the writer refuses every
+//! later group until a restart (see "Write failures" in the module doc of
+//! `durable`). Files are changed only through `shared.fs`.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
-use herald_core::{now_ms, Appended, Event, EventId, FrameArena, LogError, NewEvent, Topic};
+use herald_core::{now_ms, Appended, Event, EventId, FrameArena, LogError};
 
-use super::record::{self, SEGMENT_HEADER};
+use super::fs::Filesystem;
+use super::record::{self, RECORD_HEADER, SEGMENT_HEADER};
 use super::segment::Segment;
 use super::{Durability, Request, Shared};
 use crate::idempotency::IdempotencyKeys;
@@ -188,7 +191,12 @@ impl Writer {
                     if self.shared.cache_events > 0 {
                         for (new, result) in req.batch.into_iter().zip(&results) {
                             if !result.duplicate {
-                                let event = self.make_event(result.id, new, stored_at_s);
+                                let event = self.names.new_event(
+                                    result.id,
+                                    new,
+                                    stored_at_s,
+                                    &mut self.arena,
+                                );
                                 events.push(Arc::new(event));
                             }
                         }
@@ -207,25 +215,6 @@ impl Writer {
             let _ = reply.send(answer);
         }
         self.names.sweep_if_grown();
-    }
-
-    fn make_event(&mut self, id: EventId, new: NewEvent, stored_at_s: u32) -> Event {
-        let topics: Box<[Topic]> = new
-            .topics
-            .into_iter()
-            .map(|t| self.names.topic(t))
-            .collect();
-        let event_type = new.event_type.as_deref().map(|t| self.names.event_type(t));
-        Event::from_parts(
-            id,
-            topics,
-            new.broadcast,
-            event_type,
-            &new.data,
-            new.retry,
-            stored_at_s,
-            &mut self.arena,
-        )
     }
 
     /// Puts written events in the cache and moves the head.
@@ -309,10 +298,10 @@ impl Writer {
                 j += 1;
             }
             let from = records[i].end - records[i].len;
-            seg.file
-                .write_all_at(&buf[from..records[j - 1].end], seg_len)?;
+            let fs = &*self.shared.fs;
+            fs.write_all_at(&seg.file, &buf[from..records[j - 1].end], seg_len)?;
             if self.shared.durability == Durability::Fsync {
-                seg.file.sync_data()?;
+                fs.sync_data(&seg.file)?;
             }
             chunks.push(Chunk {
                 seg: seg.clone(),
@@ -328,45 +317,90 @@ impl Writer {
     /// Starts a segment whose first record will be `first_id`.
     fn create_segment(&mut self, first_id: u64) -> io::Result<Arc<Segment>> {
         let sync = self.shared.durability == Durability::Fsync;
-        let seg = Arc::new(Segment::create(&self.shared.seg_dir, first_id, sync)?);
+        let seg = Segment::create(&*self.shared.fs, &self.shared.seg_dir, first_id, sync)?;
+        let seg = Arc::new(seg);
         self.shared.segments.write().insert(first_id, seg.clone());
         Ok(seg)
     }
 
-    /// Removes what a failed group wrote.
+    /// Removes what a failed group wrote: the segments it created, and the
+    /// bytes past `start_len` of the segment that was active. If any of that
+    /// fails, records of the group may still be on disk, so the writer stops
+    /// writing (a later group would bury them mid-segment, where the next
+    /// open could not tell them from acknowledged ones), and marks the first
+    /// of them damaged, so the next open cuts the file there.
     fn undo(&mut self, start_active: &Arc<Segment>, start_len: u64, created: Vec<Arc<Segment>>) {
-        let mut failed = None;
+        let fs = &*self.shared.fs;
+        let fsync = self.shared.durability == Durability::Fsync;
+        let mut failed = Vec::new();
+        // Where a damage mark was needed, and those that could not be written.
+        let mut marks = 0;
+        let mut unmarked = Vec::new();
         for seg in created {
             self.shared.segments.write().remove(&seg.first_id);
-            if let Err(err) = std::fs::remove_file(&seg.path) {
-                failed = Some(format!("removing {}: {err}", seg.path.display()));
+            if let Err(err) = fs.remove_file(&seg.path) {
+                failed.push(format!("removing {}: {err}", seg.path.display()));
+                marks += 1;
+                if let Err(err) = mark_damaged(fs, &seg, SEGMENT_HEADER, fsync) {
+                    unmarked.push(format!("{}: {err}", seg.path.display()));
+                }
             }
         }
-        let cut = start_active.file.set_len(start_len).and_then(|()| {
-            if self.shared.durability == Durability::Fsync {
-                start_active.file.sync_data()
-            } else {
-                Ok(())
+        let file = &start_active.file;
+        match fs.set_len(file, start_len) {
+            Ok(()) => {
+                let synced = if fsync { fs.sync_data(file) } else { Ok(()) };
+                if let Err(err) = synced {
+                    failed.push(format!(
+                        "syncing {} after cutting it back to {start_len} bytes: {err}",
+                        start_active.path.display()
+                    ));
+                }
             }
-        });
-        if let Err(err) = cut {
-            failed = Some(format!(
-                "cutting {} back to {start_len} bytes: {err}",
-                start_active.path.display()
-            ));
+            Err(err) => {
+                failed.push(format!(
+                    "cutting {} back to {start_len} bytes: {err}",
+                    start_active.path.display()
+                ));
+                marks += 1;
+                if let Err(err) = mark_damaged(fs, start_active, start_len, fsync) {
+                    unmarked.push(format!("{}: {err}", start_active.path.display()));
+                }
+            }
         }
-        if let Some(failed) = failed {
-            // Records of the failed group may still be on disk: writing on
-            // could let a restart serve events that were never acknowledged.
+        if !failed.is_empty() {
             let why = format!(
-                "could not undo a failed write ({failed}); refusing further writes until restart"
+                "could not undo a failed write ({}); refusing further writes until restart",
+                failed.join("; ")
             );
-            tracing::error!("{why}");
+            if marks == 0 {
+                tracing::error!("{why}");
+            } else if unmarked.is_empty() {
+                tracing::error!(
+                    "{why}; the failed records are marked damaged, so the next open drops them"
+                );
+            } else {
+                tracing::error!(
+                    "{why}; could not mark the failed records damaged either ({}): the next open may serve complete records of the failed group",
+                    unmarked.join("; ")
+                );
+            }
             *self.shared.write_error.lock() = Some(why.clone());
             self.poisoned = Some(why);
         }
         self.active = start_active.clone();
     }
+}
+
+/// Overwrites the record header at `offset` of `seg` with zeros, a length
+/// no record has, so recovery cuts the segment there and drops what
+/// follows (bytes of a failed group that could not be cut back).
+fn mark_damaged(fs: &dyn Filesystem, seg: &Segment, offset: u64, fsync: bool) -> io::Result<()> {
+    fs.write_all_at(&seg.file, &[0; RECORD_HEADER], offset)?;
+    if fsync {
+        fs.sync_data(&seg.file)?;
+    }
+    Ok(())
 }
 
 /// Roughly the bytes a request adds to a group.
