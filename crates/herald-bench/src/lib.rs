@@ -1,14 +1,50 @@
-//! `herald bench`: load generators that print figures.
+//! `herald-bench`: a load generator for Server-Sent Events servers, and the
+//! library behind `herald bench`.
 //!
-//! Subscribers speak raw HTTP/1.1 over one `TcpStream` each (see [`client`]),
-//! so the client stays cheap enough to hold tens of thousands of streams on the
-//! same machine as the server. Every loop is bounded in count and in time, and
-//! every run by `--timeout-secs`.
+//! One subcommand per measurement: `conns` holds idle streams open (the
+//! server's memory per stream), `fanout` puts N subscribers on one topic with
+//! one publisher, `unicast` gives N users a personal stream each and sends
+//! every event to one of them, `publish` counts acknowledged publishes per
+//! second. Figures print as a table, or as one JSON object with `--json`.
 //!
-//! The same client measures other SSE servers too: subscribe and publish
-//! requests are built from templates (see [`template`]), and the accounting
-//! relies only on the sequence number carried in each event's data (see
-//! [`tracker`]), never on the server's event ids.
+//! It measures any SSE server and knows nothing of Herald's internals.
+//! Subscribe and publish requests are built from templates; the defaults are
+//! Herald's public HTTP routes, and only with those defaults does it ask the
+//! server (`GET /v1/topics/{topic}`, `GET /v1/stats`) whether every subscriber
+//! is registered. The crate depends on no Herald crate but the neutral SSE
+//! parser, `herald-sse`, so the compiler keeps it that way.
+//!
+//! Subscribers speak raw HTTP/1.1 over one `TcpStream` each, so the client
+//! stays cheap enough to hold tens of thousands of streams on the same machine
+//! as the server.
+//!
+//! # Invariants
+//!
+//! - The accounting trusts only the event data, `"{seq} {publish_ts_us} {pad}"`:
+//!   a subscriber finds the first such run anywhere in the data (servers may
+//!   wrap it, in JSON say) and never looks at event ids.
+//! - Every subscriber knows up front which sequence numbers are addressed to
+//!   it, in publish order (fanout: all of them; unicast: its user's, drawn from
+//!   a seeded RNG), and keeps one bit per position. Hence, per subscriber:
+//!   *expected* are the events the server acknowledged (2xx) that address it;
+//!   *missing* are expected events never received; a *duplicate* is a position
+//!   received again; *out of order* is a position received after a later one;
+//!   *unexpected* is a bench event not addressed to it; *other events* carry
+//!   no bench data (`herald.*` control events among them). The report sums
+//!   them over the subscribers.
+//! - Unicast sends all of one user's events through one publisher, which
+//!   waits for each acknowledgement before its next request: per user, publish
+//!   order is sequence order, so reordering is well defined.
+//! - Latency is receive time minus the publish timestamp in the data, both
+//!   read from this machine's clock.
+//! - Every loop is bounded in count or in time, and every run by
+//!   `--timeout-secs` (cut off 30 s later whatever happens).
+//! - Whatever the server under test does (a wrong status, bad chunking,
+//!   streams it ends, no answer) is counted or reported, never a panic.
+//! - A bad flag is a [`UsageError`]. A run that lost deliveries, or could not
+//!   open a stream or publish, returns an error after printing its report.
+
+#![forbid(unsafe_code)]
 
 mod client;
 mod conns;
@@ -29,9 +65,9 @@ use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// Flags of `herald bench`.
+/// The flags: one subcommand per measurement.
 #[derive(Debug, Args)]
-pub(crate) struct BenchArgs {
+pub struct BenchArgs {
     #[command(subcommand)]
     command: BenchCommand,
 }
@@ -76,7 +112,9 @@ pub(crate) struct CommonArgs {
 /// Extra time past `--timeout-secs` before the run is cut off hard.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(30);
 
-pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// Runs one measurement and prints its report on stdout; progress and notes
+/// go to stderr.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -111,9 +149,14 @@ fn raise_open_files_limit() {
     }
 }
 
-/// A bad flag value: exit code 64, like every other usage error.
+/// A bad flag value; the message names the flag. A front end exits with its
+/// usage status for it (the `herald` binary: 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
-    crate::config::ConfigError(message.into()).into()
+    UsageError(message.into()).into()
 }
 
 /// Microseconds since the Unix epoch (the clock shared with the publisher).

@@ -272,7 +272,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::bench::template::DEFAULT_PUBLISH_URL;
+    use crate::template::DEFAULT_PUBLISH_URL;
 
     fn args(url: &str, body: Option<&str>) -> PublishTemplateArgs {
         PublishTemplateArgs {
@@ -358,7 +358,7 @@ mod tests {
                 Publisher::client()?,
             )
             .err()
-            .map(|e| e.is::<crate::config::ConfigError>());
+            .map(|e| e.is::<crate::UsageError>());
             assert_eq!(err, Some(true), "{url} {method}");
         }
         Ok(())

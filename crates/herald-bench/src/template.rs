@@ -276,7 +276,7 @@ mod tests {
         let err = args
             .check_batch(10, Addressing::Topic)
             .err()
-            .map(|e| e.is::<crate::config::ConfigError>());
+            .map(|e| e.is::<crate::UsageError>());
         assert_eq!(err, Some(true));
     }
 }
