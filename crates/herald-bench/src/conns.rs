@@ -1,5 +1,6 @@
 //! `herald bench conns`: hold N idle streams; the server's RSS per stream.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,11 +9,11 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tokio::sync::{watch, Semaphore};
 
-use super::client::Target;
-use super::progress::{note, Progress};
-use super::subs::{open_with_retry, stream_targets};
-use super::template::{PublishTemplateArgs, SubscribeArgs, DEFAULT_TOPIC_SUBSCRIBE};
-use super::{record_first, round2, take_first, usage, CommonArgs};
+use crate::client::Target;
+use crate::progress::{note, Progress};
+use crate::subs::{open_with_retry, stream_targets};
+use crate::template::{PublishTemplateArgs, SubscribeArgs, DEFAULT_TOPIC_SUBSCRIBE};
+use crate::{record_first, round2, take_first, usage, write_report, CommonArgs};
 
 /// Read buffer per idle stream: it only ever sees heartbeats.
 const IDLE_BUF: usize = 256;
@@ -47,7 +48,7 @@ pub(crate) struct ConnsArgs {
     settle_secs: u64,
 }
 
-pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ConnsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.common.timeout_secs);
     if args.connections == 0 || args.subscribe.open_concurrency == 0 {
@@ -197,27 +198,29 @@ pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
         "timed_out": timed_out,
         "first_error": first_error,
     });
-    if args.common.json {
-        println!("{report}");
-    } else {
-        println!("streams requested        {}", args.connections);
-        println!("opened / failed          {opened_n} / {failed_n}  (in {open_secs:.1} s)");
-        println!("still open after hold    {still_open}");
+    write_report(out, args.common.json, &report, |out| {
+        writeln!(out, "streams requested        {}", args.connections)?;
+        writeln!(
+            out,
+            "opened / failed          {opened_n} / {failed_n}  (in {open_secs:.1} s)"
+        )?;
+        writeln!(out, "still open after hold    {still_open}")?;
         if let Some(n) = server_connections {
-            println!("server /v1/stats conns   {n}");
+            writeln!(out, "server /v1/stats conns   {n}")?;
         }
         if let (Some(before), Some(open), Some(settled)) = (rss_before, rss_open, rss_settled) {
-            println!("server RSS before        {before} KiB");
-            println!("server RSS all open      {open} KiB");
-            println!("server RSS after settle  {settled} KiB");
+            writeln!(out, "server RSS before        {before} KiB")?;
+            writeln!(out, "server RSS all open      {open} KiB")?;
+            writeln!(out, "server RSS after settle  {settled} KiB")?;
             if let Some(per) = per_conn(Some(settled)) {
-                println!("RSS per stream           {per:.2} KiB (settled)");
+                writeln!(out, "RSS per stream           {per:.2} KiB (settled)")?;
             }
         }
         if timed_out {
-            println!("timed out                true (--timeout-secs)");
+            writeln!(out, "timed out                true (--timeout-secs)")?;
         }
-    }
+        Ok(())
+    })?;
     if let Some(err) = first_error {
         eprintln!("bench: first open error: {err}");
     }

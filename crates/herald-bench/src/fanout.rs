@@ -5,20 +5,21 @@
 //! and out-of-order deliveries are counted exactly; latency is receive time
 //! minus the publish timestamp (both from the same machine's clock).
 
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
-use super::client::Target;
-use super::progress::{note, Progress};
-use super::publisher::Publisher;
-use super::report::DeliveryReport;
-use super::subs::{stream_targets, Fleet, StopReason};
-use super::template::{Addressing, PublishTemplateArgs, SubscribeArgs, DEFAULT_TOPIC_SUBSCRIBE};
-use super::tracker::{AckSet, Expect};
-use super::{usage, CommonArgs, Latency};
+use crate::client::Target;
+use crate::progress::{note, Progress};
+use crate::publisher::Publisher;
+use crate::report::DeliveryReport;
+use crate::subs::{stream_targets, Fleet, StopReason};
+use crate::template::{Addressing, PublishTemplateArgs, SubscribeArgs, DEFAULT_TOPIC_SUBSCRIBE};
+use crate::tracker::{AckSet, Expect};
+use crate::{usage, write_report, CommonArgs, Latency};
 
 /// Flags of `herald bench fanout`.
 #[derive(Debug, Args)]
@@ -54,7 +55,7 @@ pub(crate) struct FanoutArgs {
     quiet_ms: u64,
 }
 
-pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: FanoutArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.common.timeout_secs);
     if args.subscribers == 0 || args.events == 0 {
@@ -196,11 +197,9 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         delivery,
     };
 
-    if args.common.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        report.print();
-    }
+    write_report(out, args.common.json, &report, |out| {
+        report.write_table(out)
+    })?;
     if let Some(err) = &report.delivery.first_subscriber_error {
         eprintln!("bench: first subscriber error: {err}");
     }
@@ -238,18 +237,20 @@ struct Report {
 }
 
 impl Report {
-    fn print(&self) {
+    fn write_table(&self, out: &mut dyn Write) -> io::Result<()> {
         let rate = self
             .rate
             .map_or("flat out".to_owned(), |r| format!("{r} events/s"));
-        println!(
+        writeln!(
+            out,
             "subscribers              {} ({} open, {} failed, {} retried)",
             self.subscribers, self.connected, self.failed, self.retried_opens
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "events                   {} published of {}, batch {}, {rate}",
             self.published, self.events, self.batch
-        );
-        self.delivery.print("unexpected events");
+        )?;
+        self.delivery.write_table(out, "unexpected events")
     }
 }

@@ -58,6 +58,7 @@ mod template;
 mod tracker;
 mod unicast;
 
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -115,6 +116,12 @@ const HARD_STOP_GRACE: Duration = Duration::from_secs(30);
 /// Runs one measurement and prints its report on stdout; progress and notes
 /// go to stderr.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    run_to(args, &mut std::io::stdout())
+}
+
+/// [`run`], with the report (the table, or the `--json` object) written to
+/// `report` instead of stdout.
+pub fn run_to(args: BenchArgs, report: &mut dyn Write) -> anyhow::Result<()> {
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -124,10 +131,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         let run = async move {
             match args.command {
-                BenchCommand::Conns(args) => conns::run(args).await,
-                BenchCommand::Fanout(args) => fanout::run(args).await,
-                BenchCommand::Unicast(args) => unicast::run(args).await,
-                BenchCommand::Publish(args) => publish::run(args).await,
+                BenchCommand::Conns(args) => conns::run(args, report).await,
+                BenchCommand::Fanout(args) => fanout::run(args, report).await,
+                BenchCommand::Unicast(args) => unicast::run(args, report).await,
+                BenchCommand::Publish(args) => publish::run(args, report).await,
             }
         };
         match tokio::time::timeout(limit, run).await {
@@ -138,6 +145,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Streams still open are simply dropped; do not wait for stragglers.
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
+}
+
+/// Writes a report: one JSON object with `--json`, else the table `table`
+/// writes.
+pub(crate) fn write_report<R: Serialize>(
+    out: &mut dyn Write,
+    json: bool,
+    report: &R,
+    table: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(report)?)?;
+    } else {
+        table(out)?;
+    }
+    out.flush().context("writing the report")
 }
 
 /// Each stream is one file descriptor; the default soft limit (often 1024) is

@@ -9,10 +9,10 @@ use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::json;
 
-use super::progress::note;
-use super::template::{expand, parse_url, Addressing, Context, PublishTemplateArgs, Vars};
-use super::tracker::{event_data, AckSet};
-use super::{epoch_micros, usage};
+use crate::progress::note;
+use crate::template::{expand, parse_url, Addressing, Context, PublishTemplateArgs, Vars};
+use crate::tracker::{event_data, AckSet};
+use crate::{epoch_micros, usage};
 
 /// Attempts per publish request answered 429/503 or failed in transport.
 const PUBLISH_ATTEMPTS: u32 = 5;

@@ -2,15 +2,17 @@
 //! latency, summed over the subscribers of one run.
 //!
 //! Both subcommands measure the same thing (subscribers counting what they get
-//! against what was acknowledged, see [`super::tracker`]); only their setup
+//! against what was acknowledged, see [`crate::tracker`]); only their setup
 //! and how events are addressed differ. Their reports embed one
 //! [`DeliveryReport`] so the accounting and the table lines are written once.
 
+use std::io::{self, Write};
+
 use serde::Serialize;
 
-use super::subs::StopReason;
-use super::tracker::{AckSet, SeqTracker};
-use super::{per_sec, round3, Latency};
+use crate::subs::StopReason;
+use crate::tracker::{AckSet, SeqTracker};
+use crate::{per_sec, round3, Latency};
 
 /// Deliveries, losses, timing and latency of one run.
 ///
@@ -140,44 +142,54 @@ impl DeliveryReport {
 
     /// The table lines from `publish time` on. `unexpected` names the line of
     /// [`Self::unexpected`], whose meaning differs between subcommands.
-    pub(crate) fn print(&self, unexpected: &str) {
-        println!(
+    pub(crate) fn write_table(&self, out: &mut dyn Write, unexpected: &str) -> io::Result<()> {
+        writeln!(
+            out,
             "publish time             {:.3} s ({:.0} events/s)",
             self.publish_secs, self.publish_events_per_sec
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "deliveries               {} of {} expected in {:.3} s",
             self.unique, self.expected, self.delivery_window_secs
-        );
-        println!("deliveries/s             {:.0}", self.deliveries_per_sec);
+        )?;
+        writeln!(
+            out,
+            "deliveries/s             {:.0}",
+            self.deliveries_per_sec
+        )?;
         // Unicast adds how many users each fault touched.
         let users = |n: fn(&UsersAffected) -> u64| {
             self.users
                 .as_ref()
                 .map_or(String::new(), |u| format!(" ({} users)", n(u)))
         };
-        println!(
+        writeln!(
+            out,
             "missing                  {}{}",
             self.missing,
             users(|u| u.missing)
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "duplicates               {}{}",
             self.duplicates,
             users(|u| u.duplicates)
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "out of order             {}{}",
             self.out_of_order,
             users(|u| u.out_of_order)
-        );
-        println!("{unexpected:<25}{}", self.unexpected);
-        println!("other events             {}", self.other_events);
-        println!("streams ended early      {}", self.disconnected);
-        println!("stopped because          {:?}", self.stop_reason);
-        println!("latency ms               {}", self.latency_ms.line());
+        )?;
+        writeln!(out, "{unexpected:<25}{}", self.unexpected)?;
+        writeln!(out, "other events             {}", self.other_events)?;
+        writeln!(out, "streams ended early      {}", self.disconnected)?;
+        writeln!(out, "stopped because          {:?}", self.stop_reason)?;
+        writeln!(out, "latency ms               {}", self.latency_ms.line())?;
         if let Some(err) = &self.publish_error {
-            println!("publish error            {err}");
+            writeln!(out, "publish error            {err}")?;
         }
+        Ok(())
     }
 }

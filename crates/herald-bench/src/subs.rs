@@ -12,11 +12,11 @@ use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::client::{Resolver, SseConn, StreamTarget, Target};
-use super::progress::note;
-use super::template::{expand, parse_url, Context, Vars};
-use super::tracker::{parse_data, Expect, SeqTracker};
-use super::{epoch_micros, new_histogram, record_first, take_first};
+use crate::client::{Resolver, SseConn, StreamTarget, Target};
+use crate::progress::note;
+use crate::template::{expand, parse_url, Context, Vars};
+use crate::tracker::{parse_data, Expect, SeqTracker};
+use crate::{epoch_micros, new_histogram, record_first, take_first};
 
 /// Read buffer per subscriber.
 const SUB_BUF: usize = 4096;

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 use clap::Args;
 
-use super::usage;
+use crate::usage;
 
 /// Herald's subscribe route for one topic (fanout, conns).
 pub(crate) const DEFAULT_TOPIC_SUBSCRIBE: &str = "{url}/v1/events?topic={topic}";

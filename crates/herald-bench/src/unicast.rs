@@ -7,6 +7,7 @@
 //! acknowledgement before the next request: per user, publish order is
 //! sequence order, and out-of-order deliveries are well defined.
 
+use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,14 +18,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::client::Target;
-use super::progress::{note, Progress};
-use super::publisher::Publisher;
-use super::report::{DeliveryReport, UsersAffected};
-use super::subs::{stream_targets, Fleet, StopReason};
-use super::template::{Addressing, PublishTemplateArgs, SubscribeArgs, DEFAULT_USER_SUBSCRIBE};
-use super::tracker::{AckSet, Expect};
-use super::{usage, CommonArgs, Latency};
+use crate::client::Target;
+use crate::progress::{note, Progress};
+use crate::publisher::Publisher;
+use crate::report::{DeliveryReport, UsersAffected};
+use crate::subs::{stream_targets, Fleet, StopReason};
+use crate::template::{Addressing, PublishTemplateArgs, SubscribeArgs, DEFAULT_USER_SUBSCRIBE};
+use crate::tracker::{AckSet, Expect};
+use crate::{usage, write_report, CommonArgs, Latency};
 
 /// Flags of `herald bench unicast`.
 #[derive(Debug, Args)]
@@ -95,7 +96,7 @@ fn per_publisher(owners: &[u32], publishers: usize) -> Vec<Vec<u32>> {
     lists
 }
 
-pub(crate) async fn run(args: UnicastArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: UnicastArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.common.timeout_secs);
     if args.users == 0 || args.events == 0 || args.publishers == 0 {
@@ -278,11 +279,9 @@ pub(crate) async fn run(args: UnicastArgs) -> anyhow::Result<()> {
         delivery,
     };
 
-    if args.common.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        report.print();
-    }
+    write_report(out, args.common.json, &report, |out| {
+        report.write_table(out)
+    })?;
     if let Some(err) = &report.delivery.first_subscriber_error {
         eprintln!("bench: first subscriber error: {err}");
     }
@@ -323,19 +322,21 @@ struct Report {
 }
 
 impl Report {
-    fn print(&self) {
+    fn write_table(&self, out: &mut dyn Write) -> io::Result<()> {
         let rate = self
             .rate
             .map_or("flat out".to_owned(), |r| format!("{r} events/s"));
-        println!(
+        writeln!(
+            out,
             "users                    {} ({} open, {} failed, {} retried)",
             self.users, self.connected, self.failed, self.retried_opens
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "events                   {} published of {} by {} publishers, batch {}, {rate}, seed {}",
             self.published, self.events, self.publishers, self.batch, self.seed
-        );
-        self.delivery.print("to the wrong user");
+        )?;
+        self.delivery.write_table(out, "to the wrong user")
     }
 }
 

@@ -1,5 +1,6 @@
 //! Every `herald bench` subcommand against the real server, tiny and fast:
-//! exit 0, nothing missing, figures that make sense.
+//! exit 0, nothing missing, figures that make sense; and a bad bench flag
+//! exits 64, like every other usage error of the binary.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -182,4 +183,26 @@ fn publish() {
     assert_eq!(count(&r, "acked_events"), 200, "{r}");
     assert_eq!(count(&r, "acked_requests"), 20, "{r}");
     assert_sane_latency(&r["ack_latency_per_event_ms"], 200);
+}
+
+#[test]
+fn batch_with_a_custom_body_is_a_usage_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "bench",
+            "fanout",
+            "--url",
+            "http://127.0.0.1:9",
+            "--publish-body",
+            "{data}",
+            "--batch",
+            "10",
+            "--json",
+        ])
+        .output()
+        .expect("running herald bench");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--batch"), "{stderr}");
+    assert!(output.stdout.is_empty());
 }
