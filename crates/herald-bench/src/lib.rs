@@ -48,6 +48,7 @@
 
 mod client;
 mod conns;
+mod delivery;
 mod fanout;
 mod progress;
 mod publish;
@@ -65,6 +66,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use crate::template::{PublishTemplateArgs, SubscribeArgs};
 
 /// The flags: one subcommand per measurement.
 #[derive(Debug, Args)]
@@ -88,9 +91,9 @@ enum BenchCommand {
 impl BenchCommand {
     fn timeout_secs(&self) -> u64 {
         match self {
-            BenchCommand::Conns(a) => a.common.timeout_secs,
-            BenchCommand::Fanout(a) => a.common.timeout_secs,
-            BenchCommand::Unicast(a) => a.common.timeout_secs,
+            BenchCommand::Conns(a) => a.server.common.timeout_secs,
+            BenchCommand::Fanout(a) => a.delivery.server.common.timeout_secs,
+            BenchCommand::Unicast(a) => a.delivery.server.common.timeout_secs,
             BenchCommand::Publish(a) => a.common.timeout_secs,
         }
     }
@@ -108,6 +111,19 @@ pub(crate) struct CommonArgs {
     /// Print one JSON object on stdout instead of a table (and no progress bars).
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where the server is and how to talk to it: the flags of every subcommand
+/// that opens streams. `conns` publishes nothing but takes the publish flags
+/// too, so that one set of server flags fits every subcommand.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub subscribe: SubscribeArgs,
+    #[command(flatten)]
+    pub publish: PublishTemplateArgs,
 }
 
 /// Extra time past `--timeout-secs` before the run is cut off hard.
@@ -263,4 +279,38 @@ pub(crate) fn record_first(slot: &std::sync::Mutex<Option<String>>, err: String)
 /// The first error kept by [`record_first`].
 pub(crate) fn take_first(slot: &std::sync::Mutex<Option<String>>) -> Option<String> {
     slot.lock().ok().and_then(|slot| slot.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::BenchArgs;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    /// Catches what clap checks only at run time: a flag reworded by a name
+    /// that no longer exists, two flags by one name.
+    #[test]
+    fn flags_are_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn unicast_rewords_the_shared_flags() {
+        let mut cli = Cli::command();
+        let unicast = cli.find_subcommand_mut("unicast");
+        let help = unicast
+            .map(|c| c.render_help().to_string())
+            .unwrap_or_default();
+        assert!(
+            help.contains("Events to publish in total, each to a random user"),
+            "{help}"
+        );
+        assert!(help.contains("Value of {topic} in the templates"), "{help}");
+    }
 }

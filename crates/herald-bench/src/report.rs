@@ -1,10 +1,10 @@
-//! The figures `fanout` and `unicast` share: deliveries, losses, timing and
-//! latency, summed over the subscribers of one run.
+//! The report of `fanout` and `unicast`: the run's parameters, then the
+//! deliveries, losses, timing and latency summed over its subscribers.
 //!
 //! Both subcommands measure the same thing (subscribers counting what they get
-//! against what was acknowledged, see [`crate::tracker`]); only their setup
-//! and how events are addressed differ. Their reports embed one
-//! [`DeliveryReport`] so the accounting and the table lines are written once.
+//! against what was acknowledged, see [`crate::tracker`]); only how events are
+//! addressed differs, so one [`DeliveryRunReport`] serves both, with the
+//! figures only unicast has left out of fanout's JSON.
 
 use std::io::{self, Write};
 
@@ -14,13 +14,84 @@ use crate::subs::StopReason;
 use crate::tracker::{AckSet, SeqTracker};
 use crate::{per_sec, round3, Latency};
 
-/// Deliveries, losses, timing and latency of one run.
+/// The figures of one fanout or unicast run (`--json` prints this).
 ///
-/// Embedded in each subcommand's report with `#[serde(flatten)]`: these stay
-/// top-level fields of the `--json` object, by the same names and in the same
-/// order as before they were shared (`bench/compare` and
-/// `bench/compare_table.py` read `deliveries_per_sec`, `missing`,
-/// `latency_ms`, `delivery_window_secs`… there).
+/// `bench/compare` and `bench/compare_table.py` read its fields by name;
+/// they are in the order the two subcommands always printed them.
+#[derive(Debug, Serialize)]
+pub(crate) struct DeliveryRunReport {
+    /// Herald's own subscribe route and publish body were used.
+    pub server_api: bool,
+    pub subscribe_url: String,
+    /// `subscribers` (fanout) or `users` (unicast): how many were asked for.
+    #[serde(flatten)]
+    pub population: Population,
+    pub connected: usize,
+    pub failed: usize,
+    /// Streams that opened only after a retry.
+    pub retried_opens: usize,
+    pub events: u32,
+    /// Events acknowledged (2xx) by the server.
+    pub published: u64,
+    /// Publisher tasks; unicast only (fanout has one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publishers: Option<usize>,
+    pub batch: u32,
+    pub rate: Option<f64>,
+    /// Seed of the RNG that picked each event's user; unicast only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    pub data_bytes: usize,
+    /// What the subscribers got, flattened so that the JSON keeps these
+    /// fields at the top level.
+    #[serde(flatten)]
+    pub delivery: DeliveryReport,
+}
+
+/// Who subscribed, by the name the report gives them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) enum Population {
+    /// Fanout: subscribers of one topic.
+    #[serde(rename = "subscribers")]
+    Subscribers(usize),
+    /// Unicast: users, one personal stream each.
+    #[serde(rename = "users")]
+    Users(usize),
+}
+
+impl DeliveryRunReport {
+    /// The table.
+    pub(crate) fn write_table(&self, out: &mut dyn Write) -> io::Result<()> {
+        // `unexpected` means a different thing to each: past `--events`, or
+        // addressed to another user.
+        let (label, asked, unexpected) = match self.population {
+            Population::Subscribers(n) => ("subscribers", n, "unexpected events"),
+            Population::Users(n) => ("users", n, "to the wrong user"),
+        };
+        writeln!(
+            out,
+            "{label:<25}{asked} ({} open, {} failed, {} retried)",
+            self.connected, self.failed, self.retried_opens
+        )?;
+        let rate = self
+            .rate
+            .map_or("flat out".to_owned(), |r| format!("{r} events/s"));
+        let by = self
+            .publishers
+            .map_or(String::new(), |p| format!(" by {p} publishers"));
+        let seed = self.seed.map_or(String::new(), |s| format!(", seed {s}"));
+        writeln!(
+            out,
+            "events                   {} published of {}{by}, batch {}, {rate}{seed}",
+            self.published, self.events, self.batch
+        )?;
+        self.delivery.write_table(out, unexpected)
+    }
+}
+
+/// Deliveries, losses, timing and latency of one run: top-level fields of
+/// the `--json` object (`bench/compare` and `bench/compare_table.py` read
+/// `deliveries_per_sec`, `missing`, `latency_ms`, `delivery_window_secs`…).
 #[derive(Debug, Serialize)]
 pub(crate) struct DeliveryReport {
     /// Acknowledged events × the open subscribers they are addressed to.
@@ -190,6 +261,146 @@ impl DeliveryReport {
         if let Some(err) = &self.publish_error {
             writeln!(out, "publish error            {err}")?;
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    use super::*;
+    use crate::new_histogram;
+
+    fn report(population: Population, unicast: bool) -> anyhow::Result<DeliveryRunReport> {
+        let mut delivery = DeliveryReport::new(
+            StopReason::Complete,
+            Latency::of(&new_histogram()?),
+            None,
+            None,
+        );
+        delivery.users = unicast.then(UsersAffected::default);
+        Ok(DeliveryRunReport {
+            server_api: true,
+            subscribe_url: "{url}/v1/events?topic={topic}".into(),
+            population,
+            connected: 2,
+            failed: 0,
+            retried_opens: 0,
+            events: 10,
+            published: 10,
+            publishers: unicast.then_some(4),
+            batch: 1,
+            rate: None,
+            seed: unicast.then_some(1),
+            data_bytes: 100,
+            delivery,
+        })
+    }
+
+    /// The keys of a JSON object, in the order they were written.
+    struct Keys(Vec<String>);
+
+    impl<'de> Deserialize<'de> for Keys {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct KeysVisitor;
+            impl<'de> Visitor<'de> for KeysVisitor {
+                type Value = Keys;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((key, IgnoredAny)) = map.next_entry::<String, IgnoredAny>()? {
+                        keys.push(key);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            deserializer.deserialize_map(KeysVisitor)
+        }
+    }
+
+    fn keys(report: &DeliveryRunReport) -> anyhow::Result<Vec<String>> {
+        let json = serde_json::to_string(report)?;
+        Ok(serde_json::from_str::<Keys>(&json)?.0)
+    }
+
+    /// `head`, then the delivery figures with `users` among them: the keys
+    /// of a subcommand's `--json` object in the order they always had.
+    fn expected_keys(head: &[&str], users: &[&str]) -> Vec<String> {
+        let counts = [
+            "expected",
+            "received",
+            "unique",
+            "missing",
+            "duplicates",
+            "out_of_order",
+            "unexpected",
+            "other_events",
+        ];
+        let rest = [
+            "disconnected",
+            "stop_reason",
+            "timed_out",
+            "publish_secs",
+            "publish_events_per_sec",
+            "delivery_window_secs",
+            "deliveries_per_sec",
+            "latency_ms",
+            "publish_error",
+            "first_subscriber_error",
+        ];
+        head.iter()
+            .chain(&counts)
+            .chain(users)
+            .chain(&rest)
+            .map(|key| (*key).to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn fanout_json_keys_in_their_order() -> anyhow::Result<()> {
+        let head = [
+            "server_api",
+            "subscribe_url",
+            "subscribers",
+            "connected",
+            "failed",
+            "retried_opens",
+            "events",
+            "published",
+            "batch",
+            "rate",
+            "data_bytes",
+        ];
+        let report = report(Population::Subscribers(2), false)?;
+        assert_eq!(keys(&report)?, expected_keys(&head, &[]));
+        Ok(())
+    }
+
+    #[test]
+    fn unicast_json_keys_in_their_order() -> anyhow::Result<()> {
+        let head = [
+            "server_api",
+            "subscribe_url",
+            "users",
+            "connected",
+            "failed",
+            "retried_opens",
+            "events",
+            "published",
+            "publishers",
+            "batch",
+            "rate",
+            "seed",
+            "data_bytes",
+        ];
+        let users = ["users_missing", "users_duplicates", "users_out_of_order"];
+        let report = report(Population::Users(2), true)?;
+        assert_eq!(keys(&report)?, expected_keys(&head, &users));
         Ok(())
     }
 }
