@@ -248,14 +248,21 @@ fn count(report: &serde_json::Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in {report}"))
 }
 
-#[test]
-fn fanout_counts_exactly_what_the_server_did() {
+/// Starts the misbehaving server and runs `subcommand` against it, with
+/// `subscribe` and `publish` (URLs under the server's, `{i}`/`{user}` left to
+/// the bench), its plain-text body, short waits and the `more` flags. Returns
+/// the bench's result and `--json` report, and what the server did.
+fn bench_misbehaving(
+    subcommand: &str,
+    subscribe: &str,
+    publish: &str,
+    more: &str,
+) -> (anyhow::Result<()>, serde_json::Value, Tally) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (url, state) = start(&runtime);
-    let subscribe = format!("{url}/sub?i={{i}}");
-    let publish = format!("{url}/pub");
-    let (result, report) = bench(&[
-        "fanout",
+    let (subscribe, publish) = (format!("{url}{subscribe}"), format!("{url}{publish}"));
+    let mut args = vec![
+        subcommand,
         "--url",
         &url,
         "--subscribe-url",
@@ -267,18 +274,45 @@ fn fanout_counts_exactly_what_the_server_did() {
         "--publish-content-type",
         "text/plain",
         "--json",
-        "--subscribers",
-        "3",
-        "--events",
-        "50",
         "--timeout-secs",
         "20",
         "--settle-ms",
         "200",
         "--quiet-ms",
         "1000",
-    ]);
-    let did = tally(&state);
+    ];
+    args.extend(more.split_whitespace());
+    let (result, report) = bench(&args);
+    (result, report, tally(&state))
+}
+
+/// The report counts what the server did, no more: every event dropped or
+/// held back missing, every duplicate and swap counted, nothing unexpected.
+fn assert_counts_what_the_server_did(
+    report: &serde_json::Value,
+    did: Tally,
+    connected: u64,
+    published: u64,
+    expected: u64,
+) {
+    assert_eq!(count(report, "connected"), connected, "{report}");
+    assert_eq!(count(report, "published"), published, "{report}");
+    assert_eq!(count(report, "expected"), expected, "{report}");
+    assert_eq!(count(report, "missing"), did.dropped + did.held, "{report}");
+    assert_eq!(count(report, "duplicates"), did.duplicated, "{report}");
+    assert_eq!(count(report, "out_of_order"), did.swapped, "{report}");
+    assert_eq!(count(report, "unexpected"), 0, "{report}");
+    assert_eq!(count(report, "other_events"), 0, "{report}");
+}
+
+#[test]
+fn fanout_counts_exactly_what_the_server_did() {
+    let (result, report, did) = bench_misbehaving(
+        "fanout",
+        "/sub?i={i}",
+        "/pub",
+        "--subscribers 3 --events 50",
+    );
     // Each of the 3 streams: 3, 13, 23, 33, 43 dropped; 5, 15, … doubled;
     // 7 and 8, 17 and 18, … swapped.
     assert_eq!(
@@ -291,18 +325,7 @@ fn fanout_counts_exactly_what_the_server_did() {
             held: 0
         }
     );
-    assert_eq!(count(&report, "connected"), 3, "{report}");
-    assert_eq!(count(&report, "published"), 50, "{report}");
-    assert_eq!(count(&report, "expected"), 150, "{report}");
-    assert_eq!(
-        count(&report, "missing"),
-        did.dropped + did.held,
-        "{report}"
-    );
-    assert_eq!(count(&report, "duplicates"), did.duplicated, "{report}");
-    assert_eq!(count(&report, "out_of_order"), did.swapped, "{report}");
-    assert_eq!(count(&report, "unexpected"), 0, "{report}");
-    assert_eq!(count(&report, "other_events"), 0, "{report}");
+    assert_counts_what_the_server_did(&report, did, 3, 50, 150);
     assert_eq!(count(&report, "received"), 150 - 15 + 15, "{report}");
     assert_eq!(report["server_api"], false, "{report}");
     // Missing deliveries make the run fail, after the report.
@@ -311,71 +334,35 @@ fn fanout_counts_exactly_what_the_server_did() {
 
 #[test]
 fn unicast_counts_exactly_what_the_server_did() {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let (url, state) = start(&runtime);
-    let subscribe = format!("{url}/sub?user={{user}}");
-    let publish = format!("{url}/pub?user={{user}}");
-    let (result, report) = bench(&[
+    let (result, report, did) = bench_misbehaving(
         "unicast",
-        "--url",
-        &url,
-        "--subscribe-url",
-        &subscribe,
-        "--publish-url",
-        &publish,
-        "--publish-body",
-        "{data}",
-        "--publish-content-type",
-        "text/plain",
-        "--json",
-        "--users",
-        "4",
-        "--events",
-        "80",
-        "--publishers",
-        "3",
-        "--seed",
-        "7",
-        "--timeout-secs",
-        "20",
-        "--settle-ms",
-        "200",
-        "--quiet-ms",
-        "1000",
-    ]);
-    let did = tally(&state);
+        "/sub?user={user}",
+        "/pub?user={user}",
+        "--users 4 --events 80 --publishers 3 --seed 7",
+    );
     assert_eq!(did.publishes, 80);
     // With ~20 events per user every kind of misbehaviour happens.
     assert!(
         did.dropped > 0 && did.duplicated > 0 && did.swapped > 0,
         "{did:?}"
     );
-    assert_eq!(count(&report, "connected"), 4, "{report}");
-    assert_eq!(count(&report, "published"), 80, "{report}");
-    assert_eq!(count(&report, "expected"), 80, "{report}");
-    assert_eq!(
-        count(&report, "missing"),
-        did.dropped + did.held,
-        "{report}"
-    );
-    assert_eq!(count(&report, "duplicates"), did.duplicated, "{report}");
-    assert_eq!(count(&report, "out_of_order"), did.swapped, "{report}");
-    assert_eq!(count(&report, "unexpected"), 0, "{report}");
-    assert_eq!(count(&report, "other_events"), 0, "{report}");
+    assert_counts_what_the_server_did(&report, did, 4, 80, 80);
     assert!(failed_at_run_time(&result), "{result:?} {report}");
 }
 
+/// The library's side of a bad flag (the `herald` binary's exit code 64 is
+/// checked in its smoke tests): a [`UsageError`] naming the flag, and no
+/// report.
 #[test]
 fn batch_with_a_custom_body_is_a_usage_error() {
     let (result, stdout) = run_bench(&[
-        "fanout",
+        "unicast",
         "--url",
         "http://127.0.0.1:9",
         "--publish-body",
         "{data}",
         "--batch",
-        "10",
-        "--json",
+        "4",
     ]);
     let err = result
         .err()
