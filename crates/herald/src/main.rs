@@ -1,4 +1,4 @@
-//! The `herald` binary: `serve`, `publish`, `subscribe`.
+//! The `herald` binary: `serve`, `publish`, `subscribe`, `bench`.
 //!
 //! Exit codes: 0 success, 64 bad usage or configuration, 1 runtime failure.
 

@@ -1,5 +1,6 @@
 //! Every `herald bench` subcommand against the real server, tiny and fast:
-//! exit 0, nothing missing, figures that make sense.
+//! exit 0, nothing missing, figures that make sense; and a bad bench flag
+//! exits 64, like every other usage error of the binary.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -49,10 +50,12 @@ fn start_server() -> Server {
     server
 }
 
-fn bench(server: &Server, args: &[&str]) -> serde_json::Value {
+/// `herald bench ARGS --url … --json --timeout-secs 20`, ARGS split at
+/// spaces; its report.
+fn bench(server: &Server, args: &str) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("bench")
-        .args(args)
+        .args(args.split_whitespace())
         .args(["--url", &server.url, "--json", "--timeout-secs", "20"])
         .stdin(Stdio::null())
         .output()
@@ -87,15 +90,7 @@ fn conns() {
     let server = start_server();
     let r = bench(
         &server,
-        &[
-            "conns",
-            "--connections",
-            "20",
-            "--hold-secs",
-            "0",
-            "--settle-secs",
-            "0",
-        ],
+        "conns --connections 20 --hold-secs 0 --settle-secs 0",
     );
     assert_eq!(count(&r, "opened"), 20, "{r}");
     assert_eq!(count(&r, "failed"), 0, "{r}");
@@ -104,48 +99,41 @@ fn conns() {
     assert_eq!(r["timed_out"], false, "{r}");
 }
 
+/// A fanout or unicast report in which every one of `expected` deliveries
+/// arrived once, in order, each with its latency.
+fn assert_all_delivered(r: &serde_json::Value, connected: u64, published: u64, expected: u64) {
+    assert_eq!(count(r, "connected"), connected, "{r}");
+    assert_eq!(count(r, "published"), published, "{r}");
+    assert_eq!(count(r, "expected"), expected, "{r}");
+    assert_eq!(count(r, "unique"), expected, "{r}");
+    assert_eq!(count(r, "missing"), 0, "{r}");
+    assert_eq!(count(r, "duplicates"), 0, "{r}");
+    assert_eq!(count(r, "out_of_order"), 0, "{r}");
+    assert_eq!(count(r, "unexpected"), 0, "{r}");
+    assert_eq!(r["stop_reason"], "complete", "{r}");
+    assert!(r["deliveries_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert_sane_latency(&r["latency_ms"], expected);
+}
+
 #[test]
 fn fanout() {
     let server = start_server();
-    let r = bench(&server, &["fanout", "--subscribers", "5", "--events", "50"]);
-    assert_eq!(count(&r, "connected"), 5, "{r}");
-    assert_eq!(count(&r, "published"), 50, "{r}");
-    assert_eq!(count(&r, "expected"), 250, "{r}");
-    assert_eq!(count(&r, "unique"), 250, "{r}");
-    assert_eq!(count(&r, "missing"), 0, "{r}");
-    assert_eq!(count(&r, "duplicates"), 0, "{r}");
-    assert_eq!(count(&r, "out_of_order"), 0, "{r}");
-    assert_eq!(count(&r, "unexpected"), 0, "{r}");
-    assert_eq!(r["stop_reason"], "complete", "{r}");
+    let r = bench(&server, "fanout --subscribers 5 --events 50");
+    assert_all_delivered(&r, 5, 50, 250);
     assert_eq!(r["server_api"], true, "{r}");
-    assert!(r["deliveries_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
-    assert_sane_latency(&r["latency_ms"], 250);
 }
 
 #[test]
 fn unicast() {
     let server = start_server();
-    let r = bench(&server, &["unicast", "--users", "5", "--events", "50"]);
-    assert_eq!(count(&r, "connected"), 5, "{r}");
-    assert_eq!(count(&r, "published"), 50, "{r}");
-    assert_eq!(count(&r, "expected"), 50, "{r}");
-    assert_eq!(count(&r, "unique"), 50, "{r}");
-    assert_eq!(count(&r, "missing"), 0, "{r}");
-    assert_eq!(count(&r, "duplicates"), 0, "{r}");
-    assert_eq!(count(&r, "out_of_order"), 0, "{r}");
-    assert_eq!(count(&r, "unexpected"), 0, "{r}");
-    assert_eq!(r["stop_reason"], "complete", "{r}");
-    assert!(r["deliveries_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
-    assert_sane_latency(&r["latency_ms"], 50);
+    let r = bench(&server, "unicast --users 5 --events 50");
+    assert_all_delivered(&r, 5, 50, 50);
 }
 
 #[test]
 fn unicast_batched() {
     let server = start_server();
-    let r = bench(
-        &server,
-        &["unicast", "--users", "5", "--events", "50", "--batch", "4"],
-    );
+    let r = bench(&server, "unicast --users 5 --events 50 --batch 4");
     assert_eq!(count(&r, "published"), 50, "{r}");
     assert_eq!(count(&r, "missing"), 0, "{r}");
     assert_eq!(count(&r, "out_of_order"), 0, "{r}");
@@ -155,10 +143,7 @@ fn unicast_batched() {
 #[test]
 fn publish() {
     let server = start_server();
-    let r = bench(
-        &server,
-        &["publish", "--events", "200", "--concurrency", "4"],
-    );
+    let r = bench(&server, "publish --events 200 --concurrency 4");
     assert_eq!(count(&r, "acked_events"), 200, "{r}");
     assert_eq!(count(&r, "acked_requests"), 200, "{r}");
     assert_eq!(count(&r, "non_2xx"), 0, "{r}");
@@ -167,19 +152,30 @@ fn publish() {
     assert_sane_latency(&r["ack_latency_ms"], 200);
     assert!(r["ack_latency_per_event_ms"].is_null(), "{r}");
 
-    let r = bench(
-        &server,
-        &[
-            "publish",
-            "--events",
-            "200",
-            "--concurrency",
-            "4",
-            "--batch",
-            "10",
-        ],
-    );
+    let r = bench(&server, "publish --events 200 --concurrency 4 --batch 10");
     assert_eq!(count(&r, "acked_events"), 200, "{r}");
     assert_eq!(count(&r, "acked_requests"), 20, "{r}");
     assert_sane_latency(&r["ack_latency_per_event_ms"], 200);
+}
+
+#[test]
+fn batch_with_a_custom_body_is_a_usage_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "bench",
+            "fanout",
+            "--url",
+            "http://127.0.0.1:9",
+            "--publish-body",
+            "{data}",
+            "--batch",
+            "10",
+            "--json",
+        ])
+        .output()
+        .expect("running herald bench");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--batch"), "{stderr}");
+    assert!(output.stdout.is_empty());
 }

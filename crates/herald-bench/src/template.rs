@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 use clap::Args;
 
-use super::usage;
+use crate::usage;
 
 /// Herald's subscribe route for one topic (fanout, conns).
 pub(crate) const DEFAULT_TOPIC_SUBSCRIBE: &str = "{url}/v1/events?topic={topic}";
@@ -276,7 +276,7 @@ mod tests {
         let err = args
             .check_batch(10, Addressing::Topic)
             .err()
-            .map(|e| e.is::<crate::config::ConfigError>());
+            .map(|e| e.is::<crate::UsageError>());
         assert_eq!(err, Some(true));
     }
 }

@@ -1,6 +1,7 @@
-//! `herald bench` against a deliberately misbehaving SSE server: the counts
-//! of missing, duplicate and out-of-order deliveries it reports must be
-//! exactly what the server did.
+//! The load generator against a deliberately misbehaving SSE server: the
+//! counts of missing, duplicate and out-of-order deliveries it reports must be
+//! exactly what the server did. Both run in this process: the bench through
+//! [`herald_bench::run_to`], its report read from a buffer.
 //!
 //! The server (below, on 127.0.0.1:0) takes any publish request, finds the
 //! `seq ts x…` data in its body, and sends it to its subscribers as plain
@@ -10,8 +11,10 @@
 //! opened without one.
 
 use std::collections::HashMap;
-use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use herald_bench::{BenchArgs, UsageError};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -210,20 +213,33 @@ fn tally(state: &Shared) -> Tally {
     }
 }
 
-fn bench(args: &[&str]) -> (Output, serde_json::Value) {
-    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("bench")
-        .args(args)
-        .output()
-        .expect("running herald bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}); stdout: {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output, report)
+/// `bench ARGS…` on the command line of a front end.
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+/// Runs the bench with `args`; its result and what it wrote as its report.
+fn run_bench(args: &[&str]) -> (anyhow::Result<()>, String) {
+    let cli = Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("bench flags {args:?}: {e}"));
+    let mut report = Vec::new();
+    let result = herald_bench::run_to(cli.bench, &mut report);
+    (result, String::from_utf8_lossy(&report).into_owned())
+}
+
+/// Runs the bench with `args`; its result and its `--json` report.
+fn bench(args: &[&str]) -> (anyhow::Result<()>, serde_json::Value) {
+    let (result, stdout) = run_bench(args);
+    let report = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("no JSON report ({e}); stdout: {stdout}\nresult: {result:?}"));
+    (result, report)
+}
+
+/// The run failed, and not over a bad flag (the `herald` binary: exit code 1).
+fn failed_at_run_time(result: &anyhow::Result<()>) -> bool {
+    result.as_ref().is_err_and(|e| !e.is::<UsageError>())
 }
 
 fn count(report: &serde_json::Value, field: &str) -> u64 {
@@ -232,14 +248,21 @@ fn count(report: &serde_json::Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in {report}"))
 }
 
-#[test]
-fn fanout_counts_exactly_what_the_server_did() {
+/// Starts the misbehaving server and runs `subcommand` against it, with
+/// `subscribe` and `publish` (URLs under the server's, `{i}`/`{user}` left to
+/// the bench), its plain-text body, short waits and the `more` flags. Returns
+/// the bench's result and `--json` report, and what the server did.
+fn bench_misbehaving(
+    subcommand: &str,
+    subscribe: &str,
+    publish: &str,
+    more: &str,
+) -> (anyhow::Result<()>, serde_json::Value, Tally) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (url, state) = start(&runtime);
-    let subscribe = format!("{url}/sub?i={{i}}");
-    let publish = format!("{url}/pub");
-    let (output, report) = bench(&[
-        "fanout",
+    let (subscribe, publish) = (format!("{url}{subscribe}"), format!("{url}{publish}"));
+    let mut args = vec![
+        subcommand,
         "--url",
         &url,
         "--subscribe-url",
@@ -251,18 +274,45 @@ fn fanout_counts_exactly_what_the_server_did() {
         "--publish-content-type",
         "text/plain",
         "--json",
-        "--subscribers",
-        "3",
-        "--events",
-        "50",
         "--timeout-secs",
         "20",
         "--settle-ms",
         "200",
         "--quiet-ms",
         "1000",
-    ]);
-    let did = tally(&state);
+    ];
+    args.extend(more.split_whitespace());
+    let (result, report) = bench(&args);
+    (result, report, tally(&state))
+}
+
+/// The report counts what the server did, no more: every event dropped or
+/// held back missing, every duplicate and swap counted, nothing unexpected.
+fn assert_counts_what_the_server_did(
+    report: &serde_json::Value,
+    did: Tally,
+    connected: u64,
+    published: u64,
+    expected: u64,
+) {
+    assert_eq!(count(report, "connected"), connected, "{report}");
+    assert_eq!(count(report, "published"), published, "{report}");
+    assert_eq!(count(report, "expected"), expected, "{report}");
+    assert_eq!(count(report, "missing"), did.dropped + did.held, "{report}");
+    assert_eq!(count(report, "duplicates"), did.duplicated, "{report}");
+    assert_eq!(count(report, "out_of_order"), did.swapped, "{report}");
+    assert_eq!(count(report, "unexpected"), 0, "{report}");
+    assert_eq!(count(report, "other_events"), 0, "{report}");
+}
+
+#[test]
+fn fanout_counts_exactly_what_the_server_did() {
+    let (result, report, did) = bench_misbehaving(
+        "fanout",
+        "/sub?i={i}",
+        "/pub",
+        "--subscribers 3 --events 50",
+    );
     // Each of the 3 streams: 3, 13, 23, 33, 43 dropped; 5, 15, … doubled;
     // 7 and 8, 17 and 18, … swapped.
     assert_eq!(
@@ -275,98 +325,50 @@ fn fanout_counts_exactly_what_the_server_did() {
             held: 0
         }
     );
-    assert_eq!(count(&report, "connected"), 3, "{report}");
-    assert_eq!(count(&report, "published"), 50, "{report}");
-    assert_eq!(count(&report, "expected"), 150, "{report}");
-    assert_eq!(
-        count(&report, "missing"),
-        did.dropped + did.held,
-        "{report}"
-    );
-    assert_eq!(count(&report, "duplicates"), did.duplicated, "{report}");
-    assert_eq!(count(&report, "out_of_order"), did.swapped, "{report}");
-    assert_eq!(count(&report, "unexpected"), 0, "{report}");
-    assert_eq!(count(&report, "other_events"), 0, "{report}");
+    assert_counts_what_the_server_did(&report, did, 3, 50, 150);
     assert_eq!(count(&report, "received"), 150 - 15 + 15, "{report}");
     assert_eq!(report["server_api"], false, "{report}");
     // Missing deliveries make the run fail, after the report.
-    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(failed_at_run_time(&result), "{result:?} {report}");
 }
 
 #[test]
 fn unicast_counts_exactly_what_the_server_did() {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let (url, state) = start(&runtime);
-    let subscribe = format!("{url}/sub?user={{user}}");
-    let publish = format!("{url}/pub?user={{user}}");
-    let (output, report) = bench(&[
+    let (result, report, did) = bench_misbehaving(
         "unicast",
-        "--url",
-        &url,
-        "--subscribe-url",
-        &subscribe,
-        "--publish-url",
-        &publish,
-        "--publish-body",
-        "{data}",
-        "--publish-content-type",
-        "text/plain",
-        "--json",
-        "--users",
-        "4",
-        "--events",
-        "80",
-        "--publishers",
-        "3",
-        "--seed",
-        "7",
-        "--timeout-secs",
-        "20",
-        "--settle-ms",
-        "200",
-        "--quiet-ms",
-        "1000",
-    ]);
-    let did = tally(&state);
+        "/sub?user={user}",
+        "/pub?user={user}",
+        "--users 4 --events 80 --publishers 3 --seed 7",
+    );
     assert_eq!(did.publishes, 80);
     // With ~20 events per user every kind of misbehaviour happens.
     assert!(
         did.dropped > 0 && did.duplicated > 0 && did.swapped > 0,
         "{did:?}"
     );
-    assert_eq!(count(&report, "connected"), 4, "{report}");
-    assert_eq!(count(&report, "published"), 80, "{report}");
-    assert_eq!(count(&report, "expected"), 80, "{report}");
-    assert_eq!(
-        count(&report, "missing"),
-        did.dropped + did.held,
-        "{report}"
-    );
-    assert_eq!(count(&report, "duplicates"), did.duplicated, "{report}");
-    assert_eq!(count(&report, "out_of_order"), did.swapped, "{report}");
-    assert_eq!(count(&report, "unexpected"), 0, "{report}");
-    assert_eq!(count(&report, "other_events"), 0, "{report}");
-    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert_counts_what_the_server_did(&report, did, 4, 80, 80);
+    assert!(failed_at_run_time(&result), "{result:?} {report}");
 }
 
+/// The library's side of a bad flag (the `herald` binary's exit code 64 is
+/// checked in its smoke tests): a [`UsageError`] naming the flag, and no
+/// report.
 #[test]
 fn batch_with_a_custom_body_is_a_usage_error() {
-    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "bench",
-            "fanout",
-            "--url",
-            "http://127.0.0.1:9",
-            "--publish-body",
-            "{data}",
-            "--batch",
-            "10",
-            "--json",
-        ])
-        .output()
-        .expect("running herald bench");
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--batch"), "{stderr}");
-    assert!(output.stdout.is_empty());
+    let (result, stdout) = run_bench(&[
+        "unicast",
+        "--url",
+        "http://127.0.0.1:9",
+        "--publish-body",
+        "{data}",
+        "--batch",
+        "4",
+    ]);
+    let err = result
+        .err()
+        .map(|e| (e.is::<UsageError>(), format!("{e:#}")));
+    let (usage, message) = err.unwrap_or_else(|| panic!("accepted; report: {stdout}"));
+    assert!(usage, "{message}");
+    assert!(message.contains("--batch"), "{message}");
+    assert!(stdout.is_empty());
 }

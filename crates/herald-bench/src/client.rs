@@ -23,9 +23,9 @@ impl Target {
     /// Parses `--url`.
     pub(crate) fn parse(url: &str) -> anyhow::Result<Self> {
         let base = reqwest::Url::parse(url)
-            .map_err(|e| super::usage(format!("--url {url:?} is not a URL: {e}")))?;
+            .map_err(|e| crate::usage(format!("--url {url:?} is not a URL: {e}")))?;
         if base.scheme() != "http" {
-            return Err(super::usage(format!(
+            return Err(crate::usage(format!(
                 "--url: bench speaks plain http only, got {:?}",
                 base.scheme()
             )));

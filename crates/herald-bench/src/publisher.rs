@@ -9,10 +9,10 @@ use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::json;
 
-use super::progress::note;
-use super::template::{expand, parse_url, Addressing, Context, PublishTemplateArgs, Vars};
-use super::tracker::{event_data, AckSet};
-use super::{epoch_micros, usage};
+use crate::progress::note;
+use crate::template::{expand, parse_url, Addressing, Context, PublishTemplateArgs, Vars};
+use crate::tracker::{event_data, AckSet};
+use crate::{epoch_micros, usage};
 
 /// Attempts per publish request answered 429/503 or failed in transport.
 const PUBLISH_ATTEMPTS: u32 = 5;
@@ -272,7 +272,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::bench::template::DEFAULT_PUBLISH_URL;
+    use crate::template::DEFAULT_PUBLISH_URL;
 
     fn args(url: &str, body: Option<&str>) -> PublishTemplateArgs {
         PublishTemplateArgs {
@@ -281,6 +281,15 @@ mod tests {
             publish_body: body.map(str::to_owned),
             publish_content_type: "application/json".into(),
         }
+    }
+
+    /// A publisher to `base` for topic `t`.
+    fn publisher(
+        base: &str,
+        args: &PublishTemplateArgs,
+        addressing: Addressing,
+    ) -> anyhow::Result<Publisher> {
+        Publisher::new(base, args, addressing, "t", Publisher::client()?)
     }
 
     fn item(seq: u32, user: Option<u32>) -> Item {
@@ -293,12 +302,10 @@ mod tests {
 
     #[test]
     fn herald_json_single_and_batch() -> anyhow::Result<()> {
-        let p = Publisher::new(
+        let p = publisher(
             "http://h:1/",
             &args(DEFAULT_PUBLISH_URL, None),
             Addressing::Topic,
-            "t",
-            Publisher::client()?,
         )?;
         let (url, body) = p.build(&[item(1, None)])?;
         assert_eq!(url.as_str(), "http://h:1/v1/publish");
@@ -308,12 +315,10 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&body)?;
         assert_eq!(value.as_array().map(Vec::len), Some(2));
 
-        let u = Publisher::new(
+        let u = publisher(
             "http://h:1",
             &args(DEFAULT_PUBLISH_URL, None),
             Addressing::User,
-            "t",
-            Publisher::client()?,
         )?;
         let (_, body) = u.build(&[item(3, Some(9))])?;
         let value: serde_json::Value = serde_json::from_slice(&body)?;
@@ -323,17 +328,11 @@ mod tests {
 
     #[test]
     fn templates_per_event() -> anyhow::Result<()> {
-        let p = Publisher::new(
+        let body = r#"{"items":[{"channel":"{user}","formats":{"http-stream":{"content":"data: {data}\n\n"}}}]}"#;
+        let p = publisher(
             "http://h:1",
-            &args(
-                "{url}/pub?channel={user}",
-                Some(
-                    r#"{"items":[{"channel":"{user}","formats":{"http-stream":{"content":"data: {data}\n\n"}}}]}"#,
-                ),
-            ),
+            &args("{url}/pub?channel={user}", Some(body)),
             Addressing::User,
-            "t",
-            Publisher::client()?,
         )?;
         let (url, body) = p.build(&[item(4, Some(2))])?;
         assert_eq!(url.as_str(), "http://h:1/pub?channel=u2");
@@ -350,15 +349,9 @@ mod tests {
         for (url, method) in [("ftp://x/{topic}", "POST"), ("{url}/p", "BAD METHOD")] {
             let mut a = args(url, None);
             a.publish_method = method.into();
-            let err = Publisher::new(
-                "http://h:1",
-                &a,
-                Addressing::Topic,
-                "t",
-                Publisher::client()?,
-            )
-            .err()
-            .map(|e| e.is::<crate::config::ConfigError>());
+            let err = publisher("http://h:1", &a, Addressing::Topic)
+                .err()
+                .map(|e| e.is::<crate::UsageError>());
             assert_eq!(err, Some(true), "{url} {method}");
         }
         Ok(())

@@ -3,6 +3,7 @@
 //! Nothing is retried: every non-2xx answer and every transport error counts.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,13 +13,13 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::progress::{note, Progress};
-use super::publisher::{Item, Outcome, Publisher};
-use super::template::{Addressing, PublishTemplateArgs};
-use super::tracker::event_data;
-use super::{
-    epoch_micros, new_histogram, per_sec, record_first, round3, take_first, usage, CommonArgs,
-    Latency,
+use crate::progress::{note, Progress};
+use crate::publisher::{Item, Outcome, Publisher};
+use crate::template::{Addressing, PublishTemplateArgs};
+use crate::tracker::event_data;
+use crate::{
+    epoch_micros, new_histogram, per_sec, record_first, round3, take_first, usage, write_report,
+    CommonArgs, Latency,
 };
 
 /// Flags of `herald bench publish`.
@@ -91,7 +92,7 @@ impl Tally {
     }
 }
 
-pub(crate) async fn run(args: PublishBenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: PublishBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.common.timeout_secs);
     if args.events == 0 || args.concurrency == 0 {
@@ -217,11 +218,9 @@ pub(crate) async fn run(args: PublishBenchArgs) -> anyhow::Result<()> {
         timed_out,
         first_error: take_first(&first_error).or(worker_failed.clone()),
     };
-    if args.common.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        report.print();
-    }
+    write_report(out, args.common.json, &report, |out| {
+        report.write_table(out)
+    })?;
     if let Some(err) = worker_failed {
         bail!("{err}");
     }
@@ -272,30 +271,39 @@ struct Report {
 }
 
 impl Report {
-    fn print(&self) {
-        println!(
+    fn write_table(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            out,
             "events                   {} (batch {}, concurrency {}, {} bytes)",
             self.events, self.batch, self.concurrency, self.data_bytes
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "acknowledged             {} events in {} requests, {:.3} s",
             self.acked_events, self.acked_requests, self.elapsed_secs
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "publishes/s              {:.0} ({:.0} requests/s)",
             self.publishes_per_sec, self.requests_per_sec
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "non-2xx / errors         {} / {}",
             self.non_2xx, self.errors
-        );
+        )?;
         for (status, n) in &self.statuses {
-            println!("  status {status}            {n}");
+            writeln!(out, "  status {status}            {n}")?;
         }
-        println!("ack latency ms           {}", self.ack_latency_ms.line());
+        writeln!(
+            out,
+            "ack latency ms           {}",
+            self.ack_latency_ms.line()
+        )?;
         if let Some(l) = &self.ack_latency_per_event_ms {
-            println!("  per event ms           {}", l.line());
+            writeln!(out, "  per event ms           {}", l.line())?;
         }
-        println!("timed out                {}", self.timed_out);
+        writeln!(out, "timed out                {}", self.timed_out)?;
+        Ok(())
     }
 }

@@ -1,18 +1,19 @@
 //! `herald bench conns`: hold N idle streams; the server's RSS per stream.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
-use super::client::Target;
-use super::progress::{note, Progress};
-use super::subs::{open_with_retry, stream_targets};
-use super::template::{PublishTemplateArgs, SubscribeArgs, DEFAULT_TOPIC_SUBSCRIBE};
-use super::{record_first, round2, take_first, usage, CommonArgs};
+use crate::client::Target;
+use crate::progress::{note, Progress};
+use crate::subs::{stream_targets, Streams};
+use crate::template::DEFAULT_TOPIC_SUBSCRIBE;
+use crate::{round2, usage, write_report, ServerArgs};
 
 /// Read buffer per idle stream: it only ever sees heartbeats.
 const IDLE_BUF: usize = 256;
@@ -21,12 +22,7 @@ const IDLE_BUF: usize = 256;
 #[derive(Debug, Args)]
 pub(crate) struct ConnsArgs {
     #[command(flatten)]
-    pub common: CommonArgs,
-    #[command(flatten)]
-    pub subscribe: SubscribeArgs,
-    /// Accepted so that every subcommand takes the same server flags; conns publishes nothing.
-    #[command(flatten)]
-    pub publish: PublishTemplateArgs,
+    pub server: ServerArgs,
     /// Streams to open.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
@@ -47,66 +43,44 @@ pub(crate) struct ConnsArgs {
     settle_secs: u64,
 }
 
-pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ConnsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.common.timeout_secs);
-    if args.connections == 0 || args.subscribe.open_concurrency == 0 {
+    let ServerArgs {
+        common, subscribe, ..
+    } = &args.server;
+    let deadline = started + Duration::from_secs(common.timeout_secs);
+    if args.connections == 0 || subscribe.open_concurrency == 0 {
         return Err(usage(
             "--connections and --open-concurrency must be at least 1",
         ));
     }
-    let target = Target::parse(&args.common.url)?;
-    let (template, herald_subscribe) = args.subscribe.template(DEFAULT_TOPIC_SUBSCRIBE);
-    let targets = stream_targets(template, &args.common.url, &args.topic, args.connections).await?;
+    let target = Target::parse(&common.url)?;
+    let (template, herald_subscribe) = subscribe.template(DEFAULT_TOPIC_SUBSCRIBE);
+    let targets = stream_targets(template, &common.url, &args.topic, args.connections).await?;
     let rss_before = args.server_pid.map(read_rss_kib).transpose()?;
-    let progress = Progress::new(args.common.json);
+    let progress = Progress::new(common.json);
     let bar = progress.bar(args.connections as u64, "opening");
 
-    let opened = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let retried = Arc::new(AtomicUsize::new(0));
+    let streams = Arc::new(Streams::new(
+        subscribe.open_concurrency,
+        IDLE_BUF,
+        subscribe.ready_on_head,
+    ));
     let closed_early = Arc::new(AtomicUsize::new(0));
-    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-    let gate = Arc::new(Semaphore::new(args.subscribe.open_concurrency));
     let (release_tx, release_rx) = watch::channel(false);
     // Hard bound on every task, whatever happens to the release signal.
     let hard_deadline = tokio::time::Instant::from(deadline) + Duration::from_secs(20);
-    let head_only = args.subscribe.ready_on_head;
 
     let mut tasks = Vec::with_capacity(args.connections);
-    for (idx, stream) in targets.into_iter().enumerate() {
-        let gate = gate.clone();
-        let (opened, failed, retried, closed_early) = (
-            opened.clone(),
-            failed.clone(),
-            retried.clone(),
-            closed_early.clone(),
-        );
-        let first_error = first_error.clone();
+    for (idx, target) in targets.into_iter().enumerate() {
+        let (streams, closed_early) = (streams.clone(), closed_early.clone());
         let mut release = release_rx.clone();
         tasks.push(tokio::spawn(async move {
             let run = async {
-                let result = {
-                    let _permit = gate.acquire().await;
-                    tokio::select! {
-                        result = open_with_retry(&stream, idx, IDLE_BUF, head_only) => result,
-                        _ = release.changed() => Err("stopped before it opened".to_owned()),
-                    }
+                let opened = streams.open("stream", idx, &target, &mut release).await;
+                let Some((mut conn, _)) = opened else {
+                    return;
                 };
-                let mut conn = match result {
-                    Ok((conn, _, attempts)) => {
-                        if attempts > 1 {
-                            retried.fetch_add(1, Ordering::Relaxed);
-                        }
-                        conn
-                    }
-                    Err(err) => {
-                        record_first(&first_error, format!("stream {idx}: {err}"));
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                };
-                opened.fetch_add(1, Ordering::Relaxed);
                 // Bounded: ends at end of stream, on error, or at release.
                 loop {
                     tokio::select! {
@@ -125,21 +99,17 @@ pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
     }
 
     let open_deadline = deadline.min(started + Duration::from_secs(args.open_timeout_secs));
-    // Bounded by `open_deadline`.
-    while opened.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < args.connections
-        && Instant::now() < open_deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        bar.set_position(opened.load(Ordering::Relaxed) as u64);
-    }
+    streams
+        .wait_open(args.connections, open_deadline, &bar)
+        .await;
     bar.finish_and_clear();
     let open_secs = started.elapsed().as_secs_f64();
-    let opened_n = opened.load(Ordering::Relaxed);
+    let opened_n = streams.opened.load(Ordering::Relaxed);
     note(
         &bar,
         &format!(
             "{opened_n} streams open, {} failed, in {open_secs:.1} s",
-            failed.load(Ordering::Relaxed)
+            streams.failed.load(Ordering::Relaxed)
         ),
     );
     let rss_open = args.server_pid.map(read_rss_kib).transpose()?;
@@ -156,8 +126,8 @@ pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
     };
     tokio::time::sleep(left(Duration::from_secs(args.hold_secs))).await;
     let timed_out = Instant::now() >= deadline;
-    let still_open = opened.load(Ordering::Relaxed) - closed_early.load(Ordering::Relaxed);
-    let failed_n = failed.load(Ordering::Relaxed);
+    let still_open = streams.opened.load(Ordering::Relaxed) - closed_early.load(Ordering::Relaxed);
+    let failed_n = streams.failed.load(Ordering::Relaxed);
 
     let _ = release_tx.send(true);
     let join_all = async {
@@ -178,14 +148,14 @@ pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let first_error = take_first(&first_error);
+    let first_error = streams.first_error();
     let report = serde_json::json!({
         "server_api": herald_subscribe,
         "subscribe_url": template,
         "connections": args.connections,
         "opened": opened_n,
         "failed": failed_n,
-        "retried_opens": retried.load(Ordering::Relaxed),
+        "retried_opens": streams.retried.load(Ordering::Relaxed),
         "still_open_after_hold": still_open,
         "open_secs": round2(open_secs),
         "server_connections": server_connections,
@@ -197,27 +167,29 @@ pub(crate) async fn run(args: ConnsArgs) -> anyhow::Result<()> {
         "timed_out": timed_out,
         "first_error": first_error,
     });
-    if args.common.json {
-        println!("{report}");
-    } else {
-        println!("streams requested        {}", args.connections);
-        println!("opened / failed          {opened_n} / {failed_n}  (in {open_secs:.1} s)");
-        println!("still open after hold    {still_open}");
+    write_report(out, common.json, &report, |out| {
+        writeln!(out, "streams requested        {}", args.connections)?;
+        writeln!(
+            out,
+            "opened / failed          {opened_n} / {failed_n}  (in {open_secs:.1} s)"
+        )?;
+        writeln!(out, "still open after hold    {still_open}")?;
         if let Some(n) = server_connections {
-            println!("server /v1/stats conns   {n}");
+            writeln!(out, "server /v1/stats conns   {n}")?;
         }
         if let (Some(before), Some(open), Some(settled)) = (rss_before, rss_open, rss_settled) {
-            println!("server RSS before        {before} KiB");
-            println!("server RSS all open      {open} KiB");
-            println!("server RSS after settle  {settled} KiB");
+            writeln!(out, "server RSS before        {before} KiB")?;
+            writeln!(out, "server RSS all open      {open} KiB")?;
+            writeln!(out, "server RSS after settle  {settled} KiB")?;
             if let Some(per) = per_conn(Some(settled)) {
-                println!("RSS per stream           {per:.2} KiB (settled)");
+                writeln!(out, "RSS per stream           {per:.2} KiB (settled)")?;
             }
         }
         if timed_out {
-            println!("timed out                true (--timeout-secs)");
+            writeln!(out, "timed out                true (--timeout-secs)")?;
         }
-    }
+        Ok(())
+    })?;
     if let Some(err) = first_error {
         eprintln!("bench: first open error: {err}");
     }

@@ -12,11 +12,11 @@ use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::client::{Resolver, SseConn, StreamTarget, Target};
-use super::progress::note;
-use super::template::{expand, parse_url, Context, Vars};
-use super::tracker::{parse_data, Expect, SeqTracker};
-use super::{epoch_micros, new_histogram, record_first, take_first};
+use crate::client::{Resolver, SseConn, StreamTarget, Target};
+use crate::progress::note;
+use crate::template::{expand, parse_url, Context, Vars};
+use crate::tracker::{parse_data, Expect, SeqTracker};
+use crate::{epoch_micros, new_histogram, record_first, take_first};
 
 /// Read buffer per subscriber.
 const SUB_BUF: usize = 4096;
@@ -55,7 +55,7 @@ pub(crate) async fn stream_targets(
 /// Opens one stream, retrying a few times with a short backoff (a proxy may
 /// refuse bursts). Returns the stream, the body bytes so far and the attempts
 /// it took, or the last error.
-pub(crate) async fn open_with_retry(
+async fn open_with_retry(
     target: &StreamTarget,
     idx: usize,
     buf_size: usize,
@@ -83,15 +83,97 @@ pub(crate) async fn open_with_retry(
     }
 }
 
+/// A set of streams opened alike, a few at a time, by one task each: how
+/// opening went, and the first error any of them met.
+#[derive(Debug)]
+pub(crate) struct Streams {
+    /// Bounds the streams being opened at the same time.
+    gate: Semaphore,
+    /// Read buffer per stream.
+    buf_size: usize,
+    /// Open once the response head arrived (see [`SseConn::open`]).
+    head_only: bool,
+    pub opened: AtomicUsize,
+    pub failed: AtomicUsize,
+    /// Opens that needed more than one attempt.
+    pub retried: AtomicUsize,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Streams {
+    pub(crate) fn new(open_concurrency: usize, buf_size: usize, head_only: bool) -> Self {
+        Self {
+            gate: Semaphore::new(open_concurrency.max(1)),
+            buf_size,
+            head_only,
+            opened: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            retried: AtomicUsize::new(0),
+            first_error: Mutex::new(None),
+        }
+    }
+
+    /// Opens stream `idx` (`{kind} {idx}` in errors) with retries, once the
+    /// gate lets it; gives up when `stop` changes first. Counts the outcome;
+    /// returns the stream and its first body bytes.
+    pub(crate) async fn open(
+        &self,
+        kind: &str,
+        idx: usize,
+        target: &StreamTarget,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<(SseConn, Vec<u8>)> {
+        let opened = {
+            let _permit = self.gate.acquire().await;
+            tokio::select! {
+                opened = open_with_retry(target, idx, self.buf_size, self.head_only) => opened,
+                _ = stop.changed() => Err("stopped before it opened".to_owned()),
+            }
+        };
+        match opened {
+            Ok((conn, first, attempts)) => {
+                if attempts > 1 {
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                }
+                self.opened.fetch_add(1, Ordering::Relaxed);
+                Some((conn, first))
+            }
+            Err(err) => {
+                self.record_error(format!("{kind} {idx}: {err}"));
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Waits until each of `n` streams has opened or failed, or `deadline`;
+    /// `bar` shows those opened.
+    pub(crate) async fn wait_open(&self, n: usize, deadline: Instant, bar: &ProgressBar) {
+        let opened = || self.opened.load(Ordering::Relaxed);
+        // Bounded by `deadline`.
+        while opened() + self.failed.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            bar.set_position(opened() as u64);
+        }
+        bar.set_position(opened() as u64);
+    }
+
+    /// Keeps `err` if it is the first.
+    pub(crate) fn record_error(&self, err: String) {
+        record_first(&self.first_error, err);
+    }
+
+    pub(crate) fn first_error(&self) -> Option<String> {
+        take_first(&self.first_error)
+    }
+}
+
 /// State shared by all subscriber tasks.
 #[derive(Debug)]
 pub(crate) struct Shared {
     /// Start of the run; times below are microseconds since it.
     t0: Instant,
-    pub connected: AtomicUsize,
-    pub failed: AtomicUsize,
-    /// Opens that needed more than one attempt.
-    pub retried_opens: AtomicUsize,
+    pub streams: Streams,
     /// Subscribers that have everything they expect.
     pub complete: AtomicUsize,
     /// Subscribers that have everything, or stopped, or failed to open.
@@ -100,7 +182,6 @@ pub(crate) struct Shared {
     pub received: AtomicU64,
     pub last_receive_us: AtomicU64,
     latency: Vec<Mutex<Histogram<u64>>>,
-    first_error: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -147,24 +228,20 @@ impl Fleet {
         }
         let shared = Arc::new(Shared {
             t0: Instant::now(),
-            connected: AtomicUsize::new(0),
-            failed: AtomicUsize::new(0),
-            retried_opens: AtomicUsize::new(0),
+            streams: Streams::new(open_concurrency, SUB_BUF, head_only),
             complete: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             received: AtomicU64::new(0),
             last_receive_us: AtomicU64::new(0),
             latency,
-            first_error: Mutex::new(None),
         });
         let n = targets.len();
-        let gate = Arc::new(Semaphore::new(open_concurrency.max(1)));
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::with_capacity(n);
         for (idx, (target, expect)) in targets.into_iter().zip(expects).enumerate() {
-            let (gate, shared, stop) = (gate.clone(), shared.clone(), stop_rx.clone());
+            let (shared, stop) = (shared.clone(), stop_rx.clone());
             tasks.push(tokio::spawn(async move {
-                let run = subscriber(idx, target, expect, &gate, &shared, stop, head_only);
+                let run = subscriber(idx, target, expect, &shared, stop);
                 tokio::time::timeout_at(hard_deadline, run)
                     .await
                     .ok()
@@ -181,14 +258,7 @@ impl Fleet {
 
     /// Waits until every subscriber is open or failed, or `deadline`.
     pub(crate) async fn wait_open(&self, deadline: Instant, bar: &ProgressBar) {
-        let s = &self.shared;
-        while s.connected.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed) < self.n
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            bar.set_position(s.connected.load(Ordering::Relaxed) as u64);
-        }
-        bar.set_position(s.connected.load(Ordering::Relaxed) as u64);
+        self.shared.streams.wait_open(self.n, deadline, bar).await;
     }
 
     /// Waits for the deliveries: until every subscriber is done, or nothing
@@ -206,7 +276,7 @@ impl Fleet {
         let reason = loop {
             bar.set_position(s.received.load(Ordering::Relaxed));
             if s.done.load(Ordering::Relaxed) >= self.n {
-                let connected = s.connected.load(Ordering::Relaxed);
+                let connected = s.streams.opened.load(Ordering::Relaxed);
                 break if s.complete.load(Ordering::Relaxed) >= connected {
                     StopReason::Complete
                 } else {
@@ -259,7 +329,7 @@ impl Fleet {
     }
 
     pub(crate) fn first_error(&self) -> Option<String> {
-        take_first(&self.shared.first_error)
+        self.shared.streams.first_error()
     }
 
     /// Herald's readiness: polls `GET /v1/topics/{topic}` until the server
@@ -347,33 +417,17 @@ async fn subscriber(
     idx: usize,
     target: StreamTarget,
     expect: Expect,
-    gate: &Semaphore,
     shared: &Shared,
     mut stop: watch::Receiver<bool>,
-    head_only: bool,
 ) -> Option<SeqTracker> {
-    let opened = {
-        let _permit = gate.acquire().await;
-        tokio::select! {
-            opened = open_with_retry(&target, idx, SUB_BUF, head_only) => opened,
-            _ = stop.changed() => Err("stopped before it opened".to_owned()),
-        }
+    let opened = shared
+        .streams
+        .open("subscriber", idx, &target, &mut stop)
+        .await;
+    let Some((mut conn, first)) = opened else {
+        shared.done.fetch_add(1, Ordering::Relaxed);
+        return None;
     };
-    let (mut conn, first) = match opened {
-        Ok((conn, first, attempts)) => {
-            if attempts > 1 {
-                shared.retried_opens.fetch_add(1, Ordering::Relaxed);
-            }
-            (conn, first)
-        }
-        Err(err) => {
-            record_first(&shared.first_error, format!("subscriber {idx}: {err}"));
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            shared.done.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-    };
-    shared.connected.fetch_add(1, Ordering::Relaxed);
 
     let mut parser = Parser::new();
     let mut parsed: Vec<ParsedEvent> = Vec::new();
@@ -431,7 +485,7 @@ async fn subscriber(
                     break;
                 }
                 Err(err) => {
-                    record_first(&shared.first_error, format!("subscriber {idx}: {err:#}"));
+                    shared.streams.record_error(format!("subscriber {idx}: {err:#}"));
                     tracker.result.disconnected = true;
                     break;
                 }

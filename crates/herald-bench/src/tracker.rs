@@ -232,6 +232,18 @@ mod tests {
         acked
     }
 
+    /// `(received, unique, duplicates, out_of_order, unexpected)`.
+    fn counts(t: &SeqTracker) -> (u64, u64, u64, u64, u64) {
+        let r = t.result;
+        (
+            r.received,
+            r.unique,
+            r.duplicates,
+            r.out_of_order,
+            r.unexpected,
+        )
+    }
+
     fn run(expect: Expect, seqs: &[u32]) -> SeqTracker {
         let mut t = SeqTracker::new(expect);
         for &seq in seqs {
@@ -281,33 +293,13 @@ mod tests {
         let t = run(Expect::All(10), &[0, 1, 2, 4, 5, 5, 6, 8, 7, 9]);
         assert!(!t.complete());
         assert_eq!(t.missing(&all_acked(10)), (10, 1));
-        let r = t.result;
-        assert_eq!(
-            (
-                r.received,
-                r.unique,
-                r.duplicates,
-                r.out_of_order,
-                r.unexpected
-            ),
-            (10, 9, 1, 1, 0)
-        );
+        assert_eq!(counts(&t), (10, 9, 1, 1, 0));
     }
 
     #[test]
     fn out_of_range_is_unexpected_and_order_is_against_the_highest_seen() {
         let t = run(Expect::All(100), &[0, 2, 1, 2, 99, 100, 50]);
-        let r = t.result;
-        assert_eq!(
-            (
-                r.received,
-                r.unique,
-                r.duplicates,
-                r.out_of_order,
-                r.unexpected
-            ),
-            (7, 5, 1, 2, 1)
-        );
+        assert_eq!(counts(&t), (7, 5, 1, 2, 1));
         assert_eq!(t.missing(&all_acked(100)), (100, 95));
     }
 
@@ -315,17 +307,7 @@ mod tests {
     fn a_user_checks_only_its_own_events() {
         // User owns 3, 10, 11, 40 of 64 events; gets a stranger's 12 and 10 twice.
         let t = run(Expect::List(vec![3, 10, 11, 40]), &[3, 12, 11, 10, 10]);
-        let r = t.result;
-        assert_eq!(
-            (
-                r.received,
-                r.unique,
-                r.duplicates,
-                r.out_of_order,
-                r.unexpected
-            ),
-            (5, 3, 1, 1, 1)
-        );
+        assert_eq!(counts(&t), (5, 3, 1, 1, 1));
         assert_eq!(t.missing(&all_acked(64)), (4, 1));
         assert!(!t.complete());
     }

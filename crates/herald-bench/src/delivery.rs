@@ -1,0 +1,367 @@
+//! The skeleton `fanout` and `unicast` share: open the subscribers, wait until
+//! they are ready, publish, wait for the deliveries, report.
+//!
+//! The two differ in whom an event is addressed to, and so in who expects
+//! what and which publisher sends which events: each builds a [`Plan`] that
+//! says so, and [`run`] does the rest.
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Args;
+use indicatif::ProgressBar;
+
+use crate::client::Target;
+use crate::progress::{note, Progress};
+use crate::publisher::Publisher;
+use crate::report::{DeliveryReport, DeliveryRunReport, Population, UsersAffected};
+use crate::subs::{stream_targets, Fleet, StopReason};
+use crate::template::{Addressing, DEFAULT_TOPIC_SUBSCRIBE, DEFAULT_USER_SUBSCRIBE};
+use crate::tracker::{AckSet, Expect, SeqTracker};
+use crate::{usage, write_report, Latency, ServerArgs};
+
+/// Flags `fanout` and `unicast` share. The help is fanout's; unicast rewords
+/// `--events`, `--rate` and `--topic` for its own meaning.
+#[derive(Debug, Args)]
+pub(crate) struct DeliveryArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Events to publish.
+    #[arg(long, default_value_t = 1000)]
+    pub events: u32,
+    /// Events per second (paced); flat out when absent.
+    #[arg(long, value_name = "PER_SEC")]
+    pub rate: Option<f64>,
+    /// Bytes of data per event (at least the sequence number and timestamp).
+    #[arg(long, default_value_t = 100)]
+    pub data_bytes: usize,
+    /// Topic to publish to and subscribe to ({topic}).
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    /// Once publishing is over, stop waiting when nothing has arrived for this
+    /// many milliseconds (events lost for good).
+    #[arg(long, default_value_t = 5000)]
+    pub quiet_ms: u64,
+}
+
+/// What sets a fanout run apart from a unicast run.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub audience: Audience,
+    /// What subscriber `i` should receive: one entry per subscriber.
+    pub expects: Vec<Expect>,
+    /// The sequence numbers each publisher sends, ascending: one entry per
+    /// publisher (some may be empty).
+    pub sends: Vec<Vec<u32>>,
+    /// Events per publish request.
+    pub batch: u32,
+}
+
+/// Whom the events are addressed to.
+#[derive(Debug)]
+pub(crate) enum Audience {
+    /// Every event to the topic, so every subscriber expects all (fanout).
+    Topic,
+    /// Event `seq` to user `owners[seq]`, drawn from an RNG seeded with
+    /// `seed` (unicast).
+    Users { owners: Arc<[u32]>, seed: u64 },
+}
+
+impl Audience {
+    fn addressing(&self) -> Addressing {
+        match self {
+            Audience::Topic => Addressing::Topic,
+            Audience::Users { .. } => Addressing::User,
+        }
+    }
+
+    /// Herald's subscribe route for these streams.
+    fn default_subscribe(&self) -> &'static str {
+        match self {
+            Audience::Topic => DEFAULT_TOPIC_SUBSCRIBE,
+            Audience::Users { .. } => DEFAULT_USER_SUBSCRIBE,
+        }
+    }
+
+    /// Deliveries the open subscribers should get in all: what the delivery
+    /// progress bar counts to, and what subscribers that never reported back
+    /// are charged with.
+    fn deliveries(&self, connected: usize, published: u64) -> u64 {
+        match self {
+            Audience::Topic => connected as u64 * published,
+            Audience::Users { .. } => published,
+        }
+    }
+}
+
+/// Runs `plan`: open, ready, publish, deliver, report. Fails after the report
+/// when publishing failed, a delivery is missing or a subscriber did not open.
+pub(crate) async fn run(
+    args: &DeliveryArgs,
+    plan: Plan,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let server = &args.server;
+    let deadline = started + Duration::from_secs(server.common.timeout_secs);
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err(usage("--rate must be a positive number"));
+    }
+    let Plan {
+        audience,
+        expects,
+        sends,
+        batch,
+    } = plan;
+    let addressing = audience.addressing();
+    server.publish.check_batch(batch, addressing)?;
+    let herald_body = server.publish.body_template(addressing).is_none();
+    let target = Target::parse(&server.common.url)?;
+    let http = Publisher::client()?;
+    let publisher = Arc::new(Publisher::new(
+        &server.common.url,
+        &server.publish,
+        addressing,
+        &args.topic,
+        http.clone(),
+    )?);
+    let (template, herald_subscribe) = server.subscribe.template(audience.default_subscribe());
+    let subscribers = expects.len();
+    let publishers = sends.len();
+    let targets = stream_targets(template, &server.common.url, &args.topic, subscribers).await?;
+    let progress = Progress::new(server.common.json);
+
+    // Open.
+    let bar = progress.bar(subscribers as u64, "opening");
+    let fleet = Fleet::spawn(
+        targets,
+        expects,
+        server.subscribe.open_concurrency,
+        server.subscribe.ready_on_head,
+        (deadline + Duration::from_secs(20)).into(),
+    )?;
+    fleet.wait_open(deadline, &bar).await;
+    bar.finish_and_clear();
+    let shared = fleet.shared.clone();
+    let connected = shared.streams.opened.load(Ordering::Relaxed);
+    let failed = shared.streams.failed.load(Ordering::Relaxed);
+    note(
+        &bar,
+        &format!(
+            "{connected} subscribers open, {failed} failed, in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+
+    // Ready, then publish.
+    if connected == 0 {
+        // Nothing to wait for.
+    } else if herald_subscribe {
+        match audience {
+            Audience::Topic => {
+                Fleet::herald_topic_ready(&http, &target, &args.topic, connected, deadline, &bar)
+                    .await
+            }
+            Audience::Users { .. } => {
+                Fleet::herald_users_ready(&http, &target, connected, deadline, &bar).await
+            }
+        }
+    } else {
+        let settle = Duration::from_millis(server.subscribe.settle_ms);
+        tokio::time::sleep(settle.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+    let acked = Arc::new(AckSet::new(args.events));
+    let first_publish_us = shared.since_t0_us();
+    let bar = progress.bar(u64::from(args.events), "publishing");
+    let publish_error = if connected > 0 {
+        let owners = match &audience {
+            Audience::Topic => None,
+            Audience::Users { owners, .. } => Some(owners.clone()),
+        };
+        let publishing = Publishing {
+            publisher,
+            owners,
+            acked: acked.clone(),
+            batch,
+            deadline,
+            bar: bar.clone(),
+        };
+        publishing.run(args, sends).await
+    } else {
+        Some("no subscriber opened; nothing published".to_owned())
+    };
+    bar.finish_and_clear();
+    let publish_end_us = shared.since_t0_us();
+    let published = acked.count();
+
+    // Wait for the deliveries, then stop whoever is still waiting.
+    let bar = progress.bar(audience.deliveries(connected, published), "delivering");
+    let stop_reason = if connected > 0 {
+        fleet
+            .wait_deliveries(
+                publish_end_us,
+                Duration::from_millis(args.quiet_ms),
+                deadline,
+                &bar,
+            )
+            .await
+    } else if Instant::now() >= deadline {
+        StopReason::Timeout
+    } else {
+        StopReason::StreamsEnded
+    };
+    bar.finish_and_clear();
+    let histogram = fleet.latency()?;
+    let first_subscriber_error = fleet.first_error();
+    let retried_opens = shared.streams.retried.load(Ordering::Relaxed);
+    let trackers = fleet.stop().await;
+
+    // Report.
+    let mut delivery = DeliveryReport::new(
+        stop_reason,
+        Latency::of(&histogram),
+        publish_error,
+        first_subscriber_error,
+    );
+    account(
+        &mut delivery,
+        &audience,
+        &trackers,
+        &acked,
+        connected,
+        published,
+    );
+    let last_receive_us = shared.last_receive_us.load(Ordering::Relaxed);
+    delivery.set_times(published, first_publish_us, publish_end_us, last_receive_us);
+    let (population, publishers, seed) = match audience {
+        Audience::Topic => (Population::Subscribers(subscribers), None, None),
+        Audience::Users { seed, .. } => {
+            (Population::Users(subscribers), Some(publishers), Some(seed))
+        }
+    };
+    let report = DeliveryRunReport {
+        server_api: herald_subscribe && herald_body,
+        subscribe_url: template.to_owned(),
+        population,
+        connected,
+        failed,
+        retried_opens,
+        events: args.events,
+        published,
+        publishers,
+        batch,
+        rate: args.rate,
+        seed,
+        data_bytes: args.data_bytes,
+        delivery,
+    };
+    write_report(out, server.common.json, &report, |out| {
+        report.write_table(out)
+    })?;
+    if let Some(err) = &report.delivery.first_subscriber_error {
+        eprintln!("bench: first subscriber error: {err}");
+    }
+    if let Some(err) = &report.delivery.publish_error {
+        bail!("publishing failed: {err}");
+    }
+    if report.delivery.missing > 0 || failed > 0 {
+        bail!(
+            "{} deliveries missing, {failed} subscribers failed to open",
+            report.delivery.missing
+        );
+    }
+    Ok(())
+}
+
+/// Adds what every subscriber saw to `delivery`, against the `published`
+/// events in `acked`. Subscribers that did not report back (should not
+/// happen) miss everything addressed to them.
+fn account(
+    delivery: &mut DeliveryReport,
+    audience: &Audience,
+    trackers: &[SeqTracker],
+    acked: &AckSet,
+    connected: usize,
+    published: u64,
+) {
+    if let Audience::Users { .. } = audience {
+        // Every user has its own events: count the users each fault touched.
+        delivery.users = Some(UsersAffected::default());
+    }
+    let mut reported = 0u64;
+    for tracker in trackers {
+        reported += delivery.add(tracker, acked);
+    }
+    if trackers.len() < connected {
+        let lost = u64::try_from(connected - trackers.len()).unwrap_or(u64::MAX);
+        if let Some(users) = &mut delivery.users {
+            users.missing += lost;
+        }
+        let unaccounted = audience
+            .deliveries(connected, published)
+            .saturating_sub(reported);
+        delivery.expected += unaccounted;
+        delivery.missing += unaccounted;
+    }
+}
+
+/// The publishers of one run and what they share.
+struct Publishing {
+    publisher: Arc<Publisher>,
+    /// The user of each event, for unicast.
+    owners: Option<Arc<[u32]>>,
+    acked: Arc<AckSet>,
+    batch: u32,
+    deadline: Instant,
+    bar: ProgressBar,
+}
+
+impl Publishing {
+    /// One task per publisher with events to send (`sends`, as in [`Plan`]),
+    /// each paced at its share of `--rate`; returns the first error.
+    async fn run(self, args: &DeliveryArgs, sends: Vec<Vec<u32>>) -> Option<String> {
+        let mut tasks = Vec::with_capacity(sends.len());
+        for seqs in sends.into_iter().filter(|seqs| !seqs.is_empty()) {
+            let share = seqs.len() as f64 / f64::from(args.events);
+            let rate = args.rate.map(|rate| rate * share);
+            let (publisher, owners, acked, bar) = (
+                self.publisher.clone(),
+                self.owners.clone(),
+                self.acked.clone(),
+                self.bar.clone(),
+            );
+            let (batch, data_bytes, deadline) = (self.batch, args.data_bytes, self.deadline);
+            tasks.push(tokio::spawn(async move {
+                publisher
+                    .publish_all(
+                        &seqs,
+                        owners.as_deref(),
+                        batch,
+                        rate,
+                        data_bytes,
+                        &acked,
+                        deadline,
+                        &bar,
+                    )
+                    .await
+            }));
+        }
+        let mut first_error = None;
+        for task in tasks {
+            let stop_by = (self.deadline + Duration::from_secs(5)).into();
+            let result = match tokio::time::timeout_at(stop_by, task).await {
+                Ok(Ok(result)) => result.map(|_| ()),
+                Ok(Err(join)) => Err(anyhow::anyhow!("a publisher task failed: {join}")),
+                Err(_) => Err(anyhow::anyhow!("a publisher did not stop in time")),
+            };
+            if let Err(err) = result {
+                note(&self.bar, &format!("a publisher stopped: {err:#}"));
+                first_error.get_or_insert(format!("{err:#}"));
+            }
+        }
+        first_error
+    }
+}
