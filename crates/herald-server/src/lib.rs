@@ -13,6 +13,7 @@ mod auth;
 mod cors;
 mod direct;
 mod error;
+mod http1_head;
 mod query;
 mod routes;
 
