@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use herald_core::topic::validate_user_id;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::query::QueryPairs;
 
 /// How identities are established.
@@ -34,7 +34,7 @@ impl Auth {
                 let user = match query.first("user").filter(|u| !u.is_empty()) {
                     Some(user) => {
                         validate_user_id(user)
-                            .map_err(|e| ApiError::bad_request("invalid_user", e.to_string()))?;
+                            .map_err(|e| ApiError::new(ErrorCode::InvalidUser, e.to_string()))?;
                         Some(Arc::from(user))
                     }
                     None => None,

@@ -26,7 +26,7 @@ use herald_core::Hub;
 
 pub use accept::serve;
 pub use auth::Auth;
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 
 /// HTTP-level options (the hub and the log have their own).
 #[derive(Debug, Clone)]

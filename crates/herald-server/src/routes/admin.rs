@@ -9,7 +9,7 @@ use axum::Json;
 use herald_core::Topic;
 use serde_json::json;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::query::QueryPairs;
 use crate::AppState;
 
@@ -48,7 +48,10 @@ pub(crate) async fn users(
             .ok()
             .filter(|l| (1..=MAX_PAGE).contains(l))
             .ok_or_else(|| {
-                ApiError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_PAGE}"))
+                ApiError::new(
+                    ErrorCode::InvalidLimit,
+                    format!("limit must be 1 to {MAX_PAGE}"),
+                )
             })?,
     };
     let cursor = query.first("cursor").filter(|c| !c.is_empty());
@@ -95,7 +98,7 @@ pub(crate) async fn topic(
 ) -> Result<Response, ApiError> {
     state.auth.admin()?;
     let topic = Topic::new(&name)
-        .map_err(|e| ApiError::bad_request("invalid_topic", format!("topic {name:?}: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidTopic, format!("topic {name:?}: {e}")))?;
     let last = state
         .hub
         .log()

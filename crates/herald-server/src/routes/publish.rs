@@ -15,7 +15,7 @@ use herald_core::{Appended, NewEvent, Topic, RESERVED_EVENT_PREFIX};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::query::QueryPairs;
 use crate::AppState;
 
@@ -115,8 +115,8 @@ fn answer(results: &[Appended], single: bool) -> Response {
 
 async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::too_large(
-            "body_too_large",
+        ApiError::new(
+            ErrorCode::BodyTooLarge,
             format!("the request body is over the {limit}-byte limit; split the batch"),
         )
     })
@@ -125,27 +125,30 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
 /// The JSON body: one object (single) or an array of objects (batch).
 fn json_requests(body: &[u8]) -> Result<(Vec<PublishRequest>, bool), ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}"))
+        ApiError::new(
+            ErrorCode::BadJson,
+            format!("the body is not valid JSON: {e}"),
+        )
     })?;
     let (items, single) = match value {
         Value::Array(items) => (items, false),
         other @ Value::Object(_) => (vec![other], true),
         _ => {
-            return Err(ApiError::bad_request(
-                "bad_json",
+            return Err(ApiError::new(
+                ErrorCode::BadJson,
                 "the body must be a JSON object or an array of objects",
             ))
         }
     };
     if items.is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_batch",
+        return Err(ApiError::new(
+            ErrorCode::EmptyBatch,
             "the batch has no events",
         ));
     }
     if items.len() > MAX_BATCH {
-        return Err(ApiError::too_large(
-            "batch_too_large",
+        return Err(ApiError::new(
+            ErrorCode::BatchTooLarge,
             format!("a batch holds at most {MAX_BATCH} events"),
         ));
     }
@@ -155,7 +158,7 @@ fn json_requests(body: &[u8]) -> Result<(Vec<PublishRequest>, bool), ApiError> {
         .map(|(i, item)| {
             serde_json::from_value::<PublishRequest>(item).map_err(|e| {
                 in_item(
-                    ApiError::bad_request("invalid_field", e.to_string()),
+                    ApiError::new(ErrorCode::InvalidField, e.to_string()),
                     i,
                     single,
                 )
@@ -169,12 +172,12 @@ fn json_requests(body: &[u8]) -> Result<(Vec<PublishRequest>, bool), ApiError> {
 fn simple_form(query: Option<&str>, body: bytes::Bytes) -> Result<PublishRequest, ApiError> {
     let query = QueryPairs::parse(query);
     let data = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::bad_request("invalid_data", "a text/plain body must be UTF-8"))?;
+        .map_err(|_| ApiError::new(ErrorCode::InvalidData, "a text/plain body must be UTF-8"))?;
     let retry = match query.first("retry") {
         None => None,
         Some(r) => Some(r.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_field",
+            ApiError::new(
+                ErrorCode::InvalidField,
                 "retry must be a whole number of milliseconds",
             )
         })?),
@@ -194,28 +197,28 @@ fn validate(request: PublishRequest, max_data_bytes: usize) -> Result<NewEvent, 
     let mut topics = Vec::with_capacity(request.topics.len() + request.users.len());
     for name in &request.topics {
         let topic = Topic::new(name)
-            .map_err(|e| ApiError::bad_request("invalid_topic", format!("topic {name:?}: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidTopic, format!("topic {name:?}: {e}")))?;
         topics.push(topic);
     }
     for user in &request.users {
         let topic = Topic::for_user(user)
-            .map_err(|e| ApiError::bad_request("invalid_user", format!("user {user:?}: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidUser, format!("user {user:?}: {e}")))?;
         topics.push(topic);
     }
     topics.sort();
     topics.dedup();
     if topics.is_empty() && !request.broadcast {
-        return Err(ApiError::bad_request(
-            "missing_target",
+        return Err(ApiError::new(
+            ErrorCode::MissingTarget,
             "give `topics`, `users` or `broadcast: true`",
         ));
     }
     if let Some(event) = &request.event {
         herald_sse::validate_event_type(event)
-            .map_err(|e| ApiError::bad_request("invalid_event_type", e.to_string()))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidEventType, e.to_string()))?;
         if event.starts_with(RESERVED_EVENT_PREFIX) {
-            return Err(ApiError::bad_request(
-                "reserved_event_type",
+            return Err(ApiError::new(
+                ErrorCode::ReservedEventType,
                 format!("event types starting with {RESERVED_EVENT_PREFIX:?} are Herald's own"),
             ));
         }
@@ -226,8 +229,8 @@ fn validate(request: PublishRequest, max_data_bytes: usize) -> Result<NewEvent, 
         Some(other) => other.to_string(),
     };
     if data.len() > max_data_bytes {
-        return Err(ApiError::too_large(
-            "data_too_large",
+        return Err(ApiError::new(
+            ErrorCode::DataTooLarge,
             format!(
                 "event data is {} bytes, over the {max_data_bytes}-byte limit",
                 data.len()
@@ -236,8 +239,8 @@ fn validate(request: PublishRequest, max_data_bytes: usize) -> Result<NewEvent, 
     }
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 256 {
-            return Err(ApiError::bad_request(
-                "invalid_field",
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
                 "idempotency_key must be 1 to 256 bytes",
             ));
         }
@@ -253,9 +256,10 @@ fn validate(request: PublishRequest, max_data_bytes: usize) -> Result<NewEvent, 
 }
 
 /// Names the failing item of a batch in the message.
-fn in_item(mut err: ApiError, index: usize, single: bool) -> ApiError {
-    if !single {
-        err.message = format!("event {index} of the batch: {}", err.message);
+fn in_item(err: ApiError, index: usize, single: bool) -> ApiError {
+    if single {
+        err
+    } else {
+        err.within(format_args!("event {index} of the batch"))
     }
-    err
 }

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::{EventId, Filter, Resume, Subscriber, Topic, TopicPattern};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::query::QueryPairs;
 use crate::AppState;
 
@@ -58,17 +58,17 @@ pub(crate) fn admit(
     let mut patterns = Vec::new();
     for spec in query.all("topic") {
         let pattern = TopicPattern::parse(spec)
-            .map_err(|e| ApiError::bad_request("invalid_topic", format!("topic {spec:?}: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidTopic, format!("topic {spec:?}: {e}")))?;
         patterns.push(pattern);
     }
     if let Some(user) = &access.user {
         let personal = Topic::for_user(user)
-            .map_err(|e| ApiError::bad_request("invalid_user", e.to_string()))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidUser, e.to_string()))?;
         patterns.push(TopicPattern::Exact(personal));
     }
     if patterns.is_empty() {
-        return Err(ApiError::bad_request(
-            "missing_topic",
+        return Err(ApiError::new(
+            ErrorCode::MissingTopic,
             "give at least one `topic` (or subscribe as a user)",
         ));
     }
