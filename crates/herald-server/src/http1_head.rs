@@ -478,24 +478,43 @@ User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n\
 
         use super::super::*;
 
+        /// Pieces of heads, good and bad, so that random sequences of them
+        /// often complete a head (about a third of the cases; random bytes
+        /// alone almost never do).
+        fn pieces() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                4 => Just(b"\r\n".to_vec()),
+                1 => Just(b"\n".to_vec()),
+                1 => Just(b" HTTP/1.1".to_vec()),
+                1 => Just(b"?topic=a".to_vec()),
+                1 => Just(b"Host: a".to_vec()),
+                1 => Just(b"X-A:  b ".to_vec()),
+                1 => Just(b"Content-Length: 0".to_vec()),
+                1 => Just(b"Upgrade: h2c".to_vec()),
+                1 => any::<u8>().prop_map(|b| vec![b]),
+            ];
+            proptest::collection::vec(piece, 0..16).prop_map(|p| p.concat())
+        }
+
         proptest! {
-            /// Any bytes at all: no panic, and an accepted head is exactly
-            /// the first `head_len` bytes, none of whose prefixes is accepted.
+            /// No panic, and an accepted head is exactly the first
+            /// `head_len` bytes: accepted alone, and incomplete one byte short.
             #[test]
-            fn any_bytes_after_an_events_request_line(
-                tail in proptest::collection::vec(any::<u8>(), 0..300),
-                line_end in prop::sample::select(vec!["", " HTTP/1.1\r\n", " HTTP/1.1\r\nHost: a\r\n"]),
+            fn an_accepted_head_is_exactly_its_head_len(
+                line in prop::sample::select(vec!["", " HTTP/1.1\r\n", "?a=b HTTP/1.1\r\n"]),
+                tail in pieces(),
             ) {
-                let mut buf = format!("GET /v1/events{line_end}").into_bytes();
+                let mut buf = format!("GET /v1/events{line}").into_bytes();
                 buf.extend_from_slice(&tail);
                 if let Head::EventStream { head_len, .. } = classify(&buf) {
                     prop_assert!(head_len <= buf.len());
-                    let again = classify(&buf[..head_len]);
+                    let alone = classify(&buf[..head_len]);
                     prop_assert!(
-                        matches!(again, Head::EventStream { head_len: h, .. } if h == head_len),
-                        "the head alone: {:?}", again
+                        matches!(alone, Head::EventStream { head_len: h, .. } if h == head_len),
+                        "the head alone: {:?}", alone
                     );
-                    prop_assert!(matches!(classify(&buf[..head_len - 1]), Head::Incomplete));
+                    let short = classify(&buf[..head_len - 1]);
+                    prop_assert!(matches!(short, Head::Incomplete), "one byte short: {:?}", short);
                 }
             }
 
