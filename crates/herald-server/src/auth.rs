@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use herald_core::topic::validate_user_id;
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 use crate::query::QueryPairs;
 
 /// How identities are established.
@@ -33,8 +33,7 @@ impl Auth {
             Auth::Dev => {
                 let user = match query.first("user").filter(|u| !u.is_empty()) {
                     Some(user) => {
-                        validate_user_id(user)
-                            .map_err(|e| ApiError::new(ErrorCode::InvalidUser, e.to_string()))?;
+                        validate_user_id(user).map_err(|e| ApiError::invalid_user(user, e))?;
                         Some(Arc::from(user))
                     }
                     None => None,

@@ -131,6 +131,22 @@ impl ApiError {
         }
     }
 
+    /// 400 `invalid_topic`, naming the topic as the client sent it.
+    pub(crate) fn invalid_topic(topic: &str, why: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::InvalidTopic,
+            format!("topic {}: {why}", quoted(topic)),
+        )
+    }
+
+    /// 400 `invalid_user`, naming the user id as the client sent it.
+    pub(crate) fn invalid_user(user: &str, why: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::InvalidUser,
+            format!("user {}: {why}", quoted(user)),
+        )
+    }
+
     /// 503 `log_unavailable`: the event log cannot take the event now.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::LogUnavailable, message)
@@ -140,7 +156,7 @@ impl ApiError {
     pub fn method_not_allowed() -> Self {
         Self::new(
             ErrorCode::MethodNotAllowed,
-            "this route does not accept that HTTP method",
+            "this route does not accept that HTTP method; the Allow header lists the ones it does",
         )
     }
 
@@ -163,6 +179,21 @@ impl ApiError {
     pub(crate) fn within(mut self, context: impl fmt::Display) -> Self {
         self.message = format!("{context}: {}", self.message);
         self
+    }
+}
+
+/// Longest part of a client's value a message repeats, in characters.
+const QUOTED_MAX_CHARS: usize = 64;
+
+/// A value the client sent, for a message: in double quotes with JSON escapes
+/// (`"a\u0001b"`, not Rust's `"a\u{1}b"`), and cut short with `…` when long.
+fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_MAX_CHARS) {
+        None => serde_json::Value::from(value).to_string(),
+        Some((cut, _)) => {
+            let shown = serde_json::Value::from(&value[..cut]).to_string();
+            format!("{shown}… ({} bytes)", value.len())
+        }
     }
 }
 
@@ -246,6 +277,19 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn quoted_values_are_json_strings_cut_when_long() {
+        assert_eq!(quoted("news"), r#""news""#);
+        assert_eq!(quoted(""), r#""""#);
+        assert_eq!(quoted("a\u{1}b\n\"c\""), r#""a\u0001b\n\"c\"""#);
+        let long = "é".repeat(100);
+        let cut = format!("\"{}\"… (200 bytes)", "é".repeat(QUOTED_MAX_CHARS));
+        assert_eq!(quoted(&long), cut);
+        // Exactly at the limit: whole.
+        let exact = "t".repeat(QUOTED_MAX_CHARS);
+        assert_eq!(quoted(&exact), format!("\"{exact}\""));
     }
 
     #[test]

@@ -126,7 +126,7 @@ fn assert_error(answer: &Answer, status: StatusCode, code: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("message must be a string: {answer:?}"));
     assert!(!message.trim().is_empty(), "{answer:?}");
-    for debug_form in ["``", "Some(", "None", "EventId(", "Error {"] {
+    for debug_form in ["``", "Some(", "None", "EventId(", "\\u{", "Error {"] {
         assert!(
             !message.contains(debug_form),
             "{debug_form:?} in the message: {message}"
@@ -256,6 +256,7 @@ async fn publish_refusals() {
                 json!({"topics": ["a"], "bogus": 1}),
                 json!({"topics": "a"}),
                 json!({"topics": ["a"], "retry": "soon"}),
+                json!({"topics": ["a"], "retry": "a\u{1}b"}),
                 json!({"broadcast": "yes"}),
                 json!([{"topics": ["a"]}, 3]),
                 json!({"topics": ["a"], "idempotency_key": ""}),
@@ -345,6 +346,22 @@ async fn a_bad_batch_item_is_named_and_nothing_is_stored() {
 }
 
 #[tokio::test]
+async fn missing_target_names_the_fields_of_the_form_used() {
+    let app = app();
+    let json_form = publish_value(&app, json!({"data": "x"})).await;
+    let message = assert_error(&json_form, StatusCode::BAD_REQUEST, "missing_target");
+    for field in ["`topics`", "`users`", "`broadcast"] {
+        assert!(message.contains(field), "{field} in {message}");
+    }
+    let text_form = answer(&app, publish_text("?event=notice", "x")).await;
+    let message = assert_error(&text_form, StatusCode::BAD_REQUEST, "missing_target");
+    for parameter in ["?topic=", "?user=", "?broadcast=true"] {
+        assert!(message.contains(parameter), "{parameter} in {message}");
+    }
+    assert!(!message.contains("`topics`"), "{message}");
+}
+
+#[tokio::test]
 async fn text_plain_refusals() {
     let app = app();
     let a = answer(&app, publish_text("?topic=a", vec![0xffu8, 0xfe])).await;
@@ -357,6 +374,24 @@ async fn text_plain_refusals() {
     assert_error(&a, StatusCode::BAD_REQUEST, "reserved_event_type");
     let a = answer(&app, publish_text("?topic=a", "x".repeat(MAX_DATA + 1))).await;
     assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "data_too_large");
+}
+
+#[tokio::test]
+async fn messages_quote_the_value_as_json_and_cut_long_ones() {
+    let app = app();
+    let a = publish_value(&app, json!({"topics": ["a\u{1}b"]})).await;
+    let message = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_topic");
+    assert!(message.starts_with(r#"topic "a\u0001b": "#), "{message}");
+    let a = publish_value(&app, json!({"users": ["x".repeat(MAX_BODY / 2)]})).await;
+    let message = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_user");
+    assert!(message.len() < 300, "{message}");
+    assert!(
+        message.contains(&format!("… ({} bytes)", MAX_BODY / 2)),
+        "{message}"
+    );
+    let a = answer(&app, get("/v1/events?user=a%0Db")).await;
+    let message = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_user");
+    assert!(message.starts_with(r#"user "a\rb": "#), "{message}");
 }
 
 // ---- subscribe ----
@@ -561,7 +596,8 @@ async fn unknown_routes_are_404_json() {
             .body(Body::empty())
             .expect("valid request");
         let a = answer(&app, request).await;
-        assert_error(&a, StatusCode::NOT_FOUND, "not_found");
+        let message = assert_error(&a, StatusCode::NOT_FOUND, "not_found");
+        assert!(message.contains("docs/api.md"), "{message}");
     }
 }
 

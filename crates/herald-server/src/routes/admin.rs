@@ -50,7 +50,7 @@ pub(crate) async fn users(
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::InvalidLimit,
-                    format!("limit must be 1 to {MAX_PAGE}"),
+                    format!("limit must be a whole number from 1 to {MAX_PAGE}"),
                 )
             })?,
     };
@@ -97,8 +97,7 @@ pub(crate) async fn topic(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     state.auth.admin()?;
-    let topic = Topic::new(&name)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidTopic, format!("topic {name:?}: {e}")))?;
+    let topic = Topic::new(&name).map_err(|e| ApiError::invalid_topic(&name, e))?;
     let last = state
         .hub
         .log()

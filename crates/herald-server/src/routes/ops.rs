@@ -96,7 +96,11 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 /// Any route not in API.md.
 pub(crate) async fn not_found() -> Response {
-    ApiError::new(ErrorCode::NotFound, "no such route; see the API reference").into_response()
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such route; the routes are listed in docs/api.md",
+    )
+    .into_response()
 }
 
 /// A known route with the wrong method.
