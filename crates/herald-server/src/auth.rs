@@ -33,8 +33,7 @@ impl Auth {
             Auth::Dev => {
                 let user = match query.first("user").filter(|u| !u.is_empty()) {
                     Some(user) => {
-                        validate_user_id(user)
-                            .map_err(|e| ApiError::bad_request("invalid_user", e.to_string()))?;
+                        validate_user_id(user).map_err(|e| ApiError::invalid_user(user, e))?;
                         Some(Arc::from(user))
                     }
                     None => None,

@@ -4,7 +4,8 @@
 //! life of every connection. An SSE stream is one request followed by hours of
 //! small writes, so on hyper those buffers are most of what an idle
 //! subscriber costs. Here the accept loop peeks at a new connection's request
-//! head; a complete HTTP/1.1 `GET /v1/events` that [`admit`] accepts is served
+//! head (what the bytes are is `crate::http1_head`'s business); a complete
+//! HTTP/1.1 `GET /v1/events` that [`admit`] accepts is served
 //! by [`stream`], which writes the response head and chunked frames straight
 //! to the socket and keeps no buffer between writes. Everything else —
 //! other routes, HTTP/2, refused or partial requests — goes to hyper
@@ -19,19 +20,15 @@
 use std::io;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Version};
+use axum::http::{HeaderMap, Version};
 use herald_core::{Connection, Subscriber};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cors;
+use crate::http1_head::{classify, Head, MAX_HEAD};
 use crate::routes::subscribe::{admit, set_stream_headers, Admission};
 use crate::AppState;
-
-/// Longest request head the direct path looks at; longer ones go to hyper.
-const MAX_HEAD: usize = 8 * 1024;
-/// Headers parsed at most.
-const MAX_HEADERS: usize = 64;
 
 /// A request the direct path will serve.
 #[derive(Debug)]
@@ -52,61 +49,37 @@ pub(crate) enum Sniffed {
     Other,
 }
 
-/// The client preface every HTTP/2 connection starts with (RFC 9113 §3.4).
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// Peeks at the first bytes of a connection. Consumes nothing.
+///
+/// One peek: a head that has not fully arrived by then (or a preface cut in
+/// two) goes to hyper, which serves it as any other request. Peeking again
+/// would return at once with the same bytes, so waiting for more is not an
+/// option without consuming them.
 pub(crate) async fn sniff(stream: &TcpStream, state: &AppState) -> Sniffed {
     let mut buf = vec![0u8; MAX_HEAD];
     let Ok(n) = stream.peek(&mut buf).await else {
         return Sniffed::Other;
     };
-    if buf[..n].starts_with(HTTP2_PREFACE) {
-        return Sniffed::Http2;
-    }
-    parse_direct(&buf[..n], state).map_or(Sniffed::Other, Sniffed::Direct)
-}
-
-/// The request when `head` is a complete HTTP/1.1 `GET /v1/events` that
-/// [`admit`] accepts.
-fn parse_direct(head: &[u8], state: &AppState) -> Option<Box<DirectRequest>> {
-    let mut parsed_headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut parsed_headers);
-    let head_len = match request.parse(head) {
-        Ok(httparse::Status::Complete(len)) => len,
-        _ => return None,
-    };
-    if request.method != Some("GET") || request.version != Some(1) {
-        return None;
-    }
-    let target = request.path?;
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
-    };
-    if path != "/v1/events" {
-        return None;
-    }
-    let mut headers = HeaderMap::with_capacity(request.headers.len());
-    for h in request.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        headers.append(name, value);
-    }
-    // A request body, or an upgrade, is hyper's business.
-    if headers.contains_key("content-length")
-        || headers.contains_key("transfer-encoding")
-        || headers.contains_key("upgrade")
-    {
-        return None;
-    }
-    match admit(state, query, &headers) {
-        Ok(Admission::Open(subscriber)) => Some(Box::new(DirectRequest {
+    match classify(&buf[..n]) {
+        Head::Http2 => Sniffed::Http2,
+        Head::EventStream {
             head_len,
-            subscriber,
+            query,
             headers,
-        })),
-        _ => None,
+        } => match admit(state, query, &headers) {
+            Ok(Admission::Open(subscriber)) => Sniffed::Direct(Box::new(DirectRequest {
+                head_len,
+                subscriber,
+                headers,
+            })),
+            // Refusals and "come back later" are the router's answers.
+            _ => Sniffed::Other,
+        },
+        Head::Incomplete => Sniffed::Other,
+        Head::Other(why) => {
+            tracing::trace!(?why, "not a direct event stream");
+            Sniffed::Other
+        }
     }
 }
 

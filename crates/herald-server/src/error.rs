@@ -2,73 +2,197 @@
 //!
 //! Every error is JSON `{"error": {"code": "...", "message": "..."}}` with the
 //! status API.md gives for it; nothing a client sends can produce a 500.
+//!
+//! Invariants: an [`ErrorCode`] decides the status and the `Retry-After`
+//! header, so a code is never sent with another status; code strings are part
+//! of the contract (clients match on them) and are never renamed.
+
+use std::fmt;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-/// An error answer: status, stable snake_case code, and a sentence for people.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable machine-readable code.
-    pub code: &'static str,
-    /// What went wrong and what to do about it.
-    pub message: String,
-    /// Seconds for `Retry-After` (429 and 503).
-    pub retry_after: Option<u32>,
+/// The stable, machine-readable `code` of an error answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 400: a publish body is not JSON, or not an object or an array of objects.
+    BadJson,
+    /// 400: a publish field has the wrong type, is unknown, or is out of range.
+    InvalidField,
+    /// 400: a topic (published to, subscribed to, or looked up) is not a valid topic.
+    InvalidTopic,
+    /// 400: a user id (a publish's `users`, a subscriber's `user`) is not valid.
+    InvalidUser,
+    /// 400: an event type is empty or contains CR or LF.
+    InvalidEventType,
+    /// 400: an event type starts with `herald.`, which names Herald's own events.
+    ReservedEventType,
+    /// 400: a `text/plain` publish body is not UTF-8.
+    InvalidData,
+    /// 400: a publish names no topic, no user and no broadcast.
+    MissingTarget,
+    /// 400: a publish batch is an empty array.
+    EmptyBatch,
+    /// 400: a subscription has neither a topic nor an identity.
+    MissingTopic,
+    /// 400: `GET /v1/users` was given a `limit` out of range.
+    InvalidLimit,
+    /// 404: no such route.
+    NotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 413: a request body is over the configured limit.
+    BodyTooLarge,
+    /// 413: an event's data is over the configured limit.
+    DataTooLarge,
+    /// 413: a batch holds more events than one request may.
+    BatchTooLarge,
+    /// 503: the event log cannot take or serve events now; nothing was stored.
+    LogUnavailable,
 }
 
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
+impl ErrorCode {
+    /// The code as clients see it (snake_case).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::InvalidField => "invalid_field",
+            Self::InvalidTopic => "invalid_topic",
+            Self::InvalidUser => "invalid_user",
+            Self::InvalidEventType => "invalid_event_type",
+            Self::ReservedEventType => "reserved_event_type",
+            Self::InvalidData => "invalid_data",
+            Self::MissingTarget => "missing_target",
+            Self::EmptyBatch => "empty_batch",
+            Self::MissingTopic => "missing_topic",
+            Self::InvalidLimit => "invalid_limit",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BodyTooLarge => "body_too_large",
+            Self::DataTooLarge => "data_too_large",
+            Self::BatchTooLarge => "batch_too_large",
+            Self::LogUnavailable => "log_unavailable",
         }
     }
 
-    /// 400: the request or one of its fields is malformed.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
+    /// The HTTP status every answer with this code has.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Self::BadJson
+            | Self::InvalidField
+            | Self::InvalidTopic
+            | Self::InvalidUser
+            | Self::InvalidEventType
+            | Self::ReservedEventType
+            | Self::InvalidData
+            | Self::MissingTarget
+            | Self::EmptyBatch
+            | Self::MissingTopic
+            | Self::InvalidLimit => StatusCode::BAD_REQUEST,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge | Self::DataTooLarge | Self::BatchTooLarge => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
     }
 
-    /// 401: the token is missing, expired or invalid.
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    /// Seconds for `Retry-After`: set for the answers a client should retry.
+    pub const fn retry_after(self) -> Option<u32> {
+        match self {
+            Self::LogUnavailable => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error answer: a code (which fixes the status) and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with `code`; `message` says what went wrong and what to do.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
-    /// 403: the token is valid but does not allow this.
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
-    }
-
-    /// 404: no such route or user.
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, message)
-    }
-
-    /// 405: the route exists, the method does not.
-    pub fn method_not_allowed() -> Self {
+    /// 400 `invalid_topic`, naming the topic as the client sent it.
+    pub(crate) fn invalid_topic(topic: &str, why: impl fmt::Display) -> Self {
         Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this route does not accept that HTTP method",
+            ErrorCode::InvalidTopic,
+            format!("topic {}: {why}", quoted(topic)),
         )
     }
 
-    /// 413: the body or an event's data is over the configured limit.
-    pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
+    /// 400 `invalid_user`, naming the user id as the client sent it.
+    pub(crate) fn invalid_user(user: &str, why: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::InvalidUser,
+            format!("user {}: {why}", quoted(user)),
+        )
     }
 
-    /// 503: the event log cannot take the event now; nothing was stored.
+    /// 503 `log_unavailable`: the event log cannot take the event now.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self {
-            retry_after: Some(1),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "log_unavailable", message)
+        Self::new(ErrorCode::LogUnavailable, message)
+    }
+
+    /// 405 `method_not_allowed`.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            ErrorCode::MethodNotAllowed,
+            "this route does not accept that HTTP method; the Allow header lists the ones it does",
+        )
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The HTTP status (the code's).
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    /// What went wrong and what to do about it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The same error, its message prefixed with where it happened.
+    pub(crate) fn within(mut self, context: impl fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+}
+
+/// Longest part of a client's value a message repeats, in characters.
+const QUOTED_MAX_CHARS: usize = 64;
+
+/// A value the client sent, for a message: in double quotes with JSON escapes
+/// (`"a\u0001b"`, not Rust's `"a\u{1}b"`), and cut short with `…` when long.
+fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_MAX_CHARS) {
+        None => serde_json::Value::from(value).to_string(),
+        Some((cut, _)) => {
+            let shown = serde_json::Value::from(&value[..cut]).to_string();
+            format!("{shown}… ({} bytes)", value.len())
         }
     }
 }
@@ -76,14 +200,110 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({
-            "error": { "code": self.code, "message": self.message }
+            "error": { "code": self.code.as_str(), "message": self.message }
         });
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(seconds) = self.retry_after {
+        let mut response = (self.code.status(), axum::Json(body)).into_response();
+        if let Some(seconds) = self.code.retry_after() {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_answer_is_the_code_s_status_and_json() {
+        let response = ApiError::unavailable("the disk is full").into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a whole body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"code": "log_unavailable", "message": "the disk is full"}})
+        );
+
+        let response = ApiError::new(ErrorCode::MissingTopic, "x").into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers().get(header::RETRY_AFTER), None);
+    }
+
+    /// The contract (API.md, tests/e2e/errors.test.mjs): never renamed.
+    #[test]
+    fn codes_and_statuses_are_the_contract() {
+        use ErrorCode::*;
+        let bad = StatusCode::BAD_REQUEST;
+        let too_large = StatusCode::PAYLOAD_TOO_LARGE;
+        for (code, text, status) in [
+            (BadJson, "bad_json", bad),
+            (InvalidField, "invalid_field", bad),
+            (InvalidTopic, "invalid_topic", bad),
+            (InvalidUser, "invalid_user", bad),
+            (InvalidEventType, "invalid_event_type", bad),
+            (ReservedEventType, "reserved_event_type", bad),
+            (InvalidData, "invalid_data", bad),
+            (MissingTarget, "missing_target", bad),
+            (EmptyBatch, "empty_batch", bad),
+            (MissingTopic, "missing_topic", bad),
+            (InvalidLimit, "invalid_limit", bad),
+            (NotFound, "not_found", StatusCode::NOT_FOUND),
+            (
+                MethodNotAllowed,
+                "method_not_allowed",
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (BodyTooLarge, "body_too_large", too_large),
+            (DataTooLarge, "data_too_large", too_large),
+            (BatchTooLarge, "batch_too_large", too_large),
+            (
+                LogUnavailable,
+                "log_unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+        ] {
+            assert_eq!((code.as_str(), code.status()), (text, status));
+            assert_eq!(code.to_string(), text);
+            // Retry-After exactly on the answers that ask for a retry.
+            assert_eq!(
+                code.retry_after().is_some(),
+                status.as_u16() == 503,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn quoted_values_are_json_strings_cut_when_long() {
+        assert_eq!(quoted("news"), r#""news""#);
+        assert_eq!(quoted(""), r#""""#);
+        assert_eq!(quoted("a\u{1}b\n\"c\""), r#""a\u0001b\n\"c\"""#);
+        let long = "é".repeat(100);
+        let cut = format!("\"{}\"… (200 bytes)", "é".repeat(QUOTED_MAX_CHARS));
+        assert_eq!(quoted(&long), cut);
+        // Exactly at the limit: whole.
+        let exact = "t".repeat(QUOTED_MAX_CHARS);
+        assert_eq!(quoted(&exact), format!("\"{exact}\""));
+    }
+
+    #[test]
+    fn within_prefixes_the_message_only() {
+        let err = ApiError::new(ErrorCode::InvalidTopic, "a topic must not be empty")
+            .within("event 3 of the batch");
+        assert_eq!(err.code(), ErrorCode::InvalidTopic);
+        assert_eq!(
+            err.message(),
+            "event 3 of the batch: a topic must not be empty"
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid_topic: event 3 of the batch: a topic must not be empty"
+        );
     }
 }

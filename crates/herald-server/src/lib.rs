@@ -13,6 +13,7 @@ mod auth;
 mod cors;
 mod direct;
 mod error;
+mod http1_head;
 mod query;
 mod routes;
 
@@ -26,7 +27,7 @@ use herald_core::{EventLog, Hub};
 
 pub use accept::serve;
 pub use auth::Auth;
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 
 /// HTTP-level options (the hub and the log have their own).
 #[derive(Debug, Clone)]
@@ -94,14 +95,22 @@ impl AppState {
 
 /// The full router.
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut app = Router::new()
-        .route("/v1/events", get(routes::subscribe::subscribe))
-        .route("/v1/publish", post(routes::publish::publish))
+    // Admin access is checked once for all of these, before any extractor, so
+    // no admin handler can forget it.
+    let admin = Router::new()
         .route("/v1/stats", get(routes::admin::stats))
         .route("/v1/users", get(routes::admin::users))
         .route("/v1/users/{id}", get(routes::admin::user))
         .route("/v1/users/{id}/connections", delete(routes::admin::kick))
         .route("/v1/topics/{*topic}", get(routes::admin::topic))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::admin::require_admin,
+        ));
+    let mut app = Router::new()
+        .route("/v1/events", get(routes::subscribe::subscribe))
+        .route("/v1/publish", post(routes::publish::publish))
+        .merge(admin)
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics));

@@ -1,24 +1,37 @@
 //! Admin routes: who is online, closing a user's streams, topic info, stats.
+//! The router lets a request reach them only through [`require_admin`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_core::Topic;
 use serde_json::json;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::query::QueryPairs;
 use crate::AppState;
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
+/// Lets a request through to an admin route only with admin access.
+pub(crate) async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.auth.admin() {
+        Ok(()) => next.run(request).await,
+        Err(err) => err.into_response(),
+    }
+}
+
 /// `GET /v1/stats`.
 pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    state.auth.admin()?;
     let counts = state.hub.counts();
     Ok(Json(json!({
         "connections": counts.connections,
@@ -38,7 +51,6 @@ pub(crate) async fn users(
     State(state): State<Arc<AppState>>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    state.auth.admin()?;
     let query = QueryPairs::parse(request.uri().query());
     let limit = match query.first("limit") {
         None => DEFAULT_PAGE,
@@ -47,7 +59,10 @@ pub(crate) async fn users(
             .ok()
             .filter(|l| (1..=MAX_PAGE).contains(l))
             .ok_or_else(|| {
-                ApiError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_PAGE}"))
+                ApiError::new(
+                    ErrorCode::InvalidLimit,
+                    format!("limit must be a whole number from 1 to {MAX_PAGE}"),
+                )
             })?,
     };
     let cursor = query.first("cursor").filter(|c| !c.is_empty());
@@ -69,7 +84,6 @@ pub(crate) async fn user(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.auth.admin()?;
     let connections = state.hub.user_connections(&id);
     Ok(
         Json(json!({"id": id, "online": connections > 0, "connections": connections}))
@@ -82,7 +96,6 @@ pub(crate) async fn kick(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.auth.admin()?;
     let closed = state.hub.close_user(&id);
     Ok(Json(json!({"closed": closed})).into_response())
 }
@@ -92,9 +105,7 @@ pub(crate) async fn topic(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.auth.admin()?;
-    let topic = Topic::new(&name)
-        .map_err(|e| ApiError::bad_request("invalid_topic", format!("topic {name:?}: {e}")))?;
+    let topic = Topic::new(&name).map_err(|e| ApiError::invalid_topic(&name, e))?;
     let last = state
         .log
         .last_id_for_topic(&topic)

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::AppState;
 
 /// `GET /healthz`: the process is alive.
@@ -96,7 +96,11 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 /// Any route not in API.md.
 pub(crate) async fn not_found() -> Response {
-    ApiError::not_found("not_found", "no such route; see the API reference").into_response()
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such route; the routes are listed in docs/api.md",
+    )
+    .into_response()
 }
 
 /// A known route with the wrong method.

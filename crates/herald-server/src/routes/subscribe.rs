@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::{EventId, Filter, Resume, Subscriber, Topic, TopicPattern};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::query::QueryPairs;
 use crate::AppState;
 
@@ -57,19 +57,18 @@ pub(crate) fn admit(
     let access = state.auth.subscriber(&query)?;
     let mut patterns = Vec::new();
     for spec in query.all("topic") {
-        let pattern = TopicPattern::parse(spec)
-            .map_err(|e| ApiError::bad_request("invalid_topic", format!("topic {spec:?}: {e}")))?;
+        let pattern = TopicPattern::parse(spec).map_err(|e| ApiError::invalid_topic(spec, e))?;
         patterns.push(pattern);
     }
     if let Some(user) = &access.user {
-        let personal = Topic::for_user(user)
-            .map_err(|e| ApiError::bad_request("invalid_user", e.to_string()))?;
+        let personal = Topic::for_user(user).map_err(|e| ApiError::invalid_user(user, e))?;
         patterns.push(TopicPattern::Exact(personal));
     }
     if patterns.is_empty() {
-        return Err(ApiError::bad_request(
-            "missing_topic",
-            "give at least one `topic` (or subscribe as a user)",
+        return Err(ApiError::new(
+            ErrorCode::MissingTopic,
+            "a stream needs a `topic` query parameter (repeat it for several topics), \
+             or a user identity (`?user=` in dev mode)",
         ));
     }
     let types = query.first("types").map(|t| {
