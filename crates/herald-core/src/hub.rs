@@ -30,13 +30,6 @@ use crate::stream::{stream_queue, ConnId, Outbound, Registry, StreamShared};
 /// How many events the log tail reads per step.
 const TAIL_BATCH: usize = 1024;
 
-/// Default of [`HubConfig::queue_capacity`].
-pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
-/// Default of [`HubConfig::heartbeat`], in seconds.
-pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
-/// Default of [`HubConfig::retry_ms`].
-pub const DEFAULT_RETRY_MS: u64 = 3000;
-
 /// Tunables of the hub.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -52,13 +45,22 @@ pub struct HubConfig {
     pub retry_ms: u64,
 }
 
+impl HubConfig {
+    /// Default of [`HubConfig::queue_capacity`].
+    pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+    /// Default of [`HubConfig::heartbeat`], in seconds.
+    pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
+    /// Default of [`HubConfig::retry_ms`].
+    pub const DEFAULT_RETRY_MS: u64 = 3000;
+}
+
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            queue_capacity: DEFAULT_QUEUE_CAPACITY,
-            heartbeat: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
+            queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
+            heartbeat: Duration::from_secs(Self::DEFAULT_HEARTBEAT_SECS),
             max_connection_lifetime: None,
-            retry_ms: DEFAULT_RETRY_MS,
+            retry_ms: Self::DEFAULT_RETRY_MS,
         }
     }
 }

@@ -39,13 +39,24 @@ pub struct Retention {
     pub idempotency_window: Duration,
 }
 
+impl Retention {
+    /// Default of [`Retention::max_events`].
+    pub const DEFAULT_MAX_EVENTS: usize = 1_000_000;
+    /// Default of [`Retention::max_bytes`] (1 GiB).
+    pub const DEFAULT_MAX_BYTES: usize = 1 << 30;
+    /// Default of [`Retention::max_age`], in seconds (a day).
+    pub const DEFAULT_MAX_AGE_SECS: u64 = 24 * 3600;
+    /// Default of [`Retention::idempotency_window`], in seconds.
+    pub const DEFAULT_IDEMPOTENCY_WINDOW_SECS: u64 = 600;
+}
+
 impl Default for Retention {
     fn default() -> Self {
         Self {
-            max_events: 1_000_000,
-            max_bytes: 1 << 30,
-            max_age: Duration::from_secs(24 * 3600),
-            idempotency_window: Duration::from_secs(600),
+            max_events: Self::DEFAULT_MAX_EVENTS,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+            max_age: Duration::from_secs(Self::DEFAULT_MAX_AGE_SECS),
+            idempotency_window: Duration::from_secs(Self::DEFAULT_IDEMPOTENCY_WINDOW_SECS),
         }
     }
 }

@@ -46,14 +46,28 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
 }
 
+impl ServerConfig {
+    /// Where Herald listens unless told otherwise (loopback: dev mode must
+    /// not be reachable from other machines by accident).
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
+    /// Default of [`ServerConfig::max_body_bytes`] (4 MiB).
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+    /// Default of [`ServerConfig::max_data_bytes`] (256 KiB).
+    pub const DEFAULT_MAX_DATA_BYTES: usize = 256 << 10;
+    /// Default of [`ServerConfig::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+    /// Default of [`ServerConfig::allowed_origins`]: any origin.
+    pub const DEFAULT_ALLOWED_ORIGIN: &'static str = "*";
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             dev: false,
-            max_body_bytes: 4 << 20,
-            max_data_bytes: 256 << 10,
-            max_connections: 100_000,
-            allowed_origins: vec!["*".into()],
+            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            max_data_bytes: Self::DEFAULT_MAX_DATA_BYTES,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            allowed_origins: vec![Self::DEFAULT_ALLOWED_ORIGIN.into()],
             header_read_timeout: Duration::from_secs(10),
         }
     }

@@ -1,5 +1,15 @@
 //! `herald serve` configuration: defaults < TOML file < `HERALD_*` env < flags.
 //!
+//! **Each option is declared once**, as a field of [`Config`]: the field name
+//! is the TOML key (and `HERALD_<KEY>` in the environment), its doc comment
+//! is the flag's help, its `#[arg]` names the flag and gives the default — a
+//! constant of the library that uses the value. The defaults layer, the list
+//! of environment keys and the flags are all derived from that one
+//! declaration; the `From<&Config>` impls at the end hand each library its
+//! own config. Adding an option is one field here, its use in one of those
+//! impls, and its row in the README's options table (a test checks that the
+//! table and this struct list the same keys with the same defaults).
+//!
 //! Everything is validated here, before any port is bound; a bad value is a
 //! [`ConfigError`] (exit 64) naming the option and where it came from.
 
@@ -7,9 +17,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
 use figment::Figment;
+use herald_core::HubConfig;
+use herald_log::{Durability, DurableOptions, Retention};
+use herald_server::ServerConfig;
 use serde::{Deserialize, Serialize};
 
 /// A configuration problem; the message names the option and its source.
@@ -24,164 +39,87 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// The options of `herald serve`. Field names are the TOML keys; the env
-/// names are `HERALD_` + the key in upper case.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Where the durable event log lives unless told otherwise.
+const DEFAULT_DATA_DIR: &str = "./herald-data";
+/// The log filter unless told otherwise.
+const DEFAULT_LOG: &str = "info";
+
+/// The options of `herald serve` (flags, TOML keys and `HERALD_*` variables).
+#[derive(Debug, Clone, Serialize, Deserialize, Args)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Config {
+    /// TOML config file (keys as the flags, with `_` for `-`).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = ServerConfig::DEFAULT_LISTEN)]
     pub listen: String,
+    /// Dev mode: no tokens, `?user=` names the subscriber, admin open, demo page at /demo.
+    #[arg(long)]
     pub dev: bool,
+    /// Keep the event log in memory only (history is lost on restart).
+    #[arg(long, conflicts_with = "data_dir")]
     pub memory: bool,
+    /// Directory of the durable event log (one Herald at a time).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// When a publish is acknowledged: `process` (written to the OS: survives
+    /// kill -9) or `fsync` (also fdatasync'ed: survives power loss).
+    #[arg(long, value_name = "LEVEL", value_enum, default_value_t = DurabilityLevel::Process)]
     pub durability: DurabilityLevel,
+    /// Redis URL of the cluster engine (not built yet: refused).
+    #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// Seconds between heartbeat comments on idle streams.
+    #[arg(long, value_name = "SECS", default_value_t = HubConfig::DEFAULT_HEARTBEAT_SECS)]
     pub heartbeat_secs: u64,
+    /// Reconnection delay sent to clients in `retry:`, ms.
+    #[arg(long, value_name = "MS", default_value_t = HubConfig::DEFAULT_RETRY_MS)]
     pub retry_ms: u64,
+    /// Close streams after about this many seconds (0: never); clients reconnect and resume.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub max_connection_lifetime_secs: u64,
+    /// Events queued per stream before it switches to catch-up from the log.
+    #[arg(long, value_name = "N", default_value_t = HubConfig::DEFAULT_QUEUE_CAPACITY)]
     pub queue_capacity: usize,
+    /// Events retained for resume.
+    #[arg(long, value_name = "N", default_value_t = Retention::DEFAULT_MAX_EVENTS)]
     pub retention_events: usize,
+    /// Bytes retained for resume (durable log: disk bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = Retention::DEFAULT_MAX_BYTES)]
     pub retention_bytes: usize,
+    /// Seconds an event is retained.
+    #[arg(long, value_name = "SECS", default_value_t = Retention::DEFAULT_MAX_AGE_SECS)]
     pub retention_secs: u64,
+    /// Seconds an idempotency key is remembered.
+    #[arg(long, value_name = "SECS", default_value_t = Retention::DEFAULT_IDEMPOTENCY_WINDOW_SECS)]
     pub idempotency_window_secs: u64,
+    /// Largest publish request body, bytes (413 `body_too_large`).
+    #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// Largest `data` of one event, bytes (413 `data_too_large`).
+    #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::DEFAULT_MAX_DATA_BYTES)]
     pub max_data_bytes: usize,
+    /// Most open streams; over it a subscriber is told to come back later.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// A CORS origin allowed (repeatable; `*` for any).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN",
+          default_values_t = [ServerConfig::DEFAULT_ALLOWED_ORIGIN.to_owned()])]
     pub allowed_origins: Vec<String>,
+    /// Log filter (tracing `EnvFilter` syntax); logs go to stderr.
+    #[arg(long, value_name = "FILTER", default_value = DEFAULT_LOG)]
     pub log: String,
 }
 
 impl Default for Config {
+    /// The flags' defaults: the one place defaults are declared.
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8080".into(),
-            dev: false,
-            memory: false,
-            data_dir: PathBuf::from("./herald-data"),
-            durability: DurabilityLevel::Process,
-            redis: None,
-            heartbeat_secs: 15,
-            retry_ms: 3000,
-            max_connection_lifetime_secs: 0,
-            queue_capacity: 256,
-            retention_events: 1_000_000,
-            retention_bytes: 1 << 30,
-            retention_secs: 24 * 3600,
-            idempotency_window_secs: 600,
-            max_body_bytes: 4 << 20,
-            max_data_bytes: 256 << 10,
-            max_connections: 100_000,
-            allowed_origins: vec!["*".into()],
-            log: "info".into(),
-        }
+        // Parsing no arguments cannot fail: every option has a default or is optional.
+        let matches = Config::command().get_matches_from(["serve"]);
+        Config::from_arg_matches(&matches).unwrap_or_else(|_| unreachable!())
     }
-}
-
-const KEYS: &[&str] = &[
-    "listen",
-    "dev",
-    "memory",
-    "data_dir",
-    "durability",
-    "redis",
-    "heartbeat_secs",
-    "retry_ms",
-    "max_connection_lifetime_secs",
-    "queue_capacity",
-    "retention_events",
-    "retention_bytes",
-    "retention_secs",
-    "idempotency_window_secs",
-    "max_body_bytes",
-    "max_data_bytes",
-    "max_connections",
-    "allowed_origins",
-    "log",
-];
-
-/// Flags of `herald serve`; each overrides the same-named config key.
-#[derive(Debug, Clone, Default, Args, Serialize)]
-pub(crate) struct ServeArgs {
-    /// TOML config file.
-    #[arg(long, value_name = "FILE")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long, value_name = "ADDR:PORT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    /// Dev mode: no tokens, `?user=` names the subscriber, demo page at /demo.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub dev: bool,
-    /// Keep the event log in memory only (history is lost on restart).
-    #[arg(long, conflicts_with = "data_dir")]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub memory: bool,
-    /// Directory of the durable event log [default: ./herald-data].
-    #[arg(long, value_name = "DIR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    /// When a publish is acknowledged: `process` (survives kill -9) or
-    /// `fsync` (survives power loss) [default: process].
-    #[arg(long, value_name = "LEVEL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub durability: Option<DurabilityLevel>,
-    /// Redis URL for the cluster engine.
-    #[arg(long, value_name = "URL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis: Option<String>,
-    /// Seconds between heartbeat comments on idle streams [default: 15].
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heartbeat_secs: Option<u64>,
-    /// Reconnection delay sent to clients in `retry:`, ms [default: 3000].
-    #[arg(long, value_name = "MS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_ms: Option<u64>,
-    /// Close streams after about this many seconds (0: never) [default: 0].
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connection_lifetime_secs: Option<u64>,
-    /// Events queued per stream before it switches to catch-up [default: 256].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue_capacity: Option<usize>,
-    /// Events retained for resume [default: 1000000].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retention_events: Option<usize>,
-    /// Bytes retained for resume [default: 1 GiB].
-    #[arg(long, value_name = "BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retention_bytes: Option<usize>,
-    /// Seconds an event is retained [default: 86400].
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retention_secs: Option<u64>,
-    /// Seconds an idempotency key is remembered [default: 600].
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idempotency_window_secs: Option<u64>,
-    /// Largest publish request body, bytes [default: 4 MiB].
-    #[arg(long, value_name = "BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_body_bytes: Option<usize>,
-    /// Largest `data` of one event, bytes [default: 256 KiB].
-    #[arg(long, value_name = "BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_data_bytes: Option<usize>,
-    /// Most open streams [default: 100000].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<usize>,
-    /// A CORS origin allowed (repeatable; `*` for any) [default: *].
-    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
-    #[serde(rename = "allowed_origins", skip_serializing_if = "Vec::is_empty")]
-    pub allowed_origins: Vec<String>,
-    /// Log filter (tracing `EnvFilter` syntax) [default: info].
-    #[arg(long, value_name = "FILTER")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log: Option<String>,
 }
 
 /// When a publish is acknowledged by the durable log.
@@ -194,6 +132,21 @@ pub(crate) enum DurabilityLevel {
     Fsync,
 }
 
+impl std::fmt::Display for DurabilityLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Process => "process",
+            Self::Fsync => "fsync",
+        })
+    }
+}
+
+/// The flags given on the command line, as a figment layer. Its own type,
+/// so that figment's metadata (the type's name) tells a flag from the rest.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+struct CommandLineFlags(Dict);
+
 /// Everything `serve` needs, validated.
 #[derive(Debug, Clone)]
 pub(crate) struct Validated {
@@ -202,8 +155,24 @@ pub(crate) struct Validated {
 }
 
 impl Config {
-    /// Merges the sources and validates the result.
-    pub(crate) fn load(args: &ServeArgs) -> Result<Validated, ConfigError> {
+    /// The options as clap sees them (the same as `herald serve`'s).
+    fn command() -> clap::Command {
+        Config::augment_args(clap::Command::new("serve"))
+    }
+
+    /// The TOML keys (every option but `--config` itself).
+    fn keys() -> Vec<String> {
+        Config::command()
+            .get_arguments()
+            .map(|arg| arg.get_id().as_str().to_owned())
+            .filter(|id| id != "config")
+            .collect()
+    }
+
+    /// Merges the sources — defaults, the file, the environment, and the
+    /// flags that `matches` says were given on the command line — and
+    /// validates the result.
+    pub(crate) fn load(args: &Config, matches: &ArgMatches) -> Result<Validated, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = &args.config {
             if !path.exists() {
@@ -214,9 +183,13 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
+        let keys = Config::keys();
+        let given = given_flags(args, matches, &keys)?;
         figment = figment
-            .merge(Env::prefixed("HERALD_").only(KEYS))
-            .merge(Serialized::defaults(args));
+            .merge(
+                Env::prefixed("HERALD_").only(&keys.iter().map(String::as_str).collect::<Vec<_>>()),
+            )
+            .merge(Serialized::defaults(given));
         let config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
         config.validate(&figment)
     }
@@ -225,7 +198,7 @@ impl Config {
         let source = |key: &str| {
             figment
                 .find_metadata(key)
-                .map(|m| format!(" (from {})", source_of(m, &[key])))
+                .map(|m| format!(" (from {})", source_of(m, key)))
                 .unwrap_or_default()
         };
         let bad = |key: &str, why: &str| ConfigError(format!("`{key}`{}: {why}", source(key)));
@@ -262,48 +235,185 @@ impl Config {
             listen,
         })
     }
+}
 
-    pub(crate) fn heartbeat(&self) -> Duration {
-        Duration::from_secs(self.heartbeat_secs)
-    }
+/// The values of the flags given on the command line (not their defaults).
+fn given_flags(
+    args: &Config,
+    matches: &ArgMatches,
+    keys: &[String],
+) -> Result<CommandLineFlags, ConfigError> {
+    let all = Value::serialize(args)
+        .ok()
+        .and_then(Value::into_dict)
+        .ok_or_else(|| ConfigError("the command-line flags could not be read".into()))?;
+    let given = all
+        .into_iter()
+        .filter(|(key, _)| {
+            keys.contains(key) && matches.value_source(key) == Some(ValueSource::CommandLine)
+        })
+        .collect();
+    Ok(CommandLineFlags(given))
 }
 
 /// Names where a value came from: the file, the exact environment variable,
 /// or the flag.
-fn source_of(metadata: &figment::Metadata, key: &[&str]) -> String {
+fn source_of(metadata: &figment::Metadata, key: &str) -> String {
     if let Some(figment::Source::File(path)) = &metadata.source {
         return format!("config file {}", path.display());
     }
     if metadata.name.contains("environment") {
-        return format!(
-            "environment variable HERALD_{}",
-            key.join("_").to_uppercase()
-        );
+        return format!("environment variable HERALD_{}", key.to_uppercase());
     }
-    if metadata.name.contains("ServeArgs") {
-        return format!("flag --{}", key.join(".").replace('_', "-"));
+    if metadata.name.contains("CommandLineFlags") {
+        let flag = Config::command()
+            .get_arguments()
+            .find(|a| a.get_id() == key)
+            .and_then(|a| a.get_long().map(str::to_owned))
+            .unwrap_or_else(|| key.replace('_', "-"));
+        return format!("flag --{flag}");
     }
     "the defaults".to_owned()
 }
 
 fn describe(err: &figment::Error) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     for e in err.clone() {
-        if !out.is_empty() {
-            out.push_str("; ");
-        }
         let key = e.path.join(".");
-        let path: Vec<&str> = e.path.iter().map(String::as_str).collect();
         let from = e
             .metadata
             .as_ref()
-            .map(|m| format!(" (from {})", source_of(m, &path)))
+            .map(|m| format!(" (from {})", source_of(m, &key)))
             .unwrap_or_default();
-        if key.is_empty() {
-            out.push_str(&format!("{}{from}", e.kind));
-        } else {
-            out.push_str(&format!("`{key}`{from}: {}", e.kind));
+        let why = match &e.kind {
+            figment::error::Kind::UnknownField(field, _) => format!(
+                "`{field}` is not an option; the options are: {}",
+                Config::keys().join(", ")
+            ),
+            other => other.to_string(),
+        };
+        out.push(
+            if key.is_empty() || matches!(e.kind, figment::error::Kind::UnknownField(..)) {
+                format!("{why}{from}")
+            } else {
+                format!("`{key}`{from}: {why}")
+            },
+        );
+    }
+    out.join("; ")
+}
+
+// ---------------------------------------------------------------------------
+// Each library's own config, from the one declaration above.
+// ---------------------------------------------------------------------------
+
+impl From<&Config> for HubConfig {
+    fn from(config: &Config) -> Self {
+        Self {
+            queue_capacity: config.queue_capacity,
+            heartbeat: Duration::from_secs(config.heartbeat_secs),
+            max_connection_lifetime: (config.max_connection_lifetime_secs > 0)
+                .then(|| Duration::from_secs(config.max_connection_lifetime_secs)),
+            retry_ms: config.retry_ms,
         }
     }
-    out
+}
+
+impl From<&Config> for ServerConfig {
+    fn from(config: &Config) -> Self {
+        Self {
+            dev: config.dev,
+            max_body_bytes: config.max_body_bytes,
+            max_data_bytes: config.max_data_bytes,
+            max_connections: config.max_connections,
+            allowed_origins: config.allowed_origins.clone(),
+            ..ServerConfig::default()
+        }
+    }
+}
+
+impl From<&Config> for Retention {
+    fn from(config: &Config) -> Self {
+        Self {
+            max_events: config.retention_events,
+            max_bytes: config.retention_bytes,
+            max_age: Duration::from_secs(config.retention_secs),
+            idempotency_window: Duration::from_secs(config.idempotency_window_secs),
+        }
+    }
+}
+
+impl From<&Config> for DurableOptions {
+    fn from(config: &Config) -> Self {
+        Self {
+            retention: Retention::from(config),
+            durability: match config.durability {
+                DurabilityLevel::Process => Durability::Process,
+                DurabilityLevel::Fsync => Durability::Fsync,
+            },
+            ..DurableOptions::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's options table: `(key, default)` per row, the default
+    /// being the first `code span` of the default column (`—` for none).
+    fn readme_options() -> Vec<(String, String)> {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+        let table = readme
+            .split("## `herald serve` options")
+            .nth(1)
+            .expect("the README has a `herald serve` options section");
+        table
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let code = |cell: &str| cell.split('`').nth(1).map(str::to_owned);
+                let key = code(cells[1]).expect("a key in backticks");
+                let default = code(cells[2]).unwrap_or_else(|| cells[2].to_owned());
+                (key, default)
+            })
+            .collect()
+    }
+
+    /// How the README writes a default value.
+    fn shown(value: &serde_json::Value) -> String {
+        match value {
+            serde_json::Value::Null => "—".to_owned(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn readme_options_table_matches_the_config() {
+        let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
+        let from_config: Vec<(String, String)> = Config::keys()
+            .into_iter()
+            .map(|key| {
+                let default = shown(&defaults[&key]);
+                (key, default)
+            })
+            .collect();
+        assert_eq!(
+            readme_options(),
+            from_config,
+            "README.md's options table (left) and the Config struct (right) must list the same keys, in the same order, with the same defaults"
+        );
+    }
+
+    #[test]
+    fn every_option_is_a_flag_a_key_and_a_variable() {
+        let keys = Config::keys();
+        assert!(keys.len() >= 19, "{keys:?}");
+        let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
+        for key in &keys {
+            assert!(defaults.get(key).is_some(), "{key} is not a TOML key");
+        }
+    }
 }

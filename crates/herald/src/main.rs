@@ -9,7 +9,8 @@ mod config;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(Box<config::ServeArgs>),
+    Serve(Box<config::Config>),
     /// Publish one event and print its id.
     Publish(cmd::publish::PublishArgs),
     /// Print events as they arrive (reconnects and resumes by itself).
@@ -40,10 +41,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // Parsed through the matches, which `serve` also needs: they tell which
+    // flags were given (and so override the file and the environment).
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) => {
             let _ = err.print();
+            if let Some(hint) = usage_hint(&err) {
+                eprintln!("\n{hint}");
+            }
             return if err.use_stderr() {
                 ExitCode::from(EXIT_USAGE)
             } else {
@@ -52,7 +61,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => cmd::serve::run(*args),
+        Command::Serve(args) => {
+            let serve_matches = matches.subcommand_matches("serve").unwrap_or(&matches);
+            cmd::serve::run(*args, serve_matches)
+        }
         Command::Publish(args) => cmd::publish::run(args),
         Command::Subscribe(args) => cmd::subscribe::run(args),
         Command::Bench(args) => cmd::bench::run(args),
@@ -66,5 +78,22 @@ fn main() -> ExitCode {
                 None => ExitCode::FAILURE,
             }
         }
+    }
+}
+
+/// A hint for flags people reach for that Herald spells differently.
+fn usage_hint(err: &clap::Error) -> Option<&'static str> {
+    if err.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let name = arg.split('=').next().unwrap_or(arg);
+    match name {
+        "--port" | "-p" | "--host" | "--bind" | "--addr" | "--address" => Some(
+            "tip: address and port are one option: --listen 127.0.0.1:8080 (or HERALD_LISTEN, or `listen` in the config file)",
+        ),
+        _ => None,
     }
 }

@@ -4,16 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use herald_core::{EventLog, Hub, HubConfig};
-use herald_log::{Durability, DurableLog, DurableOptions, MemoryLog, Retention};
+use clap::ArgMatches;
+use herald_core::{EventId, EventLog, Hub, HubConfig};
+use herald_log::{DurableLog, DurableOptions, MemoryLog, Retention};
 use herald_server::{AppState, Auth, ServerConfig};
 
-use crate::config::{Config, DurabilityLevel, ServeArgs, Validated};
+use crate::config::{Config, Validated};
 
 /// Runs the server until SIGINT or SIGTERM.
-pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: Config, matches: &ArgMatches) -> anyhow::Result<()> {
     // Validate everything before a runtime starts or a port is bound.
-    let Validated { config, listen } = Config::load(&args)?;
+    let Validated { config, listen } = Config::load(&args, matches)?;
     init_logging(&config.log);
     // Event streams and the fan-out on a multi-threaded runtime (a worker per
     // core); the accept loop, publishes and admin requests on a runtime of
@@ -40,28 +41,8 @@ async fn serve(
     listen: std::net::SocketAddr,
     streams: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
-    if config.dev {
-        tracing::warn!(
-            "DEV MODE: no authentication; anyone who can reach {listen} may subscribe as any user, publish and use admin routes"
-        );
-    }
-    let retention = Retention {
-        max_events: config.retention_events,
-        max_bytes: config.retention_bytes,
-        max_age: Duration::from_secs(config.retention_secs),
-        idempotency_window: Duration::from_secs(config.idempotency_window_secs),
-    };
-    let (log, trim) = open_log(&config, retention)?;
-    let hub = Hub::new(
-        log.clone(),
-        HubConfig {
-            queue_capacity: config.queue_capacity,
-            heartbeat: config.heartbeat(),
-            max_connection_lifetime: (config.max_connection_lifetime_secs > 0)
-                .then(|| Duration::from_secs(config.max_connection_lifetime_secs)),
-            retry_ms: config.retry_ms,
-        },
-    );
+    let (log, trim) = open_log(&config)?;
+    let hub = Hub::new(log.clone(), HubConfig::from(&config));
     streams.spawn(hub.clone().run_dispatcher());
     streams.spawn(hub.clone().run_housekeeping());
     tokio::spawn(async move {
@@ -73,27 +54,17 @@ async fn serve(
             let _ = tokio::task::spawn_blocking(move || trim()).await;
         }
     });
-    let state = AppState::new(
-        hub,
-        log,
-        ServerConfig {
-            dev: config.dev,
-            max_body_bytes: config.max_body_bytes,
-            max_data_bytes: config.max_data_bytes,
-            max_connections: config.max_connections,
-            allowed_origins: config.allowed_origins.clone(),
-            ..ServerConfig::default()
-        },
-        Auth::Dev,
-    );
+    let state = AppState::new(hub, log, ServerConfig::from(&config), Auth::Dev);
     let shutdown = shutdown_signal()?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = bind(listen).await?;
     let local = listener.local_addr().context("reading the bound address")?;
     // Tests and scripts read this line to find the port.
     println!("herald listening on http://{local}");
     if config.dev {
+        // Only now: a start-up that fails should not first shout about dev mode.
+        tracing::warn!(
+            "DEV MODE: no authentication; anyone who can reach {local} may subscribe as any user, publish and use admin routes"
+        );
         tracing::info!("demo page: http://{local}/demo");
     }
     herald_server::serve(listener, state, streams, shutdown)
@@ -106,47 +77,57 @@ async fn serve(
 /// Retention work the log wants done every second.
 type Trim = Arc<dyn Fn() + Send + Sync>;
 
+/// Binds the listening socket; an address in use gets a message saying what
+/// to do about it.
+async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => Ok(listener),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::anyhow!(
+            "binding {listen}: the address is already in use (another Herald, or another \
+             program, is listening there); stop it or choose another address with \
+             --listen ADDR:PORT (or HERALD_LISTEN)"
+        )),
+        Err(err) => Err(err).with_context(|| format!("binding {listen}")),
+    }
+}
+
 /// The event log the configuration asks for: in memory, or durable in the data
 /// directory (the default).
-fn open_log(config: &Config, retention: Retention) -> anyhow::Result<(Arc<dyn EventLog>, Trim)> {
+fn open_log(config: &Config) -> anyhow::Result<(Arc<dyn EventLog>, Trim)> {
     if config.memory {
         tracing::warn!("--memory: events are kept in memory only and lost on restart");
-        let log = Arc::new(MemoryLog::new(retention));
+        let log = Arc::new(MemoryLog::new(Retention::from(config)));
         let trimmed = log.clone();
         return Ok((log, Arc::new(move || trimmed.trim())));
     }
-    let durability = match config.durability {
-        DurabilityLevel::Process => Durability::Process,
-        DurabilityLevel::Fsync => Durability::Fsync,
-    };
-    let options = DurableOptions {
-        retention,
-        durability,
-        ..DurableOptions::default()
-    };
-    let log = DurableLog::open(&config.data_dir, options)
+    let log = DurableLog::open(&config.data_dir, DurableOptions::from(config))
         .with_context(|| format!("opening the event log in {}", config.data_dir.display()))?;
     let report = log.recovery_report();
     tracing::info!(
         data_dir = %config.data_dir.display(),
-        durability = ?config.durability,
+        durability = %config.durability,
         events = report.events,
         segments = report.segments,
-        first_id = ?report.first_id,
-        last_id = ?report.last_id,
+        first_id = %shown(report.first_id),
+        last_id = %shown(report.last_id),
         "event log opened"
     );
     if !report.is_clean() {
         tracing::warn!(
             dropped_bytes = report.dropped_bytes,
-            dropped_after_id = ?report.dropped_at_id,
-            notes = ?report.notes,
+            dropped_after_id = %shown(report.dropped_at_id),
+            notes = %report.notes.join("; "),
             "the event log was repaired at start-up: only never-acknowledged data was dropped"
         );
     }
     let log = Arc::new(log);
     let trimmed = log.clone();
     Ok((log, Arc::new(move || trimmed.trim())))
+}
+
+/// An id as logs show it: the id, or `none`.
+fn shown(id: Option<EventId>) -> String {
+    id.map_or_else(|| "none".to_owned(), |id| id.to_string())
 }
 
 /// Registers for SIGINT and SIGTERM now (so a signal that arrives before the
