@@ -58,6 +58,29 @@ pub struct NewEvent {
     pub idempotency_key: Option<String>,
 }
 
+impl NewEvent {
+    /// An untyped event for `topics` carrying `data`; set the other fields
+    /// with struct update syntax (`NewEvent { retry: Some(5000), ..NewEvent::new(..) }`).
+    pub fn new(topics: Vec<Topic>, data: impl Into<String>) -> Self {
+        Self {
+            topics,
+            broadcast: false,
+            event_type: None,
+            data: data.into(),
+            retry: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// An untyped event for every connection.
+    pub fn broadcast(data: impl Into<String>) -> Self {
+        Self {
+            broadcast: true,
+            ..Self::new(Vec::new(), data)
+        }
+    }
+}
+
 /// A stored event.
 ///
 /// It keeps its SSE frame rather than its data: the frame is what every

@@ -183,25 +183,29 @@ impl Hub {
 
     /// Event frames written to streams since start.
     pub fn events_delivered(&self) -> u64 {
-        let index = self.index.read();
-        let open: u64 = index
-            .streams
-            .values()
-            .map(|e| e.sender.shared().delivered.load(Ordering::Relaxed))
-            .sum();
-        open + self.counters.delivered_by_closed.load(Ordering::Relaxed)
+        self.per_stream_total(|s| &s.delivered, &self.counters.delivered_by_closed)
     }
 
     /// Times a stream's queue overflowed (or the log tail fell behind) and it
     /// switched to catch-up from the log, since start.
     pub fn streams_lagged(&self) -> u64 {
+        self.per_stream_total(|s| &s.lagged, &self.counters.lagged_by_closed)
+    }
+
+    /// A count kept per stream: the open streams' sum plus what closed ones
+    /// left in `closed`, read under one lock (see [`Registry::unregister`]).
+    fn per_stream_total(
+        &self,
+        count: impl Fn(&StreamShared) -> &AtomicU64,
+        closed: &AtomicU64,
+    ) -> u64 {
         let index = self.index.read();
         let open: u64 = index
             .streams
             .values()
-            .map(|e| e.sender.shared().lagged.load(Ordering::Relaxed))
+            .map(|e| count(e.sender.shared()).load(Ordering::Relaxed))
             .sum();
-        open + self.counters.lagged_by_closed.load(Ordering::Relaxed)
+        open + closed.load(Ordering::Relaxed)
     }
 
     /// Offers each event, in order, to every stream it matches, once each.

@@ -28,14 +28,18 @@ const LONG: Duration = Duration::from_secs(60);
 // Helpers
 // ---------------------------------------------------------------------------
 
+/// The counts of a hub with no stream open.
+const NOBODY: HubCounts = HubCounts {
+    connections: 0,
+    users_online: 0,
+    topics: 0,
+};
+
 fn ev(topics: &[&str], event_type: Option<&str>, data: &str) -> NewEvent {
+    let topics = topics.iter().map(|t| Topic::new(t).unwrap()).collect();
     NewEvent {
-        topics: topics.iter().map(|t| Topic::new(t).unwrap()).collect(),
-        broadcast: false,
         event_type: event_type.map(str::to_owned),
-        data: data.to_owned(),
-        retry: None,
-        idempotency_key: None,
+        ..NewEvent::new(topics, data)
     }
 }
 
@@ -425,14 +429,7 @@ async fn presence_counts_and_close_user() {
 
     drop(a);
     drop(b);
-    assert_eq!(
-        hub.counts(),
-        HubCounts {
-            connections: 0,
-            users_online: 0,
-            topics: 0
-        }
-    );
+    assert_eq!(hub.counts(), NOBODY);
     assert!(hub.users_page(None, 10).is_empty());
     assert_eq!(hub.topic_subscribers("user/a"), 0);
     assert_eq!(hub.topic_subscribers("user/b"), 0);
@@ -459,14 +456,7 @@ async fn dropping_connections_unregisters_them() {
     assert_eq!(hub.counts().users_online, 0);
     assert_eq!(hub.topic_subscribers("x"), 1);
     drop(r3);
-    assert_eq!(
-        hub.counts(),
-        HubCounts {
-            connections: 0,
-            users_online: 0,
-            topics: 0
-        }
-    );
+    assert_eq!(hub.counts(), NOBODY);
     // Publishing with nobody connected is fine.
     env.publish(vec![on("x", "nobody")]).await;
 }

@@ -118,13 +118,11 @@ fn subscriber(sub: &Sub, resume: Resume) -> Subscriber {
 }
 
 fn new_event(ev: &Ev, n: usize) -> NewEvent {
+    let topics = ev.topics.iter().map(|t| Topic::new(t).unwrap()).collect();
     NewEvent {
-        topics: ev.topics.iter().map(|t| Topic::new(t).unwrap()).collect(),
         broadcast: ev.broadcast,
         event_type: ev.event_type.map(str::to_owned),
-        data: format!("event {n}"),
-        retry: None,
-        idempotency_key: None,
+        ..NewEvent::new(topics, format!("event {n}"))
     }
 }
 

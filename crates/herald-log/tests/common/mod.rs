@@ -20,13 +20,10 @@ use herald_core::{
 pub const MAX_PAGES: usize = 100_000;
 
 pub fn new_event(topics: &[&str], event_type: Option<&str>, data: &str) -> NewEvent {
+    let topics = topics.iter().map(|t| Topic::new(t).unwrap()).collect();
     NewEvent {
-        topics: topics.iter().map(|t| Topic::new(t).unwrap()).collect(),
-        broadcast: false,
         event_type: event_type.map(str::to_owned),
-        data: data.to_owned(),
-        retry: None,
-        idempotency_key: None,
+        ..NewEvent::new(topics, data)
     }
 }
 
