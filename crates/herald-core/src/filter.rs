@@ -8,7 +8,7 @@
 //! - catch-up and resume reads in every log backend call [`Filter::matches`]
 //!   (a backend that pre-filters stored records before decoding them calls
 //!   [`Filter::matches_targets`], the same rule without the type);
-//! - live delivery's subscription index (`crate::index`) only narrows the
+//! - live delivery's subscription index (`index.rs`) only narrows the
 //!   candidates by the patterns' keys and then applies the type part; in
 //!   debug builds it asserts [`Filter::matches`] for every event it offers,
 //!   and a property test (`tests/live_vs_catch_up.rs`) checks that live

@@ -8,7 +8,7 @@
 //!   bound is soft by at most a heartbeat or two (those come from the
 //!   housekeeping task, not the dispatcher).
 //! - A full queue never blocks the producer: the stream is marked *lagging*
-//!   and its writer catches up from the event log (see [`crate::connection`]).
+//!   and its writer catches up from the event log (see `connection.rs`).
 //! - Each event is queued at most once per stream, however many of the
 //!   stream's subscriptions match it: the dispatcher offers events in id
 //!   order from a single task, so "the id last offered" is a complete dedupe.
