@@ -1,6 +1,7 @@
 // The command line: `herald serve` configuration (validated before any port
 // is bound, exit 64 naming the option and its source; flags > env > file),
-// `herald publish` and `herald subscribe` (which resumes with Last-Event-ID).
+// `herald publish` and `herald subscribe` (which resumes with Last-Event-ID
+// and, with --count N, exits 0 after N events not counting herald.* ones).
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -127,6 +128,55 @@ test('herald publish prints the id; herald subscribe prints events and resumes a
   } finally {
     sub.kill('SIGKILL');
   }
+});
+
+test('herald subscribe --count 2 exits 0 after printing exactly the first 2 events', { timeout: 60_000 }, async () => {
+  const server = await startHerald();
+  servers.push(server);
+
+  const sub = spawn(heraldBin(), ['subscribe', '--url', server.url, '--user', '4242', '--json', '--count', '2'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  sub.stdout.on('data', (c) => { out += c; });
+  sub.stderr.on('data', (c) => { err += c; });
+  const exited = new Promise((resolve) => sub.on('exit', resolve));
+  try {
+    const online = await pollUntil(() => stats(server.url), (s) => s.users_online === 1, { timeoutMs: 10_000 });
+    assert.equal(online.users_online, 1, 'the subscriber connected');
+
+    const ids = [];
+    for (const data of ['one', 'two', 'three']) ids.push(await publishOk(server.url, { users: ['4242'], data }));
+
+    const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))]);
+    assert.equal(code, 0, `subscribe exited: ${code}\n${err}`);
+    const events = out.trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual(events, [
+      { id: ids[0], event: 'message', data: 'one' },
+      { id: ids[1], event: 'message', data: 'two' },
+    ]);
+  } finally {
+    sub.kill('SIGKILL');
+  }
+});
+
+test('herald subscribe --count prints herald.* events but does not count them', { timeout: 60_000 }, async () => {
+  const server = await startHerald();
+  servers.push(server);
+  const id1 = await publishOk(server.url, { users: ['4343'], data: 'kept' });
+
+  // An id the server cannot resume from: the stream starts with herald.gap.
+  const r = await run(['subscribe', '--url', server.url, '--user', '4343', '--json', '--count', '1', '--last-event-id', 'garbage']);
+  assert.equal(r.code, 0, r.stderr);
+  const events = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(events.length, 2, r.stdout);
+  assert.equal(events[0].event, 'herald.gap');
+  assert.deepEqual(events[1], { id: id1, event: 'message', data: 'kept' });
+});
+
+test('herald subscribe --count 0 is a usage error', async () => {
+  const r = await run(['subscribe', '--url', 'http://127.0.0.1:9', '--count', '0']);
+  assert.equal(r.code, 64, r.stderr);
+  assert.match(r.stderr, /--count/);
 });
 
 test('herald publish without a target is a usage error', async () => {

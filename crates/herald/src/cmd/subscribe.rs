@@ -1,5 +1,7 @@
 //! `herald subscribe`: print events as they arrive; reconnect and resume with
-//! `Last-Event-ID` like a browser's EventSource does.
+//! `Last-Event-ID` like a browser's EventSource does. With `--count N`, exit 0
+//! once N events are printed (Herald's own `herald.*` events, such as
+//! `herald.gap`, are printed but not counted).
 
 use std::io::Write;
 use std::time::Duration;
@@ -7,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use futures_util::StreamExt;
+use herald_core::RESERVED_EVENT_PREFIX;
 use herald_sse::{ParsedEvent, Parser};
 
 /// Reconnection delay until the server sends `retry:` (as in browsers).
@@ -36,8 +39,9 @@ pub(crate) struct SubscribeArgs {
     /// One JSON object per line: {"id", "event", "data"}.
     #[arg(long)]
     json: bool,
-    /// Exit after this many events.
-    #[arg(long, value_name = "N")]
+    /// Exit 0 after printing this many events (`herald.*` events, such as
+    /// herald.gap, are printed but not counted).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
 }
 
@@ -67,7 +71,7 @@ async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     }
     let mut last_event_id = args.last_event_id.clone().unwrap_or_default();
     let mut retry = DEFAULT_RETRY;
-    let mut printed = 0u64;
+    let mut counted = 0u64;
     let stdout = std::io::stdout();
     loop {
         let mut request = client
@@ -100,8 +104,12 @@ async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                     let mut out = stdout.lock();
                     for event in &events {
                         print_event(&mut out, event, args.json)?;
-                        printed += 1;
-                        if args.count.is_some_and(|n| printed >= n) {
+                        if event.event.starts_with(RESERVED_EVENT_PREFIX) {
+                            continue;
+                        }
+                        counted += 1;
+                        if args.count.is_some_and(|n| counted >= n) {
+                            out.flush()?;
                             return Ok(());
                         }
                     }
