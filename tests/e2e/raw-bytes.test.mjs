@@ -16,7 +16,7 @@ after(async () => {
   if (server) await server.stop();
 });
 
-// What the contract (API.md) fixes, in the order the server sets them, then
+// What the contract (docs/api.md) fixes, in the order the server sets them, then
 // what hyper adds (transfer-encoding, date). `vary: Origin` comes from the CORS
 // layer, which adds it to every answer.
 const EXPECTED_HEAD = [

@@ -1,7 +1,7 @@
 //! Who is asking, and what they may do.
 //!
 //! Today Herald has one mode, dev mode, where everything is allowed and a
-//! subscriber names itself with `?user=`. Token modes (JWT, API.md "Identity")
+//! subscriber names itself with `?user=`. Token modes (JWT, docs/api.md "Identity")
 //! add variants here; handlers only ever see an [`Access`].
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The one place where errors become HTTP answers.
 //!
 //! Every error is JSON `{"error": {"code": "...", "message": "..."}}` with the
-//! status API.md gives for it; nothing a client sends can produce a 500.
+//! status docs/api.md gives for it; nothing a client sends can produce a 500.
 //!
 //! Invariants: an [`ErrorCode`] decides the status and the `Retry-After`
 //! header, so a code is never sent with another status; code strings are part
@@ -53,6 +53,28 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (for checks that must cover them all,
+    /// such as the API reference test).
+    pub const ALL: [Self; 17] = [
+        Self::BadJson,
+        Self::InvalidField,
+        Self::InvalidTopic,
+        Self::InvalidUser,
+        Self::InvalidEventType,
+        Self::ReservedEventType,
+        Self::InvalidData,
+        Self::MissingTarget,
+        Self::EmptyBatch,
+        Self::MissingTopic,
+        Self::InvalidLimit,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::BodyTooLarge,
+        Self::DataTooLarge,
+        Self::BatchTooLarge,
+        Self::LogUnavailable,
+    ];
+
     /// The code as clients see it (snake_case).
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -235,7 +257,7 @@ mod tests {
         assert_eq!(response.headers().get(header::RETRY_AFTER), None);
     }
 
-    /// The contract (API.md, tests/e2e/errors.test.mjs): never renamed.
+    /// The contract (docs/api.md, tests/e2e/errors.test.mjs): never renamed.
     #[test]
     fn codes_and_statuses_are_the_contract() {
         use ErrorCode::*;

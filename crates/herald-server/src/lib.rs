@@ -1,6 +1,6 @@
 //! Herald's HTTP layer.
 //!
-//! Routes (the contract is API.md): subscribe `GET /v1/events`, publish
+//! Routes (documented in docs/api.md): subscribe `GET /v1/events`, publish
 //! `POST /v1/publish`, the admin routes under `/v1/`, and `/healthz`,
 //! `/readyz`, `/metrics`, `/demo`. This crate owns HTTP concerns only —
 //! parsing, auth, CORS, limits, status codes, the accept loop; what an event is

@@ -1,4 +1,4 @@
-//! Route handlers, one module per area of API.md.
+//! Route handlers, one module per area of docs/api.md.
 
 pub(crate) mod admin;
 pub(crate) mod demo;

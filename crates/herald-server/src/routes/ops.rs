@@ -94,7 +94,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// Any route not in API.md.
+/// Any route not in docs/api.md.
 pub(crate) async fn not_found() -> Response {
     ApiError::new(
         ErrorCode::NotFound,

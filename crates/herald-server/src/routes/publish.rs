@@ -22,7 +22,7 @@ use crate::AppState;
 /// Most events in one batch.
 const MAX_BATCH: usize = 10_000;
 
-/// One event as a publisher sends it (API.md field names).
+/// One event as a publisher sends it (docs/api.md field names).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishRequest {
