@@ -154,10 +154,6 @@ impl Connection {
                 return false;
             }
             if chunk.len() > 0 {
-                self.queue
-                    .shared
-                    .wrote_recently
-                    .store(true, Ordering::Relaxed);
                 return true;
             }
         }
@@ -272,12 +268,13 @@ impl Connection {
         true
     }
 
+    /// Counts written events. Only events make a stream "not idle": a
+    /// heartbeat does not, or an idle stream would get one every other beat.
     fn count_delivered(&self, events: u64) {
         if events > 0 {
-            self.queue
-                .shared
-                .delivered
-                .fetch_add(events, Ordering::Relaxed);
+            let shared = &self.queue.shared;
+            shared.delivered.fetch_add(events, Ordering::Relaxed);
+            shared.wrote_recently.store(true, Ordering::Relaxed);
         }
     }
 }

@@ -276,14 +276,20 @@ impl Hub {
         let tick = Duration::from_secs(1).min(self.config.heartbeat);
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_heartbeat = Instant::now();
+        // Counted in ticks, not measured in time: a tick that fires a little
+        // late must not push the heartbeat to the tick after (which made a
+        // 1 s heartbeat come every 2 s).
+        let ticks_per_heartbeat = (self.config.heartbeat.as_secs_f64() / tick.as_secs_f64())
+            .round()
+            .max(1.0) as u64;
+        let mut ticks = 0u64;
+        // The first tick is immediate: the ticks counted start one interval in.
+        interval.tick().await;
         loop {
             interval.tick().await;
             let now = Instant::now();
-            let heartbeat_due = now.duration_since(last_heartbeat) >= self.config.heartbeat;
-            if heartbeat_due {
-                last_heartbeat = now;
-            }
+            ticks += 1;
+            let heartbeat_due = ticks.is_multiple_of(ticks_per_heartbeat);
             let mut expired = Vec::new();
             {
                 let index = self.index.read();

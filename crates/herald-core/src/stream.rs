@@ -43,7 +43,7 @@ pub(crate) struct StreamShared {
     /// Set when the queue overflowed (or while resuming): the hub skips this
     /// stream and the writer reads from the log instead.
     pub(crate) lagging: AtomicBool,
-    /// Set by the writer on every write, cleared by the heartbeat tick.
+    /// Set by the writer when it writes events, cleared by the heartbeat tick.
     pub(crate) wrote_recently: AtomicBool,
     /// Id of the last event offered by the dispatcher (the dedupe stamp).
     last_offered: AtomicU64,

@@ -879,6 +879,31 @@ async fn idle_stream_gets_heartbeats() {
     assert!(r.events.is_empty());
 }
 
+/// On a paused clock (virtual time, so this is no timing test): an idle
+/// stream gets one heartbeat per interval, not one every other interval.
+#[tokio::test(start_paused = true)]
+async fn idle_stream_gets_a_heartbeat_every_interval() {
+    let config = HubConfig {
+        heartbeat: Duration::from_secs(1),
+        ..HubConfig::default()
+    };
+    let env = Env::with(Retention::default(), config, true).await;
+    let mut r = env.live(&["idle"]).await;
+    let start = tokio::time::Instant::now();
+    for _ in 0..5 {
+        let chunk = r
+            .chunk()
+            .await
+            .expect("stream ended instead of a heartbeat");
+        assert_eq!(&chunk[..], herald_sse::HEARTBEAT);
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed <= Duration::from_millis(5_500),
+        "5 heartbeats of 1 s took {elapsed:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stream_is_closed_after_its_lifetime() {
     let config = HubConfig {
