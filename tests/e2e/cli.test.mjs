@@ -91,19 +91,32 @@ test('flags win over HERALD_* env, env over the config file', async () => {
   assert.equal(await firstRetry(fromFlag.url), 3333);
 });
 
+/**
+ * Starts `herald subscribe --url <server> ...args`, collecting its output,
+ * and resolves once the server counts its user online.
+ */
+async function startSubscriber(server, args) {
+  const proc = spawn(heraldBin(), ['subscribe', '--url', server.url, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const sub = { proc, out: '', err: '' };
+  proc.stdout.on('data', (c) => { sub.out += c; });
+  proc.stderr.on('data', (c) => { sub.err += c; });
+  const exited = new Promise((resolve) => proc.on('exit', resolve));
+  /** The exit code, or 'timeout' after `ms`. */
+  sub.exit = (ms) => Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), ms))]);
+  const online = await pollUntil(() => stats(server.url), (s) => s.users_online === 1, { timeoutMs: 10_000 });
+  if (online.users_online !== 1) {
+    proc.kill('SIGKILL');
+    assert.fail(`the subscriber did not connect: ${sub.err}`);
+  }
+  return sub;
+}
+
 test('herald publish prints the id; herald subscribe prints events and resumes after the stream ends', { timeout: 60_000 }, async () => {
   const server = await startHerald(['--retry-ms', '200']);
   servers.push(server);
 
-  const sub = spawn(heraldBin(), ['subscribe', '--url', server.url, '--user', '7777', '--json', '--count', '3'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  sub.stdout.on('data', (c) => { out += c; });
-  sub.stderr.on('data', (c) => { err += c; });
-  const exited = new Promise((resolve) => sub.on('exit', resolve));
+  const sub = await startSubscriber(server, ['--user', '7777', '--json', '--count', '3']);
   try {
-    const online = await pollUntil(() => stats(server.url), (s) => s.users_online === 1, { timeoutMs: 10_000 });
-    assert.equal(online.users_online, 1, 'the subscriber connected');
 
     const pub1 = await run(['publish', '--url', server.url, '--user', '7777', '--event', 'note', 'first']);
     assert.equal(pub1.code, 0, pub1.stderr);
@@ -117,16 +130,16 @@ test('herald publish prints the id; herald subscribe prints events and resumes a
     assert.equal(pub2.code, 0, pub2.stderr);
     const id3 = await publishOk(server.url, { users: ['7777'], data: { third: true } });
 
-    const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))]);
-    assert.equal(code, 0, `subscribe exited: ${code}\n${err}`);
-    const events = out.trim().split('\n').map((l) => JSON.parse(l));
+    const code = await sub.exit(20_000);
+    assert.equal(code, 0, `subscribe exited: ${code}\n${sub.err}`);
+    const events = sub.out.trim().split('\n').map((l) => JSON.parse(l));
     assert.deepEqual(events, [
       { id: id1, event: 'note', data: 'first' },
       { id: pub2.stdout.trim(), event: 'message', data: 'second\nline' },
       { id: id3, event: 'message', data: '{"third":true}' },
     ]);
   } finally {
-    sub.kill('SIGKILL');
+    sub.proc.kill('SIGKILL');
   }
 });
 
@@ -134,28 +147,21 @@ test('herald subscribe --count 2 exits 0 after printing exactly the first 2 even
   const server = await startHerald();
   servers.push(server);
 
-  const sub = spawn(heraldBin(), ['subscribe', '--url', server.url, '--user', '4242', '--json', '--count', '2'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  sub.stdout.on('data', (c) => { out += c; });
-  sub.stderr.on('data', (c) => { err += c; });
-  const exited = new Promise((resolve) => sub.on('exit', resolve));
+  const sub = await startSubscriber(server, ['--user', '4242', '--json', '--count', '2']);
   try {
-    const online = await pollUntil(() => stats(server.url), (s) => s.users_online === 1, { timeoutMs: 10_000 });
-    assert.equal(online.users_online, 1, 'the subscriber connected');
 
     const ids = [];
     for (const data of ['one', 'two', 'three']) ids.push(await publishOk(server.url, { users: ['4242'], data }));
 
-    const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))]);
-    assert.equal(code, 0, `subscribe exited: ${code}\n${err}`);
-    const events = out.trim().split('\n').map((l) => JSON.parse(l));
+    const code = await sub.exit(20_000);
+    assert.equal(code, 0, `subscribe exited: ${code}\n${sub.err}`);
+    const events = sub.out.trim().split('\n').map((l) => JSON.parse(l));
     assert.deepEqual(events, [
       { id: ids[0], event: 'message', data: 'one' },
       { id: ids[1], event: 'message', data: 'two' },
     ]);
   } finally {
-    sub.kill('SIGKILL');
+    sub.proc.kill('SIGKILL');
   }
 });
 
