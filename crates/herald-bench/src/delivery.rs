@@ -323,8 +323,37 @@ impl Publishing {
     /// One task per publisher with events to send (`sends`, as in [`Plan`]),
     /// each paced at its share of `--rate`; returns the first error.
     async fn run(self, args: &DeliveryArgs, sends: Vec<Vec<u32>>) -> Option<String> {
+        let mut sends: Vec<Vec<u32>> = sends.into_iter().filter(|s| !s.is_empty()).collect();
+        if let [seqs] = sends.as_mut_slice() {
+            // One publisher runs in this task, not a spawned one: this task
+            // is the runtime's `block_on`, on a thread of its own, while a
+            // spawned task would wait behind thousands of subscriber tasks
+            // on the workers and each publish would be acknowledged later
+            // (measured: a 1,000-subscriber fanout 30-40% slower).
+            let seqs = std::mem::take(seqs);
+            let rate = args
+                .rate
+                .map(|rate| rate * seqs.len() as f64 / f64::from(args.events));
+            let result = self
+                .publisher
+                .publish_all(
+                    &seqs,
+                    self.owners.as_deref(),
+                    self.batch,
+                    rate,
+                    args.data_bytes,
+                    &self.acked,
+                    self.deadline,
+                    &self.bar,
+                )
+                .await;
+            return result.err().map(|err| {
+                note(&self.bar, &format!("a publisher stopped: {err:#}"));
+                format!("{err:#}")
+            });
+        }
         let mut tasks = Vec::with_capacity(sends.len());
-        for seqs in sends.into_iter().filter(|seqs| !seqs.is_empty()) {
+        for seqs in sends {
             let share = seqs.len() as f64 / f64::from(args.events);
             let rate = args.rate.map(|rate| rate * share);
             let (publisher, owners, acked, bar) = (
