@@ -182,7 +182,11 @@ fn json_requests(body: &[u8]) -> Result<(Vec<PublishRequest>, bool), ApiError> {
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
-            PublishRequest::deserialize(&item).map_err(|e| {
+            // By value: the strings move into the request instead of being
+            // copied. Only a refusal needs the item again, and then it is
+            // read back from the body.
+            serde_json::from_value::<PublishRequest>(item).map_err(|e| {
+                let item = item_in(body, i, single);
                 in_item(
                     ApiError::new(ErrorCode::InvalidField, field_error(&item, &e)),
                     i,
@@ -192,6 +196,17 @@ fn json_requests(body: &[u8]) -> Result<(Vec<PublishRequest>, bool), ApiError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((requests, single))
+}
+
+/// Item `index` of the (already parsed once, so valid) JSON `body`.
+fn item_in(body: &[u8], index: usize, single: bool) -> Value {
+    let value: Value = serde_json::from_slice(body).unwrap_or_default();
+    match value {
+        Value::Array(mut items) if !single => {
+            items.get_mut(index).map(Value::take).unwrap_or_default()
+        }
+        other => other,
+    }
 }
 
 /// serde's message for an item that does not fit [`PublishRequest`], made
