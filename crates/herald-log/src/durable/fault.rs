@@ -205,15 +205,24 @@ enum Failure {
     Torn,
 }
 
+impl FaultyFs {
+    /// Counts the call; an injected failure (clean or torn: there is nothing
+    /// to tear) becomes the error.
+    fn pass(&self, op: FsOp) -> io::Result<()> {
+        match self.enter(op) {
+            Some(_) => Err(injected(op)),
+            None => Ok(()),
+        }
+    }
+}
+
 fn injected(op: FsOp) -> io::Error {
     io::Error::other(format!("injected {op:?} failure"))
 }
 
 impl Filesystem for FaultyFs {
     fn create(&self, path: &Path) -> io::Result<File> {
-        if self.enter(FsOp::Create).is_some() {
-            return Err(injected(FsOp::Create));
-        }
+        self.pass(FsOp::Create)?;
         StdFs.create(path)
     }
 
@@ -230,30 +239,22 @@ impl Filesystem for FaultyFs {
     }
 
     fn sync_data(&self, file: &File) -> io::Result<()> {
-        if self.enter(FsOp::SyncData).is_some() {
-            return Err(injected(FsOp::SyncData));
-        }
+        self.pass(FsOp::SyncData)?;
         StdFs.sync_data(file)
     }
 
     fn set_len(&self, file: &File, len: u64) -> io::Result<()> {
-        if self.enter(FsOp::SetLen).is_some() {
-            return Err(injected(FsOp::SetLen));
-        }
+        self.pass(FsOp::SetLen)?;
         StdFs.set_len(file, len)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        if self.enter(FsOp::RemoveFile).is_some() {
-            return Err(injected(FsOp::RemoveFile));
-        }
+        self.pass(FsOp::RemoveFile)?;
         StdFs.remove_file(path)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        if self.enter(FsOp::SyncDir).is_some() {
-            return Err(injected(FsOp::SyncDir));
-        }
+        self.pass(FsOp::SyncDir)?;
         StdFs.sync_dir(dir)
     }
 }
