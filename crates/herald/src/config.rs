@@ -285,20 +285,16 @@ fn describe(err: &figment::Error) -> String {
             .as_ref()
             .map(|m| format!(" (from {})", source_of(m, &key)))
             .unwrap_or_default();
-        let why = match &e.kind {
+        out.push(match &e.kind {
+            // The field names itself; figment's "expected one of" list would
+            // nest backticks, so the options are listed plainly.
             figment::error::Kind::UnknownField(field, _) => format!(
-                "`{field}` is not an option; the options are: {}",
+                "`{field}` is not an option; the options are: {}{from}",
                 Config::keys().join(", ")
             ),
-            other => other.to_string(),
-        };
-        out.push(
-            if key.is_empty() || matches!(e.kind, figment::error::Kind::UnknownField(..)) {
-                format!("{why}{from}")
-            } else {
-                format!("`{key}`{from}: {why}")
-            },
-        );
+            other if key.is_empty() => format!("{other}{from}"),
+            other => format!("`{key}`{from}: {other}"),
+        });
     }
     out.join("; ")
 }
