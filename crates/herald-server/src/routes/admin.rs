@@ -31,9 +31,9 @@ pub(crate) async fn require_admin(
 }
 
 /// `GET /v1/stats`.
-pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
     let counts = state.hub.counts();
-    Ok(Json(json!({
+    Json(json!({
         "connections": counts.connections,
         "users_online": counts.users_online,
         "topics": counts.topics,
@@ -42,7 +42,7 @@ pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Result<Response
         "uptime_s": state.hub.uptime().as_secs(),
         "nodes": ["local"],
     }))
-    .into_response())
+    .into_response()
 }
 
 /// `GET /v1/users?limit=100&cursor=...`: online users, sorted by id. The
@@ -80,24 +80,15 @@ pub(crate) async fn users(
 }
 
 /// `GET /v1/users/{id}`.
-pub(crate) async fn user(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub(crate) async fn user(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let connections = state.hub.user_connections(&id);
-    Ok(
-        Json(json!({"id": id, "online": connections > 0, "connections": connections}))
-            .into_response(),
-    )
+    Json(json!({"id": id, "online": connections > 0, "connections": connections})).into_response()
 }
 
 /// `DELETE /v1/users/{id}/connections`: ends every stream of that user.
-pub(crate) async fn kick(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub(crate) async fn kick(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let closed = state.hub.close_user(&id);
-    Ok(Json(json!({"closed": closed})).into_response())
+    Json(json!({"closed": closed})).into_response()
 }
 
 /// `GET /v1/topics/{topic}` (the topic URL-encoded; a raw `/` works too).
