@@ -15,6 +15,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 
@@ -73,6 +74,10 @@ pub struct Connection {
     last_written: Option<EventId>,
     /// A `herald.gap` owed to the client for an id we could not place.
     unknown_resume: Option<String>,
+    /// When the subscriber's token expires (told in `herald.expired`).
+    expires_at: Option<SystemTime>,
+    /// Whether `herald.expired` has been sent (it is the stream's last frame).
+    expiry_told: bool,
 }
 
 impl Connection {
@@ -83,6 +88,7 @@ impl Connection {
         resume: Resume,
         live_from: Option<EventId>,
         retry_ms: u64,
+        expires_at: Option<SystemTime>,
     ) -> Self {
         let (last_written, unknown_resume, mode) = match resume {
             Resume::Live => (live_from, None, Mode::Live),
@@ -113,6 +119,8 @@ impl Connection {
             opened: false,
             last_written,
             unknown_resume,
+            expires_at,
+            expiry_told: false,
         }
     }
 
@@ -133,8 +141,22 @@ impl Connection {
         self.next_frames(&mut chunk).await
     }
 
-    /// Adds the next frames to `chunk`, waiting until there are some.
+    /// Adds the next frames to `chunk`, waiting until there are some. A
+    /// stream ended because its token expired says so in one last frame.
     async fn next_frames(&mut self, chunk: &mut impl ChunkSink) -> bool {
+        if self.stream_frames(chunk).await {
+            return true;
+        }
+        if self.queue.shared.token_expired.load(Ordering::SeqCst) && !self.expiry_told {
+            self.expiry_told = true;
+            chunk.push(&expired_frame(self.expires_at));
+            return true;
+        }
+        false
+    }
+
+    /// The frames of the open stream; `false` once it is closed.
+    async fn stream_frames(&mut self, chunk: &mut impl ChunkSink) -> bool {
         if !self.opened {
             self.opened = true;
             chunk.push(&herald_sse::encode_notice(Some(self.retry_ms), "ok"));
@@ -344,6 +366,26 @@ fn describe(position: Position) -> String {
         Position::Oldest => String::new(),
         Position::After(id) => id.to_string(),
     }
+}
+
+/// The `herald.expired` event: no `id:` line, so the client resumes from the
+/// last event it got once it has a new token.
+fn expired_frame(expires_at: Option<SystemTime>) -> Bytes {
+    let expired_at = expires_at
+        .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    let data = serde_json::json!({
+        "reason": "the token expired; reconnect with a new token and the last event id",
+        "expired_at": expired_at,
+    })
+    .to_string();
+    herald_sse::encode_event(&herald_sse::EventFields {
+        id: None,
+        event: Some("herald.expired"),
+        data: &data,
+        retry: None,
+    })
+    .unwrap_or_default()
 }
 
 /// The `herald.gap` event: no `id:` line, so the client's last id is kept.

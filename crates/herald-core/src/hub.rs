@@ -16,7 +16,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::RwLock;
 
@@ -115,6 +115,9 @@ pub struct Subscriber {
     pub filter: Filter,
     /// Where to resume from.
     pub resume: Resume,
+    /// When the subscriber's credentials stop being valid (a token's `exp`
+    /// plus leeway): the stream then gets `herald.expired` and ends.
+    pub expires_at: Option<SystemTime>,
 }
 
 impl Hub {
@@ -158,12 +161,19 @@ impl Hub {
             let jitter = life.mul_f64(0.1 * rand::random::<f64>());
             Instant::now() + life - jitter
         });
+        // Wall-clock expiry as a monotonic deadline (the ticker's clock); a
+        // token already expired ends at the next tick.
+        let expires_at = subscriber.expires_at.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            Instant::now() + left
+        });
         let entry = Arc::new(Entry {
             id,
             user: subscriber.user,
             filter: filter.clone(),
             sender,
             close_at,
+            expires_at,
         });
         self.index.write().insert(entry);
         self.counters
@@ -178,6 +188,7 @@ impl Hub {
             subscriber.resume,
             live_from,
             self.config.retry_ms,
+            subscriber.expires_at,
         )
     }
 
@@ -294,7 +305,12 @@ impl Hub {
             {
                 let index = self.index.read();
                 for entry in index.streams.values() {
-                    if entry.close_at.is_some_and(|at| at <= now) {
+                    if entry.expires_at.is_some_and(|at| at <= now) {
+                        // Told before it is closed: the writer sends
+                        // `herald.expired` instead of just ending.
+                        entry.sender.shared().token_expired.store(true, Ordering::SeqCst);
+                        expired.push(entry.id);
+                    } else if entry.close_at.is_some_and(|at| at <= now) {
                         expired.push(entry.id);
                     } else if heartbeat_due
                         && !entry

@@ -30,6 +30,8 @@ pub(crate) struct Entry {
     pub(crate) sender: StreamSender,
     /// When the stream's lifetime ends, if it has one.
     pub(crate) close_at: Option<Instant>,
+    /// When the subscriber's token expires, if it has one.
+    pub(crate) expires_at: Option<Instant>,
 }
 
 impl Entry {

@@ -40,6 +40,9 @@ pub(crate) enum Outbound {
 pub(crate) struct StreamShared {
     /// Set by kick or lifetime expiry: the writer ends the stream.
     pub(crate) closed: AtomicBool,
+    /// Set (before `closed`) when the subscriber's token expired: the writer
+    /// sends `herald.expired` before it ends the stream.
+    pub(crate) token_expired: AtomicBool,
     /// Set when the queue overflowed (or while resuming): the hub skips this
     /// stream and the writer reads from the log instead.
     pub(crate) lagging: AtomicBool,

@@ -134,6 +134,30 @@ impl TopicPattern {
             Self::All => true,
         }
     }
+
+    /// Whether every topic `other` matches is also matched by `self` — the
+    /// rule by which a grant (a token's `herald.subscribe`, a public topic)
+    /// authorises a subscription: a pattern is covered only by an equal or
+    /// wider pattern, never by an exact topic.
+    pub fn covers(&self, other: &TopicPattern) -> bool {
+        match (self, other) {
+            (Self::All, _) => true,
+            (Self::Prefix(_), Self::All) | (Self::Exact(_), Self::All | Self::Prefix(_)) => false,
+            (Self::Prefix(p), Self::Prefix(q)) => q.starts_with(&**p),
+            (_, Self::Exact(t)) => self.matches(t.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for TopicPattern {
+    /// The pattern as it is written (`orders/*`, `*`, `news`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(t) => f.write_str(t.as_str()),
+            Self::Prefix(p) => write!(f, "{p}*"),
+            Self::All => f.write_str("*"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -166,5 +190,50 @@ mod tests {
         let exact = TopicPattern::parse("news").unwrap_or(TopicPattern::All);
         assert!(exact.matches("news"));
         assert!(!exact.matches("news/1"));
+    }
+
+    fn pattern(spec: &str) -> TopicPattern {
+        TopicPattern::parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"))
+    }
+
+    #[test]
+    fn a_pattern_is_covered_only_by_an_equal_or_wider_one() {
+        for (grant, wanted, covered) in [
+            ("orders/*", "orders/42", true),
+            ("orders/*", "orders/4*", true),
+            ("orders/*", "orders/*", true),
+            ("orders/*", "orders*", false),
+            ("orders/*", "*", false),
+            ("orders/*", "news", false),
+            ("news", "news", true),
+            ("news", "news*", false),
+            ("news", "news/1", false),
+            ("*", "*", true),
+            ("*", "anything/*", true),
+        ] {
+            assert_eq!(
+                pattern(grant).covers(&pattern(wanted)),
+                covered,
+                "{grant} covers {wanted}"
+            );
+        }
+        assert_eq!(pattern("orders/4*").to_string(), "orders/4*");
+    }
+
+    proptest::proptest! {
+        /// Soundness: whatever a covered pattern matches, its cover matches.
+        #[test]
+        fn covers_is_sound(
+            grant in "(a|ab|abc|b)?\\*?",
+            wanted in "(a|ab|abc|b)?\\*?",
+            topic in "(a|b|c){0,4}",
+        ) {
+            let (Ok(grant), Ok(wanted)) = (TopicPattern::parse(&grant), TopicPattern::parse(&wanted)) else {
+                return Ok(());
+            };
+            if grant.covers(&wanted) && wanted.matches(&topic) {
+                proptest::prop_assert!(grant.matches(&topic), "{grant} covers {wanted} but not {topic}");
+            }
+        }
     }
 }

@@ -137,6 +137,7 @@ impl Reader {
             user: user.map(Arc::from),
             filter,
             resume,
+            expires_at: None,
         });
         let mut reader = Self {
             conn,
@@ -919,4 +920,42 @@ async fn stream_is_closed_after_its_lifetime() {
     assert!(ended.is_ok(), "the stream outlived max_connection_lifetime");
     assert_eq!(env.hub.counts().connections, 0);
     assert_eq!(env.hub.counts().users_online, 0);
+}
+
+/// A stream whose token expires gets one `herald.expired` event, without an
+/// id (the client resumes from its last event), as its last frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_whose_token_expires_is_told_then_closed() {
+    let env = Env::with(Retention::default(), HubConfig::default(), true).await;
+    let conn = env.hub.connect(Subscriber {
+        user: Some(Arc::from("u")),
+        filter: filter(&["a"], None),
+        resume: Resume::Live,
+        expires_at: Some(std::time::SystemTime::now() + Duration::from_millis(1500)),
+    });
+    let mut r = Reader {
+        conn,
+        parser: Parser::new(),
+        events: Vec::new(),
+    };
+    assert!(r.chunk().await.is_some(), "preamble");
+    env.publish(vec![ev(&["a"], None, "before")]).await;
+    r.until_data("before").await;
+    let before_id = r.events[0].id.clone();
+    let ended = timeout(Duration::from_secs(5), async {
+        while r.chunk().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its token");
+    let last = r.events.last().expect("events");
+    assert_eq!(last.event, "herald.expired");
+    // No `id:` line of its own: the last event id is still the event's.
+    assert_eq!(last.id, before_id, "herald.expired carries no id");
+    let data: serde_json::Value = serde_json::from_str(&last.data).expect("JSON data");
+    assert!(data["expired_at"].is_u64(), "{data}");
+    assert_eq!(
+        r.events.iter().filter(|e| e.event == "herald.expired").count(),
+        1
+    );
+    assert_eq!(env.hub.counts().connections, 0);
 }

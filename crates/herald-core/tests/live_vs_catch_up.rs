@@ -114,6 +114,7 @@ fn subscriber(sub: &Sub, resume: Resume) -> Subscriber {
         user: sub.user.map(Arc::from),
         filter: Filter::new(patterns, types),
         resume,
+        expires_at: None,
     }
 }
 

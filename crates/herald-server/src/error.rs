@@ -50,12 +50,26 @@ pub enum ErrorCode {
     BatchTooLarge,
     /// 503: the event log cannot take or serve events now; nothing was stored.
     LogUnavailable,
+    /// 401: the route needs a token (or an API key) and the request has none.
+    TokenMissing,
+    /// 401: the token's `exp` (plus the leeway) has passed.
+    TokenExpired,
+    /// 401: the token or API key is not accepted; the message says why.
+    TokenInvalid,
+    /// 403: a subscription names a topic the token does not cover.
+    TopicNotAllowed,
+    /// 403: a publish targets a topic, users or broadcast the caller may not publish to.
+    PublishNotAllowed,
+    /// 403: an admin route without admin rights.
+    AdminRequired,
+    /// 429: the caller publishes faster than its configured rate.
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (for checks that must cover them all,
     /// such as the API reference test).
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 24] = [
         Self::BadJson,
         Self::InvalidField,
         Self::InvalidTopic,
@@ -73,6 +87,13 @@ impl ErrorCode {
         Self::DataTooLarge,
         Self::BatchTooLarge,
         Self::LogUnavailable,
+        Self::TokenMissing,
+        Self::TokenExpired,
+        Self::TokenInvalid,
+        Self::TopicNotAllowed,
+        Self::PublishNotAllowed,
+        Self::AdminRequired,
+        Self::RateLimited,
     ];
 
     /// The code as clients see it (snake_case).
@@ -95,6 +116,13 @@ impl ErrorCode {
             Self::DataTooLarge => "data_too_large",
             Self::BatchTooLarge => "batch_too_large",
             Self::LogUnavailable => "log_unavailable",
+            Self::TokenMissing => "token_missing",
+            Self::TokenExpired => "token_expired",
+            Self::TokenInvalid => "token_invalid",
+            Self::TopicNotAllowed => "topic_not_allowed",
+            Self::PublishNotAllowed => "publish_not_allowed",
+            Self::AdminRequired => "admin_required",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -118,13 +146,36 @@ impl ErrorCode {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TokenMissing | Self::TokenExpired | Self::TokenInvalid => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::TopicNotAllowed | Self::PublishNotAllowed | Self::AdminRequired => {
+                StatusCode::FORBIDDEN
+            }
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
-    /// Seconds for `Retry-After`: set for the answers a client should retry.
+    /// Seconds for `Retry-After`: set for the answers a client should retry
+    /// (a rate-limit refusal may say a longer wait, see [`ApiError::retry_after`]).
     pub const fn retry_after(self) -> Option<u32> {
         match self {
-            Self::LogUnavailable => Some(1),
+            Self::LogUnavailable | Self::RateLimited => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The RFC 6750 `error` of the `WWW-Authenticate: Bearer` challenge sent
+    /// with this code: `Some("")` for a request that carried no credentials
+    /// (the challenge names no error then), `None` for codes that are not
+    /// about credentials.
+    pub const fn bearer_error(self) -> Option<&'static str> {
+        match self {
+            Self::TokenMissing => Some(""),
+            Self::TokenExpired | Self::TokenInvalid => Some("invalid_token"),
+            Self::TopicNotAllowed | Self::PublishNotAllowed | Self::AdminRequired => {
+                Some("insufficient_scope")
+            }
             _ => None,
         }
     }
@@ -142,6 +193,8 @@ impl fmt::Display for ErrorCode {
 pub struct ApiError {
     code: ErrorCode,
     message: String,
+    /// A `Retry-After` longer than the code's (rate limits know how long).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -150,7 +203,15 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, asking the client to wait `seconds` (at least 1) before
+    /// retrying.
+    pub(crate) fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     /// 400 `invalid_topic`, naming the topic as the client sent it.
@@ -219,17 +280,47 @@ fn quoted(value: &str) -> String {
     }
 }
 
+/// `Bearer realm="herald"`, with `error` and `error_description` when the
+/// request carried credentials (RFC 6750, section 3). The description is the
+/// message made safe for a quoted header value: printable ASCII without `"`
+/// and `\\`, which is all RFC 6750 allows there.
+fn bearer_challenge(error: &str, message: &str) -> HeaderValue {
+    let mut value = String::from("Bearer realm=\"herald\"");
+    if !error.is_empty() {
+        let description: String = message
+            .chars()
+            .map(|c| match c {
+                '"' | '\\' => '\'',
+                ' '..='~' => c,
+                _ => '?',
+            })
+            .take(200)
+            .collect();
+        value.push_str(&format!(
+            ", error=\"{error}\", error_description=\"{description}\""
+        ));
+    }
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"herald\""))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({
             "error": { "code": self.code.as_str(), "message": self.message }
         });
         let mut response = (self.code.status(), axum::Json(body)).into_response();
-        if let Some(seconds) = self.code.retry_after() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        let headers = response.headers_mut();
+        if let Some(seconds) = self.retry_after.or(self.code.retry_after()) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if let Some(error) = self.code.bearer_error() {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                bearer_challenge(error, &self.message),
+            );
+        }
+        // Counted by the refusal counters (see `crate::refusals`).
+        response.extensions_mut().insert(self.code);
         response
     }
 }
@@ -289,16 +380,52 @@ mod tests {
                 "log_unavailable",
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
+            (TokenMissing, "token_missing", StatusCode::UNAUTHORIZED),
+            (TokenExpired, "token_expired", StatusCode::UNAUTHORIZED),
+            (TokenInvalid, "token_invalid", StatusCode::UNAUTHORIZED),
+            (TopicNotAllowed, "topic_not_allowed", StatusCode::FORBIDDEN),
+            (
+                PublishNotAllowed,
+                "publish_not_allowed",
+                StatusCode::FORBIDDEN,
+            ),
+            (AdminRequired, "admin_required", StatusCode::FORBIDDEN),
+            (RateLimited, "rate_limited", StatusCode::TOO_MANY_REQUESTS),
         ] {
             assert_eq!((code.as_str(), code.status()), (text, status));
             assert_eq!(code.to_string(), text);
             // Retry-After exactly on the answers that ask for a retry.
             assert_eq!(
                 code.retry_after().is_some(),
-                status.as_u16() == 503,
+                matches!(status.as_u16(), 503 | 429),
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn credential_refusals_carry_a_bearer_challenge() {
+        let missing = ApiError::new(ErrorCode::TokenMissing, "no token").into_response();
+        assert_eq!(
+            missing.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="herald""#
+        );
+        let invalid =
+            ApiError::new(ErrorCode::TokenInvalid, "bad \"signature\"\n\u{e9}").into_response();
+        assert_eq!(
+            invalid.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="herald", error="invalid_token", error_description="bad 'signature'??""#
+        );
+        let scope = ApiError::new(ErrorCode::AdminRequired, "no").into_response();
+        assert!(scope.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .is_ok_and(|v| v.contains(r#"error="insufficient_scope""#)));
+        let other = ApiError::new(ErrorCode::BadJson, "x").into_response();
+        assert_eq!(other.headers().get(header::WWW_AUTHENTICATE), None);
+        let limited = ApiError::new(ErrorCode::RateLimited, "slow down")
+            .retry_after(7)
+            .into_response();
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "7");
     }
 
     #[test]

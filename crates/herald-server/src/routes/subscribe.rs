@@ -85,6 +85,7 @@ pub(crate) fn admit(
         user: access.user,
         filter: Filter::new(patterns, types),
         resume: resume_point(headers, &query),
+        expires_at: None,
     }))
 }
 
