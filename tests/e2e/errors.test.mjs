@@ -145,30 +145,75 @@ test('GET /v1/events with a garbage Last-Event-ID is 200 (never 4xx)', { timeout
   }
 });
 
-test('CORS preflight for /v1/events allows Authorization and Last-Event-ID with credentials', { timeout: 10_000 }, async () => {
-  const origin = 'https://app.example.com';
-  const r = await request(server.url, '/v1/events?user=7777', {
-    method: 'OPTIONS',
-    headers: {
-      origin,
-      'access-control-request-method': 'GET',
-      'access-control-request-headers': 'authorization,last-event-id',
-    },
-  });
-  assert.ok(r.status >= 200 && r.status < 300, `preflight status ${r.status}`);
-  const allowHeaders = (r.headers.get('access-control-allow-headers') ?? '').toLowerCase()
-    .split(',').map((s) => s.trim());
-  assert.ok(allowHeaders.includes('authorization'), `allow-headers: ${allowHeaders}`);
-  assert.ok(allowHeaders.includes('last-event-id'), `allow-headers: ${allowHeaders}`);
-  assert.equal(r.headers.get('access-control-allow-origin'), origin);
-  assert.equal(r.headers.get('access-control-allow-credentials'), 'true');
-  const methods = (r.headers.get('access-control-allow-methods') ?? '').toUpperCase();
-  assert.match(methods, /GET/);
+// The default, `*`, lets any page read answers but never with the visitor's
+// cookies: a page on another site must not ride a herald_token cookie.
+test('default CORS (*) answers any origin without credentials, preflight included', { timeout: 10_000 }, async () => {
+  for (const origin of ['https://evil.example', 'null']) {
+    const r = await request(server.url, '/v1/publish', {
+      method: 'OPTIONS',
+      headers: {
+        origin,
+        'access-control-request-method': 'POST',
+        'access-control-request-headers': 'authorization,content-type',
+      },
+    });
+    assert.ok(r.status >= 200 && r.status < 300, `preflight status ${r.status}`);
+    assert.equal(r.headers.get('access-control-allow-origin'), '*', origin);
+    assert.equal(r.headers.get('access-control-allow-credentials'), null, origin);
+  }
+  const h = await openRaw(server.url, '/v1/events?user=7777', { headers: { origin: 'https://evil.example' } });
+  try {
+    assert.equal(h.status, 200);
+    assert.equal(h.headers['access-control-allow-origin'], '*');
+    assert.equal(h.headers['access-control-allow-credentials'], undefined);
+  } finally {
+    h.close();
+  }
 });
 
-test('CORS on the stream itself echoes the origin with credentials', { timeout: 10_000 }, async () => {
-  const origin = 'http://localhost:5173';
-  const h = await openRaw(server.url, '/v1/events?user=7777', { headers: { origin } });
+test('a named CORS origin is echoed with credentials; others are not allowed', { timeout: 20_000 }, async () => {
+  const named = await startHerald(['--dev', '--memory', '--allowed-origin', 'https://app.example.com']);
+  try {
+    const origin = 'https://app.example.com';
+    const r = await request(named.url, '/v1/events?user=7777', {
+      method: 'OPTIONS',
+      headers: {
+        origin,
+        'access-control-request-method': 'GET',
+        'access-control-request-headers': 'authorization,last-event-id',
+      },
+    });
+    assert.ok(r.status >= 200 && r.status < 300, `preflight status ${r.status}`);
+    const allowHeaders = (r.headers.get('access-control-allow-headers') ?? '').toLowerCase()
+      .split(',').map((s) => s.trim());
+    assert.ok(allowHeaders.includes('authorization'), `allow-headers: ${allowHeaders}`);
+    assert.ok(allowHeaders.includes('last-event-id'), `allow-headers: ${allowHeaders}`);
+    assert.equal(r.headers.get('access-control-allow-origin'), origin);
+    assert.equal(r.headers.get('access-control-allow-credentials'), 'true');
+    const methods = (r.headers.get('access-control-allow-methods') ?? '').toUpperCase();
+    assert.match(methods, /GET/);
+
+    const h = await openRaw(named.url, '/v1/events?user=7777', { headers: { origin } });
+    try {
+      assert.equal(h.status, 200);
+      assert.equal(h.headers['access-control-allow-origin'], origin);
+      assert.equal(h.headers['access-control-allow-credentials'], 'true');
+    } finally {
+      h.close();
+    }
+    for (const other of ['https://evil.example', 'null']) {
+      const o = await openRaw(named.url, '/v1/events?user=7777', { headers: { origin: other } });
+      try {
+        assert.equal(o.headers['access-control-allow-origin'], undefined, other);
+        assert.equal(o.headers['access-control-allow-credentials'], undefined, other);
+      } finally {
+        o.close();
+      }
+    }
+  } finally {
+    await named.stop();
+  }
+});
   try {
     assert.equal(h.status, 200);
     assert.equal(h.headers['access-control-allow-origin'], origin);

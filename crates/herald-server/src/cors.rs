@@ -1,9 +1,18 @@
 //! CORS: browsers on other origins may subscribe and publish.
 //!
-//! An allowed origin is echoed exactly (never `*`) with
-//! `Access-Control-Allow-Credentials: true`, because `withCredentials`
-//! EventSources and cookie auth need both. Preflights allow the
-//! `Authorization` and `Last-Event-ID` headers that fetch-based SSE clients add.
+//! Two kinds of allowance, because credentials change what a page can do:
+//! - `*` (the default) lets any page read answers *without* credentials:
+//!   `Access-Control-Allow-Origin: *` and no `Allow-Credentials`, so the
+//!   browser never attaches cookies (the `herald_token` cookie included) to
+//!   a cross-origin request. A page can still pass a token it was given, in
+//!   `?access_token=` or an `Authorization` header.
+//! - An origin listed by name is echoed exactly with
+//!   `Access-Control-Allow-Credentials: true`, which `withCredentials`
+//!   EventSources and cookie auth need. `null` (sandboxed frames, `file:`)
+//!   is allowed only if listed literally.
+//!
+//! Preflights allow the `Authorization` and `Last-Event-ID` headers that
+//! fetch-based SSE clients add.
 
 use std::sync::Arc;
 
@@ -48,31 +57,49 @@ pub(crate) async fn cors(
     response
 }
 
-/// The request's `Origin`, if it is allowed.
-pub(crate) fn allowed_origin(allowed: &[String], request: &HeaderMap) -> Option<HeaderValue> {
-    request
-        .get(header::ORIGIN)
-        .filter(|o| origin_allowed(allowed, o))
-        .cloned()
+/// How a request's origin is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Allowed {
+    /// Listed by name: echoed, with credentials.
+    Named(HeaderValue),
+    /// Allowed by `*`: without credentials.
+    Any,
 }
 
-/// Adds `Vary: Origin` and, for an allowed origin, the exact-echo headers.
-pub(crate) fn set_cors_headers(response: &mut HeaderMap, origin: Option<HeaderValue>) {
+/// Whether the request's `Origin` is allowed, and how.
+pub(crate) fn allowed_origin(allowed: &[String], request: &HeaderMap) -> Option<Allowed> {
+    let origin = request.get(header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    if allowed.iter().any(|a| a != "*" && a.eq_ignore_ascii_case(text)) {
+        return Some(Allowed::Named(origin.clone()));
+    }
+    allowed.iter().any(|a| a == "*").then_some(Allowed::Any)
+}
+
+/// Adds `Vary: Origin` and, for an allowed origin, the headers that allow it.
+pub(crate) fn set_cors_headers(response: &mut HeaderMap, origin: Option<Allowed>) {
     response.append(header::VARY, HeaderValue::from_static("Origin"));
-    if let Some(origin) = origin {
-        response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    match origin {
+        Some(Allowed::Named(origin)) => {
+            response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            response.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        Some(Allowed::Any) => {
+            response.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        }
+        None => {}
+    }
+    if response.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        // Let pages read the headers that explain a refusal or a retry.
         response.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("www-authenticate, retry-after"),
         );
     }
-}
-
-fn origin_allowed(allowed: &[String], origin: &HeaderValue) -> bool {
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
 }

@@ -66,7 +66,7 @@ pub(crate) async fn sniff(stream: &TcpStream, state: &AppState) -> Sniffed {
             head_len,
             query,
             headers,
-        } => match admit(state, query, &headers) {
+        } => match admit(state, query, &headers).await {
             Ok(Admission::Open(subscriber)) => Sniffed::Direct(Box::new(DirectRequest {
                 head_len,
                 subscriber,

@@ -14,6 +14,7 @@ mod cors;
 mod direct;
 mod error;
 mod http1_head;
+mod limits;
 mod query;
 mod routes;
 
@@ -26,7 +27,8 @@ use axum::Router;
 use herald_core::{EventLog, Hub};
 
 pub use accept::serve;
-pub use auth::Auth;
+pub use auth::{ApiKeySpec, Auth, AuthConfig, AuthConfigError, MIN_API_KEY_BYTES, TOKEN_COOKIE};
+pub use limits::Refusals;
 pub use error::{ApiError, ErrorCode};
 
 /// HTTP-level options (the hub and the log have their own).
@@ -40,6 +42,10 @@ pub struct ServerConfig {
     pub max_data_bytes: usize,
     /// Most open streams; over it a subscriber is told to come back later.
     pub max_connections: usize,
+    /// Most open streams of one user; over it the same.
+    pub max_connections_per_user: usize,
+    /// Publish requests a second per token subject or API key (0: no limit).
+    pub publish_rate_per_sec: u32,
     /// Origins allowed by CORS; `*` allows any origin (echoed exactly).
     pub allowed_origins: Vec<String>,
     /// How long a client may take to send its request headers.
@@ -50,12 +56,18 @@ impl ServerConfig {
     /// Where Herald listens unless told otherwise (loopback: dev mode must
     /// not be reachable from other machines by accident).
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
+    /// Where Herald listens in token mode unless told otherwise (every
+    /// interface: it is meant to be reached).
+    pub const DEFAULT_PUBLIC_LISTEN: &'static str = "0.0.0.0:8080";
     /// Default of [`ServerConfig::max_body_bytes`] (4 MiB).
     pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
     /// Default of [`ServerConfig::max_data_bytes`] (256 KiB).
     pub const DEFAULT_MAX_DATA_BYTES: usize = 256 << 10;
     /// Default of [`ServerConfig::max_connections`].
     pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+    /// Default of [`ServerConfig::max_connections_per_user`]: room for many
+    /// tabs and devices, not for a script opening thousands.
+    pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
     /// Default of [`ServerConfig::allowed_origins`]: any origin.
     pub const DEFAULT_ALLOWED_ORIGIN: &'static str = "*";
 }
@@ -67,6 +79,8 @@ impl Default for ServerConfig {
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             max_data_bytes: Self::DEFAULT_MAX_DATA_BYTES,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_user: Self::DEFAULT_MAX_CONNECTIONS_PER_USER,
+            publish_rate_per_sec: 0,
             allowed_origins: vec![Self::DEFAULT_ALLOWED_ORIGIN.into()],
             header_read_timeout: Duration::from_secs(10),
         }
@@ -86,6 +100,10 @@ pub struct AppState {
     pub auth: Auth,
     /// Events stored through this node's publish route.
     pub published: AtomicU64,
+    /// Refused requests, by code, and streams sent away.
+    pub refusals: Refusals,
+    /// The per-caller publish rate limit, if one is set.
+    publish_rate: Option<limits::PublishRate>,
 }
 
 impl AppState {
@@ -97,12 +115,15 @@ impl AppState {
         config: ServerConfig,
         auth: Auth,
     ) -> Arc<Self> {
+        let publish_rate = limits::PublishRate::new(config.publish_rate_per_sec);
         Arc::new(Self {
             hub,
             log,
             config,
             auth,
             published: AtomicU64::new(0),
+            refusals: Refusals::default(),
+            publish_rate,
         })
     }
 }
@@ -135,6 +156,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     app.fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::count_refusals,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             cors::cors,

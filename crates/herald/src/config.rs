@@ -24,7 +24,7 @@ use figment::value::{Dict, Value};
 use figment::Figment;
 use herald_core::HubConfig;
 use herald_log::{Durability, DurableOptions, Retention};
-use herald_server::ServerConfig;
+use herald_server::{ApiKeySpec, AuthConfig, ServerConfig};
 use serde::{Deserialize, Serialize};
 
 /// A configuration problem; the message names the option and its source.
@@ -52,12 +52,46 @@ pub(crate) struct Config {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address and port to listen on.
-    #[arg(long, value_name = "ADDR:PORT", default_value = ServerConfig::DEFAULT_LISTEN)]
-    pub listen: String,
+    /// Address and port to listen on (default: 127.0.0.1:8080 with --dev, else 0.0.0.0:8080).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
     /// Dev mode: no tokens, `?user=` names the subscriber, admin open, demo page at /demo.
     #[arg(long)]
     pub dev: bool,
+    /// HMAC secret of HS256/384/512 tokens (repeatable: old and new while rotating).
+    #[arg(long = "jwt-secret", value_name = "SECRET")]
+    #[serde(deserialize_with = "one_or_many")]
+    pub jwt_secret: Vec<String>,
+    /// PEM public key of RS*/PS*/ES256/ES384/EdDSA tokens (repeatable).
+    #[arg(long = "jwt-public-key", value_name = "FILE")]
+    #[serde(deserialize_with = "one_or_many")]
+    pub jwt_public_key: Vec<PathBuf>,
+    /// JWKS document of token keys: a file path or an https:// URL.
+    #[arg(long, value_name = "PATH|URL")]
+    pub jwks: Option<String>,
+    /// Seconds between JWKS refreshes (an unknown `kid` also refreshes, at most once a second).
+    #[arg(long, value_name = "SECS", default_value_t = AuthConfig::DEFAULT_JWKS_REFRESH_SECS)]
+    pub jwks_refresh_secs: u64,
+    /// PEM CA certificate trusted for the JWKS URL, besides the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Required `aud` of tokens (not checked when unset).
+    #[arg(long, value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` of tokens (not checked when unset).
+    #[arg(long, value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = AuthConfig::DEFAULT_LEEWAY_SECS)]
+    pub jwt_leeway_secs: u64,
+    /// A topic or pattern anyone may subscribe to without a token (repeatable).
+    #[arg(long = "public-topic", value_name = "PATTERN")]
+    #[serde(deserialize_with = "one_or_many")]
+    pub public_topics: Vec<String>,
+    /// A backend API key: `KEY;publish=P1,P2;admin;name=NAME` (repeatable; TOML tables too).
+    #[arg(long = "api-key", value_name = "SPEC")]
+    #[serde(deserialize_with = "one_or_many")]
+    pub api_keys: Vec<ApiKeySpec>,
     /// Keep the event log in memory only (history is lost on restart).
     #[arg(long, conflicts_with = "data_dir")]
     pub memory: bool,
@@ -104,6 +138,12 @@ pub(crate) struct Config {
     /// Most open streams; over it a subscriber is told to come back later.
     #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Most open streams of one user (token `sub`); over it the same.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_CONNECTIONS_PER_USER)]
+    pub max_connections_per_user: usize,
+    /// Publish requests a second per token subject or API key (0: no limit; over it 429).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub publish_rate_per_sec: u32,
     /// A CORS origin allowed (repeatable; `*` for any).
     #[arg(long = "allowed-origin", value_name = "ORIGIN",
           default_values_t = [ServerConfig::DEFAULT_ALLOWED_ORIGIN.to_owned()])]
@@ -139,6 +179,25 @@ impl std::fmt::Display for DurabilityLevel {
             Self::Fsync => "fsync",
         })
     }
+}
+
+/// A list option given as one value (an environment variable, a TOML
+/// string) or as a list.
+pub(crate) fn one_or_many<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        Many(Vec<T>),
+        One(T),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::Many(list) => list,
+        OneOrMany::One(one) => vec![one],
+    })
 }
 
 /// The flags given on the command line, as a figment layer. Its own type,
@@ -204,6 +263,12 @@ impl Config {
         let bad = |key: &str, why: &str| ConfigError(format!("`{key}`{}: {why}", source(key)));
         let listen: SocketAddr = self
             .listen
+            .as_deref()
+            .unwrap_or(if self.dev {
+                ServerConfig::DEFAULT_LISTEN
+            } else {
+                ServerConfig::DEFAULT_PUBLIC_LISTEN
+            })
             .parse()
             .map_err(|_| bad("listen", "must be ADDR:PORT, e.g. 127.0.0.1:8080"))?;
         if self.heartbeat_secs == 0 {
@@ -224,10 +289,17 @@ impl Config {
                 "the Redis cluster engine is not available in this version yet; run without it",
             ));
         }
-        if !self.dev {
-            return Err(bad(
-                "dev",
-                "token authentication is not available in this version yet; run with --dev",
+        if self.max_connections_per_user == 0 {
+            return Err(bad("max_connections_per_user", "must be at least 1"));
+        }
+        if !self.dev && !AuthConfig::from(&self).has_credentials() {
+            return Err(ConfigError(
+                "no way to authenticate is configured, so nobody could subscribe to a private \
+                 topic, publish or use the admin routes: set `jwt_secret` (an HMAC secret, \
+                 --jwt-secret or HERALD_JWT_SECRET), `jwt_public_key` (a PEM public key file), \
+                 `jwks` (a JWKS file or https:// URL) or `api_keys` (--api-key); or run \
+                 `herald serve --dev` for local development only"
+                    .to_owned(),
             ));
         }
         Ok(Validated {
@@ -315,6 +387,23 @@ impl From<&Config> for HubConfig {
     }
 }
 
+impl From<&Config> for AuthConfig {
+    fn from(config: &Config) -> Self {
+        Self {
+            jwt_secrets: config.jwt_secret.clone(),
+            jwt_public_keys: config.jwt_public_key.clone(),
+            jwks: config.jwks.clone(),
+            jwks_refresh: Duration::from_secs(config.jwks_refresh_secs.max(1)),
+            jwks_ca_file: config.jwks_ca_file.clone(),
+            audience: config.jwt_audience.clone(),
+            issuer: config.jwt_issuer.clone(),
+            leeway: Duration::from_secs(config.jwt_leeway_secs),
+            public_topics: config.public_topics.clone(),
+            api_keys: config.api_keys.clone(),
+        }
+    }
+}
+
 impl From<&Config> for ServerConfig {
     fn from(config: &Config) -> Self {
         Self {
@@ -322,6 +411,8 @@ impl From<&Config> for ServerConfig {
             max_body_bytes: config.max_body_bytes,
             max_data_bytes: config.max_data_bytes,
             max_connections: config.max_connections,
+            max_connections_per_user: config.max_connections_per_user,
+            publish_rate_per_sec: config.publish_rate_per_sec,
             allowed_origins: config.allowed_origins.clone(),
             ..ServerConfig::default()
         }
@@ -357,7 +448,8 @@ mod tests {
     use super::*;
 
     /// The README's options table: `(key, default)` per row, the default
-    /// being the first `code span` of the default column (`—` for none).
+    /// being the first `code span` of the default column, or `—` (none)
+    /// when the column starts with it.
     fn readme_options() -> Vec<(String, String)> {
         let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
         let table = readme
@@ -371,7 +463,12 @@ mod tests {
                 let cells: Vec<&str> = row.split('|').map(str::trim).collect();
                 let code = |cell: &str| cell.split('`').nth(1).map(str::to_owned);
                 let key = code(cells[1]).expect("a key in backticks");
-                let default = code(cells[2]).unwrap_or_else(|| cells[2].to_owned());
+                // `—` first: no default value (what follows explains).
+                let default = if cells[2].starts_with('—') {
+                    "—".to_owned()
+                } else {
+                    code(cells[2]).unwrap_or_else(|| cells[2].to_owned())
+                };
                 (key, default)
             })
             .collect()

@@ -1,4 +1,4 @@
-//! The `herald` binary: `serve`, `publish`, `subscribe`, `bench`.
+//! The `herald` binary: `serve`, `publish`, `subscribe`, `bench`, `token`.
 //!
 //! Exit codes: 0 success, 64 bad usage or configuration, 1 runtime failure.
 
@@ -38,6 +38,8 @@ enum Command {
     /// Load generators: `conns` (memory per stream), `fanout` and `unicast`
     /// (delivery rate, loss, latency), `publish` (acknowledged publishes/s).
     Bench(cmd::bench::BenchArgs),
+    /// Mint a token signed with the server's secret or a private key.
+    Token(cmd::token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => cmd::publish::run(args),
         Command::Subscribe(args) => cmd::subscribe::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Token(args) => cmd::token::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,7 +24,8 @@ pub(crate) async fn require_admin(
     request: Request,
     next: Next,
 ) -> Response {
-    match state.auth.admin() {
+    let query = QueryPairs::parse(request.uri().query());
+    match state.auth.admin(&query, request.headers()).await {
         Ok(()) => next.run(request).await,
         Err(err) => err.into_response(),
     }

@@ -82,7 +82,22 @@ pub(crate) async fn publish(State(state): State<Arc<AppState>>, request: Request
 }
 
 async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError> {
-    state.auth.publisher()?;
+    let access = state
+        .auth
+        .publisher(&QueryPairs::parse(request.uri().query()), request.headers())
+        .await?;
+    if let (Some(limit), Some(who)) = (&state.publish_rate, access.principal()) {
+        limit.take(&who).map_err(|wait| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "over the publish rate of {} requests a second for {who}; retry after                      {wait} s, or send events in batches",
+                    state.config.publish_rate_per_sec
+                ),
+            )
+            .retry_after(wait)
+        })?;
+    }
     let (parts, body) = request.into_parts();
     let form = Form::of(&parts.headers);
     let body = read_body(body, state.config.max_body_bytes).await?;
@@ -94,7 +109,11 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
     let batch = requests
         .into_iter()
         .enumerate()
-        .map(|(i, r)| validate(r, max_data, form).map_err(|e| in_item(e, i, single)))
+        .map(|(i, r)| {
+            validate(r, max_data, form)
+                .and_then(|event| access.check_publish(&event).map(|()| event))
+                .map_err(|e| in_item(e, i, single))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let results = state.log.append(batch).await.map_err(|e| {
         ApiError::unavailable(format!("{e}; the event was not stored, retry later"))

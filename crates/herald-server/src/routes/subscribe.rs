@@ -4,6 +4,7 @@
 //! good, so only a request that can never succeed gets a 4xx; a subscriber
 //! over the connection limit gets a 200 that tells it when to come back.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -29,7 +30,7 @@ pub(crate) enum Admission {
 /// Opens an event stream for the caller.
 pub(crate) async fn subscribe(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let version = request.version();
-    match admit(&state, request.uri().query(), request.headers()) {
+    match admit(&state, request.uri().query(), request.headers()).await {
         Ok(Admission::Open(subscriber)) => {
             let connection = state.hub.connect(subscriber);
             let stream = futures_util::stream::unfold(connection, |mut connection| async move {
@@ -48,18 +49,18 @@ pub(crate) async fn subscribe(State(state): State<Arc<AppState>>, request: Reque
 /// Validates a subscription request (identity, topics, types, resume point)
 /// and checks the connection limit. No side effects: both the hyper route and
 /// the direct HTTP/1.1 path (`crate::direct`) call it before connecting.
-pub(crate) fn admit(
+pub(crate) async fn admit(
     state: &AppState,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Admission, ApiError> {
     let query = QueryPairs::parse(query);
-    let access = state.auth.subscriber(&query)?;
     let mut patterns = Vec::new();
     for spec in query.all("topic") {
         let pattern = TopicPattern::parse(spec).map_err(|e| ApiError::invalid_topic(spec, e))?;
         patterns.push(pattern);
     }
+    let (access, expires_at) = state.auth.subscriber(&query, headers, &patterns).await?;
     if let Some(user) = &access.user {
         let personal = Topic::for_user(user).map_err(|e| ApiError::invalid_user(user, e))?;
         patterns.push(TopicPattern::Exact(personal));
@@ -68,7 +69,7 @@ pub(crate) fn admit(
         return Err(ApiError::new(
             ErrorCode::MissingTopic,
             "a stream needs a `topic` query parameter (repeat it for several topics), \
-             or a user identity (`?user=` in dev mode)",
+             or a user identity (a token's `sub`; `?user=` in dev mode)",
         ));
     }
     let types = query.first("types").map(|t| {
@@ -79,13 +80,20 @@ pub(crate) fn admit(
             .collect::<Vec<_>>()
     });
     if state.hub.counts().connections >= state.config.max_connections {
+        state.refusals.over_capacity.fetch_add(1, Ordering::Relaxed);
         return Ok(Admission::ComeBackLater);
+    }
+    if let Some(user) = &access.user {
+        if state.hub.user_connections(user) >= state.config.max_connections_per_user {
+            state.refusals.over_user_limit.fetch_add(1, Ordering::Relaxed);
+            return Ok(Admission::ComeBackLater);
+        }
     }
     Ok(Admission::Open(Subscriber {
         user: access.user,
         filter: Filter::new(patterns, types),
         resume: resume_point(headers, &query),
-        expires_at: None,
+        expires_at,
     }))
 }
 

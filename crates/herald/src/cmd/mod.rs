@@ -4,3 +4,4 @@ pub(crate) mod bench;
 pub(crate) mod publish;
 pub(crate) mod serve;
 pub(crate) mod subscribe;
+pub(crate) mod token;

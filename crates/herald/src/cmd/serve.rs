@@ -7,9 +7,9 @@ use anyhow::Context;
 use clap::ArgMatches;
 use herald_core::{EventId, EventLog, Hub, HubConfig};
 use herald_log::{DurableLog, DurableOptions, MemoryLog, Retention};
-use herald_server::{AppState, Auth, ServerConfig};
+use herald_server::{AppState, Auth, AuthConfig, ServerConfig};
 
-use crate::config::{Config, Validated};
+use crate::config::{Config, ConfigError, Validated};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub(crate) fn run(args: Config, matches: &ArgMatches) -> anyhow::Result<()> {
@@ -54,7 +54,20 @@ async fn serve(
             let _ = tokio::task::spawn_blocking(move || trim()).await;
         }
     });
-    let state = AppState::new(hub, log, ServerConfig::from(&config), Auth::Dev);
+    let auth = if config.dev {
+        if AuthConfig::from(&config).has_credentials() {
+            tracing::warn!("--dev: the configured keys are ignored; every request is allowed");
+        }
+        Auth::Dev
+    } else {
+        Auth::tokens(&AuthConfig::from(&config))
+            .await
+            .map_err(|e| ConfigError(e.to_string()))?
+    };
+    if let Some(refresher) = auth.background() {
+        tokio::spawn(refresher);
+    }
+    let state = AppState::new(hub, log, ServerConfig::from(&config), auth);
     let shutdown = shutdown_signal()?;
     let listener = bind(listen).await?;
     let local = listener.local_addr().context("reading the bound address")?;
@@ -65,6 +78,11 @@ async fn serve(
         tracing::warn!(
             "DEV MODE: no authentication; anyone who can reach {local} may subscribe as any user, publish and use admin routes"
         );
+        if !local.ip().is_loopback() {
+            tracing::warn!(
+                "DEV MODE on {local}, which is reachable from other machines: use it on trusted networks only"
+            );
+        }
         tracing::info!("demo page: http://{local}/demo");
     }
     herald_server::serve(listener, state, streams, shutdown)
