@@ -43,6 +43,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // One TLS implementation for the whole process (the HTTP clients of
+    // `publish`/`subscribe` and the JWKS fetcher build on it). Fails only if
+    // one is already installed, which is as good.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // Parsed through the matches, which `serve` also needs: they tell which
     // flags were given (and so override the file and the environment).
     let parsed = Cli::command()

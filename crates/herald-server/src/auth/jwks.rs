@@ -30,8 +30,13 @@ const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 enum Location {
     File(PathBuf),
-    Url(reqwest::Url, reqwest::Client),
+    Url(http::Uri, HttpsClient),
 }
+
+type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
 
 /// The key set and how to refresh it.
 #[derive(Debug)]
@@ -58,7 +63,8 @@ impl Jwks {
         refresh_every: Duration,
     ) -> Result<Self, String> {
         let location = if location.starts_with("https://") {
-            let url = reqwest::Url::parse(location)
+            let url: http::Uri = location
+                .parse()
                 .map_err(|e| format!("`jwks`: {location:?} is not a URL ({e})"))?;
             Location::Url(url, https_client(ca_file)?)
         } else if location.contains("://") {
@@ -163,21 +169,20 @@ impl Jwks {
                 Ok(bytes)
             }
             Location::Url(url, client) => {
+                use http_body_util::BodyExt;
                 let response = client
                     .get(url.clone())
-                    .send()
                     .await
                     .map_err(|e| format!("fetching: {e}"))?;
                 if !response.status().is_success() {
                     return Err(format!("the server answered {}", response.status()));
                 }
-                let bytes = response
-                    .bytes()
+                let body = http_body_util::Limited::new(response.into_body(), MAX_DOCUMENT_BYTES);
+                let bytes = body
+                    .collect()
                     .await
-                    .map_err(|e| format!("reading the answer: {e}"))?;
-                if bytes.len() > MAX_DOCUMENT_BYTES {
-                    return Err(format!("over {MAX_DOCUMENT_BYTES} bytes"));
-                }
+                    .map_err(|e| format!("reading the answer (at most {MAX_DOCUMENT_BYTES} bytes): {e}"))?
+                    .to_bytes();
                 Ok(bytes.to_vec())
             }
         }
@@ -200,7 +205,7 @@ impl Jwks {
 }
 
 /// An HTTPS client trusting the system roots and `ca_file`.
-fn https_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+fn https_client(ca_file: Option<&Path>) -> Result<HttpsClient, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         // A system certificate rustls cannot use is no reason to refuse the rest.
@@ -230,10 +235,11 @@ fn https_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("TLS set-up: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(FETCH_TIMEOUT)
-        .connect_timeout(FETCH_TIMEOUT)
-        .build()
-        .map_err(|e| format!("`jwks`: HTTPS client: {e}"))
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    // Each fetch is bounded as a whole by FETCH_TIMEOUT (see fetch_and_swap).
+    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
 }

@@ -28,7 +28,7 @@ use crate::config::ConfigError;
 pub(crate) struct TokenArgs {
     /// The user id (`sub`): its personal topic `user/ID` comes with the token.
     #[arg(long, value_name = "ID")]
-    sub: Option<String>,
+    sub: String,
     /// A topic or pattern the token may subscribe to (repeatable).
     #[arg(long = "subscribe", value_name = "PATTERN")]
     subscribe: Vec<String>,
@@ -67,9 +67,7 @@ struct ServerKeys {
 pub(crate) fn run(args: TokenArgs) -> anyhow::Result<()> {
     let usage = |m: String| anyhow::Error::new(ConfigError(m));
     let server = server_keys(args.config.as_ref()).map_err(usage)?;
-    if let Some(sub) = &args.sub {
-        validate_user_id(sub).map_err(|e| usage(format!("--sub {sub:?}: {e}")))?;
-    }
+    validate_user_id(&args.sub).map_err(|e| usage(format!("--sub {:?}: {e}", args.sub)))?;
     for (flag, patterns) in [("--subscribe", &args.subscribe), ("--publish", &args.publish)] {
         for p in patterns {
             TopicPattern::parse(p).map_err(|e| usage(format!("{flag} {p:?}: {e}")))?;
@@ -80,9 +78,7 @@ pub(crate) fn run(args: TokenArgs) -> anyhow::Result<()> {
         .context("the clock is before 1970")?
         .as_secs();
     let mut claims = Map::new();
-    if let Some(sub) = &args.sub {
-        claims.insert("sub".into(), json!(sub));
-    }
+    claims.insert("sub".into(), json!(args.sub));
     claims.insert("iat".into(), json!(now));
     claims.insert("exp".into(), json!(now + args.ttl.as_secs()));
     if !args.subscribe.is_empty() {
