@@ -238,8 +238,12 @@ impl Auth {
             }
             Self::Tokens(tokens) => {
                 let access = tokens.access(query, headers, Route::Subscribe).await?;
-                if let (Some(asked), user) = (query.first("user").filter(|u| !u.is_empty()), &access.user) {
-                    if user.as_deref() != Some(asked) {
+                let anonymous = matches!(access.grants, Grants::Anonymous);
+                if let Some(asked) = query.first("user").filter(|u| !u.is_empty()) {
+                    if anonymous {
+                        return Err(token_missing());
+                    }
+                    if access.user.as_deref() != Some(asked) {
                         return Err(ApiError::new(
                             ErrorCode::TopicNotAllowed,
                             format!(
@@ -252,10 +256,8 @@ impl Auth {
                 for pattern in patterns {
                     tokens.check_subscribe(&access, pattern)?;
                 }
-                if patterns.is_empty() && access.user.is_none() {
-                    if matches!(access.grants, Grants::Anonymous) {
-                        return Err(token_missing());
-                    }
+                if patterns.is_empty() && anonymous {
+                    return Err(token_missing());
                 }
                 let expires = match &access.grants {
                     Grants::Token(claims) => Some(claims.valid_until),

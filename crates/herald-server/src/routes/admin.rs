@@ -42,6 +42,16 @@ pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "events_delivered": state.hub.events_delivered(),
         "uptime_s": state.hub.uptime().as_secs(),
         "nodes": ["local"],
+        "refusals": state
+            .refusals
+            .by_code()
+            .filter(|(_, n)| *n > 0)
+            .map(|(code, n)| (code.as_str().to_owned(), json!(n)))
+            .collect::<serde_json::Map<_, _>>(),
+        "streams_turned_away": {
+            "max_connections": state.refusals.over_capacity.load(Ordering::Relaxed),
+            "max_connections_per_user": state.refusals.over_user_limit.load(Ordering::Relaxed),
+        },
     }))
     .into_response()
 }

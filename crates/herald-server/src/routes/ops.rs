@@ -91,6 +91,23 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "Seconds since start.",
         state.hub.uptime().as_secs(),
     );
+    let _ = write!(
+        out,
+        "# HELP herald_refusals_total Requests refused, by error code.\n\
+         # TYPE herald_refusals_total counter\n"
+    );
+    for (code, n) in state.refusals.by_code() {
+        let _ = writeln!(out, "herald_refusals_total{{code=\"{code}\"}} {n}");
+    }
+    let _ = write!(
+        out,
+        "# HELP herald_streams_turned_away_total Subscribers told to come back later, by limit.\n\
+         # TYPE herald_streams_turned_away_total counter\n\
+         herald_streams_turned_away_total{{limit=\"max_connections\"}} {}\n\
+         herald_streams_turned_away_total{{limit=\"max_connections_per_user\"}} {}\n",
+        state.refusals.over_capacity.load(Ordering::Relaxed),
+        state.refusals.over_user_limit.load(Ordering::Relaxed),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
