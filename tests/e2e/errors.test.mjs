@@ -172,7 +172,7 @@ test('default CORS (*) answers any origin without credentials, preflight include
 });
 
 test('a named CORS origin is echoed with credentials; others are not allowed', { timeout: 20_000 }, async () => {
-  const named = await startHerald(['--dev', '--memory', '--allowed-origin', 'https://app.example.com']);
+  const named = await startHerald(['--allowed-origin', 'https://app.example.com']);
   try {
     const origin = 'https://app.example.com';
     const r = await request(named.url, '/v1/events?user=7777', {
@@ -212,13 +212,5 @@ test('a named CORS origin is echoed with credentials; others are not allowed', {
     }
   } finally {
     await named.stop();
-  }
-});
-  try {
-    assert.equal(h.status, 200);
-    assert.equal(h.headers['access-control-allow-origin'], origin);
-    assert.equal(h.headers['access-control-allow-credentials'], 'true');
-  } finally {
-    h.close();
   }
 });

@@ -308,7 +308,11 @@ impl Hub {
                     if entry.expires_at.is_some_and(|at| at <= now) {
                         // Told before it is closed: the writer sends
                         // `herald.expired` instead of just ending.
-                        entry.sender.shared().token_expired.store(true, Ordering::SeqCst);
+                        entry
+                            .sender
+                            .shared()
+                            .token_expired
+                            .store(true, Ordering::SeqCst);
                         expired.push(entry.id);
                     } else if entry.close_at.is_some_and(|at| at <= now) {
                         expired.push(entry.id);

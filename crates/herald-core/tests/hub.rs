@@ -954,7 +954,10 @@ async fn stream_whose_token_expires_is_told_then_closed() {
     let data: serde_json::Value = serde_json::from_str(&last.data).expect("JSON data");
     assert!(data["expired_at"].is_u64(), "{data}");
     assert_eq!(
-        r.events.iter().filter(|e| e.event == "herald.expired").count(),
+        r.events
+            .iter()
+            .filter(|e| e.event == "herald.expired")
+            .count(),
         1
     );
     assert_eq!(env.hub.counts().connections, 0);

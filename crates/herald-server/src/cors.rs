@@ -70,7 +70,10 @@ pub(crate) enum Allowed {
 pub(crate) fn allowed_origin(allowed: &[String], request: &HeaderMap) -> Option<Allowed> {
     let origin = request.get(header::ORIGIN)?;
     let text = origin.to_str().ok()?;
-    if allowed.iter().any(|a| a != "*" && a.eq_ignore_ascii_case(text)) {
+    if allowed
+        .iter()
+        .any(|a| a != "*" && a.eq_ignore_ascii_case(text))
+    {
         return Some(Allowed::Named(origin.clone()));
     }
     allowed.iter().any(|a| a == "*").then_some(Allowed::Any)

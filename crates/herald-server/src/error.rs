@@ -300,7 +300,8 @@ fn bearer_challenge(error: &str, message: &str) -> HeaderValue {
             ", error=\"{error}\", error_description=\"{description}\""
         ));
     }
-    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"herald\""))
+    HeaderValue::from_str(&value)
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"herald\""))
 }
 
 impl IntoResponse for ApiError {

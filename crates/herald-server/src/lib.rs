@@ -28,8 +28,8 @@ use herald_core::{EventLog, Hub};
 
 pub use accept::serve;
 pub use auth::{ApiKeySpec, Auth, AuthConfig, AuthConfigError, MIN_API_KEY_BYTES, TOKEN_COOKIE};
-pub use limits::Refusals;
 pub use error::{ApiError, ErrorCode};
+pub use limits::Refusals;
 
 /// HTTP-level options (the hub and the log have their own).
 #[derive(Debug, Clone)]

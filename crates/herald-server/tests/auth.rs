@@ -43,7 +43,9 @@ fn auth_config() -> AuthConfig {
 
 async fn app() -> Router {
     let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(Retention::default()));
-    let auth = Auth::tokens(&auth_config()).await.expect("valid auth config");
+    let auth = Auth::tokens(&auth_config())
+        .await
+        .expect("valid auth config");
     herald_server::router(AppState::new(
         Hub::new(log.clone(), HubConfig::default()),
         log,
@@ -97,7 +99,10 @@ async fn status_code_and_challenge(
             .await
             .expect("body");
         let json: Value = serde_json::from_slice(&body).expect("JSON error");
-        json["error"]["code"].as_str().unwrap_or_default().to_owned()
+        json["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     };
     (status, code, challenge)
 }
@@ -128,12 +133,19 @@ async fn a_user_token_opens_its_own_topics_only() {
         ("topic=orders/42", (StatusCode::OK, "")),
         ("topic=orders/4*", (StatusCode::OK, "")),
         ("topic=ticker/eur", (StatusCode::OK, "")),
-        ("topic=user/7778", (StatusCode::FORBIDDEN, "topic_not_allowed")),
-        ("topic=orders*", (StatusCode::FORBIDDEN, "topic_not_allowed")),
+        (
+            "topic=user/7778",
+            (StatusCode::FORBIDDEN, "topic_not_allowed"),
+        ),
+        (
+            "topic=orders*",
+            (StatusCode::FORBIDDEN, "topic_not_allowed"),
+        ),
         ("topic=*", (StatusCode::FORBIDDEN, "topic_not_allowed")),
         ("user=7778", (StatusCode::FORBIDDEN, "topic_not_allowed")),
     ] {
-        let (status, code, challenge) = status_code_and_challenge(&app, subscribe(query, Some(&t))).await;
+        let (status, code, challenge) =
+            status_code_and_challenge(&app, subscribe(query, Some(&t))).await;
         assert_eq!((status, code.as_str()), want, "?{query}");
         if status == StatusCode::FORBIDDEN {
             assert!(
@@ -150,8 +162,13 @@ async fn without_credentials_only_public_topics_open() {
     let (status, _, _) = status_code_and_challenge(&app, subscribe("topic=ticker/eur", None)).await;
     assert_eq!(status, StatusCode::OK);
     for query in ["topic=news", "", "user=7777", "topic=ticker/eur&topic=news"] {
-        let (status, code, challenge) = status_code_and_challenge(&app, subscribe(query, None)).await;
-        assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "token_missing"), "?{query}");
+        let (status, code, challenge) =
+            status_code_and_challenge(&app, subscribe(query, None)).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::UNAUTHORIZED, "token_missing"),
+            "?{query}"
+        );
         assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="herald""#));
     }
 }
@@ -167,14 +184,22 @@ async fn the_token_may_come_from_the_query_or_the_cookie_but_the_cookie_cannot_p
         .header(header::COOKIE, format!("theme=dark; herald_token={t}"))
         .body(Body::empty())
         .expect("request");
-    assert_eq!(status_code_and_challenge(&app, by_cookie).await.0, StatusCode::OK);
+    assert_eq!(
+        status_code_and_challenge(&app, by_cookie).await.0,
+        StatusCode::OK
+    );
     let publish_by_cookie = Request::post("/v1/publish")
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::COOKIE, format!("herald_token={t}"))
-        .body(Body::from(json!({"topics": ["a"], "data": "x"}).to_string()))
+        .body(Body::from(
+            json!({"topics": ["a"], "data": "x"}).to_string(),
+        ))
         .expect("request");
     let (status, code, _) = status_code_and_challenge(&app, publish_by_cookie).await;
-    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "token_missing"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "token_missing")
+    );
 }
 
 #[tokio::test]
@@ -191,29 +216,56 @@ async fn publish_needs_a_grant_covering_every_target() {
     };
     let forbidden = (StatusCode::FORBIDDEN, "publish_not_allowed");
     for (bearer, target, want) in [
-        (orders.as_str(), json!({"topics": ["orders/1"]}), (StatusCode::CREATED, "")),
+        (
+            orders.as_str(),
+            json!({"topics": ["orders/1"]}),
+            (StatusCode::CREATED, ""),
+        ),
         (orders.as_str(), json!({"topics": ["news"]}), forbidden),
-        (orders.as_str(), json!({"topics": ["orders/1", "news"]}), forbidden),
+        (
+            orders.as_str(),
+            json!({"topics": ["orders/1", "news"]}),
+            forbidden,
+        ),
         (orders.as_str(), json!({"users": ["7777"]}), forbidden),
         (orders.as_str(), json!({"broadcast": true}), forbidden),
-        (users.as_str(), json!({"users": ["7777"]}), (StatusCode::CREATED, "")),
+        (
+            users.as_str(),
+            json!({"users": ["7777"]}),
+            (StatusCode::CREATED, ""),
+        ),
         (users.as_str(), json!({"broadcast": true}), forbidden),
-        (API_KEY, json!({"topics": ["orders/9"]}), (StatusCode::CREATED, "")),
+        (
+            API_KEY,
+            json!({"topics": ["orders/9"]}),
+            (StatusCode::CREATED, ""),
+        ),
         (API_KEY, json!({"topics": ["news"]}), forbidden),
-        (ADMIN_KEY, json!({"broadcast": true}), (StatusCode::CREATED, "")),
+        // Admin rights are the admin routes only.
+        (ADMIN_KEY, json!({"broadcast": true}), forbidden),
     ] {
-        let (status, code, _) = status_code_and_challenge(&app, publish(event(target.clone()), Some(bearer))).await;
+        let (status, code, _) =
+            status_code_and_challenge(&app, publish(event(target.clone()), Some(bearer))).await;
         assert_eq!((status, code.as_str()), want, "{target}");
     }
     let (status, code, _) =
         status_code_and_challenge(&app, publish(event(json!({"topics": ["a"]})), None)).await;
-    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "token_missing"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "token_missing")
+    );
     let (status, code, _) = status_code_and_challenge(
         &app,
-        publish(event(json!({"topics": ["a"]})), Some("not-a-configured-key-000")),
+        publish(
+            event(json!({"topics": ["a"]})),
+            Some("not-a-configured-key-000"),
+        ),
     )
     .await;
-    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "token_invalid"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "token_invalid")
+    );
 }
 
 #[tokio::test]
@@ -228,14 +280,31 @@ async fn admin_routes_need_admin_rights() {
         }
         r.body(Body::empty()).expect("request")
     };
-    assert_eq!(status_code_and_challenge(&app, get(Some(&admin))).await.0, StatusCode::OK);
-    assert_eq!(status_code_and_challenge(&app, get(Some(ADMIN_KEY))).await.0, StatusCode::OK);
+    assert_eq!(
+        status_code_and_challenge(&app, get(Some(&admin))).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_code_and_challenge(&app, get(Some(ADMIN_KEY)))
+            .await
+            .0,
+        StatusCode::OK
+    );
     let (status, code, _) = status_code_and_challenge(&app, get(Some(&plain))).await;
-    assert_eq!((status, code.as_str()), (StatusCode::FORBIDDEN, "admin_required"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "admin_required")
+    );
     let (status, code, _) = status_code_and_challenge(&app, get(Some(API_KEY))).await;
-    assert_eq!((status, code.as_str()), (StatusCode::FORBIDDEN, "admin_required"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "admin_required")
+    );
     let (status, code, _) = status_code_and_challenge(&app, get(None)).await;
-    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "token_missing"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "token_missing")
+    );
 }
 
 #[tokio::test]
@@ -245,13 +314,27 @@ async fn bad_tokens_are_refused_with_their_reason() {
     for (bad, code) in [
         (token(json!({"sub": "7777", "exp": past})), "token_expired"),
         (token(json!({"sub": "7777"})), "token_invalid"),
-        (token(json!({"sub": "7777", "exp": now() + 60, "nbf": now() + 600})), "token_invalid"),
-        (token(json!({"sub": 7777, "exp": now() + 60})), "token_invalid"),
-        (token(json!({"sub": "7777", "exp": now() + 60, "herald.subscribe": "news"})), "token_invalid"),
+        (
+            token(json!({"sub": "7777", "exp": now() + 60, "nbf": now() + 600})),
+            "token_invalid",
+        ),
+        (
+            token(json!({"sub": 7777, "exp": now() + 60})),
+            "token_invalid",
+        ),
+        (
+            token(json!({"sub": "7777", "exp": now() + 60, "herald.subscribe": "news"})),
+            "token_invalid",
+        ),
         ("a.b.c".to_owned(), "token_invalid"),
     ] {
-        let (status, got, challenge) = status_code_and_challenge(&app, subscribe("", Some(&bad))).await;
-        assert_eq!((status, got.as_str()), (StatusCode::UNAUTHORIZED, code), "{bad}");
+        let (status, got, challenge) =
+            status_code_and_challenge(&app, subscribe("", Some(&bad))).await;
+        assert_eq!(
+            (status, got.as_str()),
+            (StatusCode::UNAUTHORIZED, code),
+            "{bad}"
+        );
         assert!(
             challenge.is_some_and(|c| c.contains(r#"error="invalid_token""#)),
             "{bad}"
@@ -265,14 +348,25 @@ async fn bad_tokens_are_refused_with_their_reason() {
     )
     .expect("signs");
     let (status, code, _) = status_code_and_challenge(&app, subscribe("", Some(&forged))).await;
-    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "token_invalid"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "token_invalid")
+    );
     // The payload of a valid token swapped for another user's.
     let valid = user_token("7777", &[], &[]);
     let other = user_token("1", &["*"], &[]);
     let parts: Vec<&str> = valid.split('.').collect();
-    let tampered = format!("{}.{}.{}", parts[0], other.split('.').nth(1).unwrap_or(""), parts[2]);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        other.split('.').nth(1).unwrap_or(""),
+        parts[2]
+    );
     let (status, code, _) = status_code_and_challenge(&app, subscribe("", Some(&tampered))).await;
-    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "token_invalid"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "token_invalid")
+    );
 }
 
 #[tokio::test]
@@ -281,22 +375,38 @@ async fn a_user_over_its_stream_limit_is_told_to_come_back_later() {
     let t = user_token("7777", &[], &[]);
     let mut open = Vec::new();
     for _ in 0..2 {
-        let response = app.clone().oneshot(subscribe("", Some(&t))).await.expect("router");
+        let response = app
+            .clone()
+            .oneshot(subscribe("", Some(&t)))
+            .await
+            .expect("router");
         assert_eq!(response.status(), StatusCode::OK);
         open.push(response);
     }
-    let third = app.clone().oneshot(subscribe("", Some(&t))).await.expect("router");
+    let third = app
+        .clone()
+        .oneshot(subscribe("", Some(&t)))
+        .await
+        .expect("router");
     assert_eq!(third.status(), StatusCode::OK);
-    let body = axum::body::to_bytes(third.into_body(), 4096).await.expect("a short body");
+    let body = axum::body::to_bytes(third.into_body(), 4096)
+        .await
+        .expect("a short body");
     let text = String::from_utf8_lossy(&body);
     assert!(text.starts_with("retry: "), "{text}");
     // Another user is not affected.
     let other = user_token("7778", &[], &[]);
-    let response = app.clone().oneshot(subscribe("", Some(&other))).await.expect("router");
+    let response = app
+        .clone()
+        .oneshot(subscribe("", Some(&other)))
+        .await
+        .expect("router");
     assert_eq!(response.status(), StatusCode::OK);
     drop(open);
     assert!(
-        metrics(&app).await.contains("herald_streams_turned_away_total{limit=\"max_connections_per_user\"} 1"),
+        metrics(&app)
+            .await
+            .contains("herald_streams_turned_away_total{limit=\"max_connections_per_user\"} 1"),
         "the refusal is counted"
     );
 }
@@ -304,10 +414,16 @@ async fn a_user_over_its_stream_limit_is_told_to_come_back_later() {
 async fn metrics(app: &Router) -> String {
     let response = app
         .clone()
-        .oneshot(Request::get("/metrics").body(Body::empty()).expect("request"))
+        .oneshot(
+            Request::get("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
         .await
         .expect("router");
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
     String::from_utf8_lossy(&body).into_owned()
 }
 
@@ -319,9 +435,18 @@ async fn refusals_are_counted_by_code() {
     }
     let _ = status_code_and_challenge(&app, subscribe("", Some("a.b.c"))).await;
     let text = metrics(&app).await;
-    assert!(text.contains("herald_refusals_total{code=\"token_missing\"} 2"), "{text}");
-    assert!(text.contains("herald_refusals_total{code=\"token_invalid\"} 1"), "{text}");
-    assert!(text.contains("herald_refusals_total{code=\"admin_required\"} 0"), "{text}");
+    assert!(
+        text.contains("herald_refusals_total{code=\"token_missing\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("herald_refusals_total{code=\"token_invalid\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("herald_refusals_total{code=\"admin_required\"} 0"),
+        "{text}"
+    );
 }
 
 fn runtime() -> tokio::runtime::Runtime {

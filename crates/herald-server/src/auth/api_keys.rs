@@ -156,7 +156,9 @@ impl ApiKeys {
                             key.len()
                         ));
                     }
-                    if key.matches('.').count() == 2 || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    if key.matches('.').count() == 2
+                        || key.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
                         return Err(format!(
                             "{which}: a key must not contain whitespace nor look like a JWT \
                              (two dots)"
@@ -253,13 +255,21 @@ mod tests {
         let by_digest = ApiKeySpec {
             name: Some("d".into()),
             key: None,
-            key_sha256: Some(sha256("another-key-0123456").iter().map(|b| format!("{b:02x}")).collect()),
+            key_sha256: Some(
+                sha256("another-key-0123456")
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+            ),
             publish: vec![],
             admin: true,
         };
         let keys = ApiKeys::new(&[key.parse().expect("spec"), by_digest]).expect("valid");
         assert!(keys.find(key).is_some());
-        assert_eq!(keys.find("another-key-0123456").map(|k| k.admin), Some(true));
+        assert_eq!(
+            keys.find("another-key-0123456").map(|k| k.admin),
+            Some(true)
+        );
         assert!(keys.find("k-0123456789abcdeX").is_none());
         assert!(keys.find("").is_none());
         assert!(ApiKeys::new(&["short".parse().expect("spec")]).is_err());

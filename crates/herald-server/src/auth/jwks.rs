@@ -30,7 +30,7 @@ const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 enum Location {
     File(PathBuf),
-    Url(http::Uri, HttpsClient),
+    Url(http::Uri, Box<HttpsClient>),
 }
 
 type HttpsClient = hyper_util::client::legacy::Client<
@@ -66,7 +66,7 @@ impl Jwks {
             let url: http::Uri = location
                 .parse()
                 .map_err(|e| format!("`jwks`: {location:?} is not a URL ({e})"))?;
-            Location::Url(url, https_client(ca_file)?)
+            Location::Url(url, Box::new(https_client(ca_file)?))
         } else if location.contains("://") {
             return Err(format!(
                 "`jwks`: {location:?}: only https:// URLs (or a file path) are accepted; \
@@ -181,7 +181,9 @@ impl Jwks {
                 let bytes = body
                     .collect()
                     .await
-                    .map_err(|e| format!("reading the answer (at most {MAX_DOCUMENT_BYTES} bytes): {e}"))?
+                    .map_err(|e| {
+                        format!("reading the answer (at most {MAX_DOCUMENT_BYTES} bytes): {e}")
+                    })?
                     .to_bytes();
                 Ok(bytes.to_vec())
             }
@@ -241,5 +243,8 @@ fn https_client(ca_file: Option<&Path>) -> Result<HttpsClient, String> {
         .enable_http1()
         .build();
     // Each fetch is bounded as a whole by FETCH_TIMEOUT (see fetch_and_swap).
-    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
 }

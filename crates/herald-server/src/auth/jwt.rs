@@ -163,9 +163,11 @@ impl Verifier {
         let all: Vec<Key> = self.fixed.iter().chain(jwks_keys.iter()).cloned().collect();
         let alg_known = all.iter().any(|k| k.kind.accepts(header.alg));
         match &header.kid {
-            Some(kid) if alg_known => invalid(format!(
-                "unknown kid {kid:?}: no configured key has that key id (if the key was \
-                 just rotated in, the key set is refreshed at most once a second)"
+            // With a JWKS, a kid names the key: say that one is unknown.
+            Some(kid) if alg_known || self.jwks.is_some() => invalid(format!(
+                "unknown kid {kid:?}: no configured key with that key id accepts {:?} (if the \
+                 key was just rotated in, the key set is refreshed at most once a second)",
+                header.alg
             )),
             _ => invalid(format!(
                 "algorithm {:?} is not accepted here: the configured keys accept {}",
@@ -225,9 +227,9 @@ impl Verifier {
             ErrorKind::ImmatureSignature => invalid(format!(
                 "the token is not yet valid (its `nbf` is more than {leeway} seconds ahead)"
             )),
-            ErrorKind::InvalidSignature => invalid(
-                "bad signature: the token was not signed by any configured key".to_owned(),
-            ),
+            ErrorKind::InvalidSignature => {
+                invalid("bad signature: the token was not signed by any configured key".to_owned())
+            }
             ErrorKind::InvalidAudience => invalid(format!(
                 "wrong audience: the token's `aud` must include {:?}",
                 self.rules.audience.as_deref().unwrap_or("")
@@ -238,8 +240,16 @@ impl Verifier {
             )),
             ErrorKind::MissingRequiredClaim(claim) => invalid(format!(
                 "missing claim `{claim}`: Herald requires `exp`{}{}",
-                if self.rules.audience.is_some() { ", `aud`" } else { "" },
-                if self.rules.issuer.is_some() { ", `iss`" } else { "" },
+                if self.rules.audience.is_some() {
+                    ", `aud`"
+                } else {
+                    ""
+                },
+                if self.rules.issuer.is_some() {
+                    ", `iss`"
+                } else {
+                    ""
+                },
             )),
             ErrorKind::InvalidClaimFormat(claim) => {
                 invalid(format!("claim `{claim}` has the wrong type"))
@@ -261,9 +271,8 @@ impl Verifier {
             .get("exp")
             .and_then(Value::as_f64)
             .ok_or_else(|| invalid("claim `exp` must be a number of seconds".to_owned()))?;
-        let valid_until = UNIX_EPOCH
-            + Duration::from_secs_f64(exp.max(0.0).min(1e12))
-            + self.rules.leeway;
+        let valid_until =
+            UNIX_EPOCH + Duration::from_secs_f64(exp.clamp(0.0, 1e12)) + self.rules.leeway;
         let sub = match map.remove("sub") {
             None | Some(Value::Null) => None,
             Some(Value::String(sub)) => {
@@ -275,7 +284,11 @@ impl Verifier {
         let admin = match map.remove("herald.admin") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(admin)) => admin,
-            Some(_) => return Err(invalid("claim `herald.admin` must be true or false".to_owned())),
+            Some(_) => {
+                return Err(invalid(
+                    "claim `herald.admin` must be true or false".to_owned(),
+                ))
+            }
         };
         Ok(Claims {
             sub,
@@ -311,9 +324,9 @@ fn patterns(map: &mut Map<String, Value>, claim: &str) -> Result<Vec<TopicPatter
     };
     list.iter()
         .map(|item| {
-            let spec = item.as_str().ok_or_else(|| {
-                invalid(format!("claim `{claim}` must be a list of strings"))
-            })?;
+            let spec = item
+                .as_str()
+                .ok_or_else(|| invalid(format!("claim `{claim}` must be a list of strings")))?;
             TopicPattern::parse(spec)
                 .map_err(|e| invalid(format!("claim `{claim}`: pattern {spec:?}: {e}")))
         })
@@ -355,13 +368,17 @@ impl Header {
                 "algorithm `none` is not accepted: unsigned tokens are refused".to_owned(),
             ));
         }
-        let alg = alg.parse::<Algorithm>().map_err(|_| {
-            invalid(format!("algorithm {alg:?} is not supported"))
-        })?;
+        let alg = alg
+            .parse::<Algorithm>()
+            .map_err(|_| invalid(format!("algorithm {alg:?} is not supported")))?;
         let kid = match json.get("kid") {
             None | Some(Value::Null) => None,
             Some(Value::String(kid)) => Some(kid.clone()),
-            Some(_) => return Err(invalid("malformed token: `kid` must be a string".to_owned())),
+            Some(_) => {
+                return Err(invalid(
+                    "malformed token: `kid` must be a string".to_owned(),
+                ))
+            }
         };
         Ok(Self { alg, kid })
     }

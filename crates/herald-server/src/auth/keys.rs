@@ -12,6 +12,9 @@ use std::path::Path;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
+/// A PEM parser of one key type.
+type PemParser = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+
 /// What kind of key, hence which algorithms it verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeyKind {
@@ -100,9 +103,8 @@ impl Key {
 
     /// A PEM public key file (`jwt_public_key`): RSA, EC or Ed25519.
     pub(crate) fn from_pem_file(path: &Path) -> Result<Self, String> {
-        let pem = std::fs::read(path).map_err(|e| {
-            format!("`jwt_public_key`: cannot read {}: {e}", path.display())
-        })?;
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("`jwt_public_key`: cannot read {}: {e}", path.display()))?;
         let origin = format!("jwt_public_key {}", path.display());
         let text = String::from_utf8_lossy(&pem);
         if text.contains("PRIVATE KEY") {
@@ -114,7 +116,7 @@ impl Key {
         }
         // The PEM says what it holds only by trying: an RSA key parses as RSA,
         // and so on. Each kind keeps to its own algorithms (see module doc).
-        let tries: [(KeyKind, fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>); 3] = [
+        let tries: [(KeyKind, PemParser); 3] = [
             (KeyKind::Rsa, DecodingKey::from_rsa_pem),
             (KeyKind::Ec(None), DecodingKey::from_ec_pem),
             (KeyKind::Ed25519, DecodingKey::from_ed_pem),
@@ -160,7 +162,9 @@ impl Key {
             AlgorithmParameters::OctetKeyPair(_) => KeyKind::Ed25519,
             // A symmetric secret has no business in a published key set.
             AlgorithmParameters::OctetKey(_) => {
-                return Err(format!("key {name}: symmetric keys are not accepted from a JWKS"))
+                return Err(format!(
+                    "key {name}: symmetric keys are not accepted from a JWKS"
+                ))
             }
             _ => return Err(format!("key {name}: unsupported key type")),
         };
@@ -170,7 +174,9 @@ impl Key {
             .and_then(|a| a.to_string().parse::<Algorithm>().ok());
         if let Some(alg) = alg {
             if !kind.accepts(alg) {
-                return Err(format!("key {name}: `alg` {alg:?} does not fit its key type"));
+                return Err(format!(
+                    "key {name}: `alg` {alg:?} does not fit its key type"
+                ));
             }
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {name}: {e}"))?;
@@ -187,8 +193,8 @@ impl Key {
 /// Parses a JWKS document into usable keys; keys that cannot be used are
 /// skipped with their reasons.
 pub(crate) fn parse_jwks(document: &[u8], origin: &str) -> Result<(Vec<Key>, Vec<String>), String> {
-    let set: JwkSet = serde_json::from_slice(document)
-        .map_err(|e| format!("not a JWKS document ({e})"))?;
+    let set: JwkSet =
+        serde_json::from_slice(document).map_err(|e| format!("not a JWKS document ({e})"))?;
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
     for jwk in &set.keys {

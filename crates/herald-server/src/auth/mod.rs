@@ -17,8 +17,9 @@
 //!   credentials at all.
 //! - Publish: every target must be covered by `herald.publish` (or the API
 //!   key's patterns); `users` means their personal topics; `broadcast` needs `*`.
-//! - `herald.admin` (or an admin API key) allows the admin routes, and with
-//!   them every subscription and publish.
+//! - `herald.admin` (or an admin API key) allows the admin routes, and only
+//!   those: rights do not imply each other, so an operator's token publishes
+//!   only where its `herald.publish` says.
 
 mod api_keys;
 mod jwks;
@@ -291,7 +292,11 @@ impl Auth {
     }
 
     /// Checks that the caller may use the admin routes.
-    pub(crate) async fn admin(&self, query: &QueryPairs, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) async fn admin(
+        &self,
+        query: &QueryPairs,
+        headers: &HeaderMap,
+    ) -> Result<(), ApiError> {
         match self {
             Self::Dev => Ok(()),
             Self::Tokens(tokens) => {
@@ -391,9 +396,6 @@ impl Access {
     }
 
     fn may_subscribe(&self, wanted: &TopicPattern) -> bool {
-        if self.is_admin() {
-            return true;
-        }
         let personal = |user: &Arc<str>| {
             Topic::for_user(user).is_ok_and(|t| TopicPattern::Exact(t).covers(wanted))
         };
@@ -419,7 +421,7 @@ impl Access {
 
     /// Checks that every target of `event` may be published to.
     pub(crate) fn check_publish(&self, event: &NewEvent) -> Result<(), ApiError> {
-        if self.is_admin() {
+        if matches!(self.grants, Grants::Everything) {
             return Ok(());
         }
         let grants = self.publish_grants();
@@ -433,7 +435,10 @@ impl Access {
         }
         for topic in &event.topics {
             if !allowed(topic.as_str()) {
-                let what = match topic.as_str().strip_prefix(herald_core::topic::USER_TOPIC_PREFIX) {
+                let what = match topic
+                    .as_str()
+                    .strip_prefix(herald_core::topic::USER_TOPIC_PREFIX)
+                {
                     Some(user) => format!("user {user:?} (topic {:?})", topic.as_str()),
                     None => format!("topic {:?}", topic.as_str()),
                 };

@@ -85,7 +85,10 @@ pub(crate) async fn admit(
     }
     if let Some(user) = &access.user {
         if state.hub.user_connections(user) >= state.config.max_connections_per_user {
-            state.refusals.over_user_limit.fetch_add(1, Ordering::Relaxed);
+            state
+                .refusals
+                .over_user_limit
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(Admission::ComeBackLater);
         }
     }

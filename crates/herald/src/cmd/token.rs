@@ -68,7 +68,10 @@ pub(crate) fn run(args: TokenArgs) -> anyhow::Result<()> {
     let usage = |m: String| anyhow::Error::new(ConfigError(m));
     let server = server_keys(args.config.as_ref()).map_err(usage)?;
     validate_user_id(&args.sub).map_err(|e| usage(format!("--sub {:?}: {e}", args.sub)))?;
-    for (flag, patterns) in [("--subscribe", &args.subscribe), ("--publish", &args.publish)] {
+    for (flag, patterns) in [
+        ("--subscribe", &args.subscribe),
+        ("--publish", &args.publish),
+    ] {
         for p in patterns {
             TopicPattern::parse(p).map_err(|e| usage(format!("{flag} {p:?}: {e}")))?;
         }
@@ -144,9 +147,8 @@ fn server_keys(file: Option<&PathBuf>) -> Result<ServerKeys, String> {
         }
         figment = figment.merge(Toml::file(path));
     }
-    figment = figment.merge(
-        Env::prefixed("HERALD_").only(&["jwt_secret", "jwt_audience", "jwt_issuer"]),
-    );
+    figment =
+        figment.merge(Env::prefixed("HERALD_").only(&["jwt_secret", "jwt_audience", "jwt_issuer"]));
     // The file holds every serve option; only these three matter here.
     let keys: Map<String, Value> = figment.extract().map_err(|e| e.to_string())?;
     let wanted: Map<String, Value> = keys
