@@ -12,6 +12,11 @@
 //! client connects again with the same request and token: the second round
 //! is the reconnect (a server that caches verified tokens answers it from
 //! its cache).
+//!
+//! With `--http2` the clients are streams of `--connections` HTTP/2
+//! connections (client `i` on connection `i mod C`), made afresh each round
+//! by their first stream: that stream's time to first byte includes the
+//! connection's handshake.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,6 +31,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
 use crate::client::{SseConn, StreamTarget};
+use crate::mux::Mux;
 use crate::progress::{note, Progress};
 use crate::subs::stream_targets;
 use crate::template::{TokenIn, DEFAULT_TOPIC_SUBSCRIBE};
@@ -69,6 +75,14 @@ pub(crate) struct ConnectArgs {
     /// Milliseconds between closing a round's streams and the next round.
     #[arg(long, default_value_t = 1000)]
     pause_ms: u64,
+    /// The clients are streams of a few HTTP/2 connections (h2 over TLS, h2c
+    /// over plain http).
+    #[arg(long)]
+    http2: bool,
+    /// With --http2: the connections the streams share [default: 100, at
+    /// most --clients].
+    #[arg(long, value_name = "C", requires = "http2")]
+    connections: Option<usize>,
 }
 
 pub(crate) async fn run(args: ConnectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -87,6 +101,18 @@ pub(crate) async fn run(args: ConnectArgs, out: &mut dyn Write) -> anyhow::Resul
         return Err(usage("--open-timeout-secs must be at least 1"));
     }
     let concurrency = subscribe.open_concurrency(args.clients.min(MAX_DEFAULT_CONCURRENCY))?;
+    let connections = match (args.http2, args.connections) {
+        (false, _) => None,
+        (true, Some(0)) => return Err(usage("--connections must be at least 1")),
+        (true, Some(c)) if c > args.clients => {
+            return Err(usage(format!(
+                "--connections {c} is more than --clients {}: an HTTP/2 connection \
+                 carries at least one stream",
+                args.clients
+            )))
+        }
+        (true, c) => Some(c.unwrap_or(100).min(args.clients)),
+    };
     let tls = Tls::from_args(&common.tls)?;
     let (template, herald_subscribe) = subscribe.template(DEFAULT_TOPIC_SUBSCRIBE);
     let targets = stream_targets(
@@ -114,6 +140,7 @@ pub(crate) async fn run(args: ConnectArgs, out: &mut dyn Write) -> anyhow::Resul
         head_only: subscribe.ready_on_head,
         open_timeout: Duration::from_secs(args.open_timeout_secs),
         deadline,
+        connections,
     };
 
     let mut rounds = Vec::new();
@@ -144,6 +171,7 @@ pub(crate) async fn run(args: ConnectArgs, out: &mut dyn Write) -> anyhow::Resul
         subscribe_url: template.to_owned(),
         clients: args.clients,
         concurrency,
+        http2_connections: connections,
         tls: over_tls,
         tls_verified: over_tls && tls.verified(),
         tokens,
@@ -179,6 +207,9 @@ struct Storm {
     head_only: bool,
     open_timeout: Duration,
     deadline: Instant,
+    /// HTTP/2 connections the streams share, or `None` for one HTTP/1.1
+    /// connection per client.
+    connections: Option<usize>,
 }
 
 /// What the clients of one round record.
@@ -235,9 +266,14 @@ impl Storm {
         let gate = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let (release_tx, release_rx) = watch::channel(false);
         let hard_deadline = tokio::time::Instant::from(self.deadline) + Duration::from_secs(20);
+        // New connections every round; dropped with the round's streams.
+        let mux = self
+            .connections
+            .map(|c| Arc::new(Mux::new(c, hard_deadline)));
         let mut tasks = Vec::with_capacity(n);
         for idx in 0..n {
             let (state, gate, targets) = (state.clone(), gate.clone(), self.targets.clone());
+            let mux = mux.clone();
             let mut release = release_rx.clone();
             let (head_only, open_timeout) = (self.head_only, self.open_timeout);
             tasks.push(tokio::spawn(async move {
@@ -248,7 +284,12 @@ impl Storm {
                     let permit = gate.acquire().await;
                     let start = state.since_t0_us();
                     state.first_connect_us.fetch_min(start, Ordering::Relaxed);
-                    let opening = SseConn::open(target, idx, IDLE_BUF, head_only);
+                    let opening = async {
+                        match &mux {
+                            Some(mux) => mux.open(target, idx, head_only).await,
+                            None => SseConn::open(target, idx, IDLE_BUF, head_only).await,
+                        }
+                    };
                     let opened = tokio::select! {
                         opened = tokio::time::timeout(open_timeout, opening) => opened,
                         _ = release.changed() => return,
@@ -301,6 +342,7 @@ impl Storm {
         let closed_early = state.closed_early.load(Ordering::Relaxed);
         // Close every stream: the tasks drop their connections.
         let _ = release_tx.send(true);
+        drop(mux);
         let join_all = async {
             for task in tasks {
                 let _ = task.await;
@@ -377,6 +419,8 @@ struct Report {
     clients: usize,
     /// Clients connecting at the same time.
     concurrency: usize,
+    /// With --http2: the connections the streams share.
+    http2_connections: Option<usize>,
     tls: bool,
     /// The server's certificate was verified (`--tls-ca`).
     tls_verified: bool,
@@ -399,9 +443,13 @@ impl Report {
             Some(place) => format!(", {} tokens in the {place}", self.tokens),
             None => String::new(),
         };
+        let h2 = match self.http2_connections {
+            Some(c) => format!(", streams of {c} HTTP/2 connections"),
+            None => String::new(),
+        };
         writeln!(
             out,
-            "clients                  {} ({} at a time{tls}{tokens})",
+            "clients                  {} ({} at a time{h2}{tls}{tokens})",
             self.clients, self.concurrency
         )?;
         for r in &self.rounds {

@@ -21,8 +21,9 @@
 //! stays cheap enough to hold tens of thousands of streams on the same machine
 //! as the server; on loopback their source addresses are spread over
 //! 127.0.0.1–254 so that ephemeral ports do not run out. `conns --http2`
-//! multiplexes its streams over a few HTTP/2 connections instead (the `h2`
-//! crate: h2 over TLS, h2c with prior knowledge over plain TCP). Publishes
+//! and `connect --http2` multiplex their streams over a few HTTP/2
+//! connections instead (the `h2` crate: h2 over TLS, h2c with prior
+//! knowledge over plain TCP). Publishes
 //! and the stats requests go through hyper's pooled HTTP/1.1 client.
 //!
 //! Transport and tokens, for every subcommand:

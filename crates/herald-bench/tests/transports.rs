@@ -581,6 +581,43 @@ fn conns_http2_over_tls_and_h2c() {
     }
 }
 
+/// `connect --http2`: the clients are streams of 3 h2c connections, made
+/// anew in each round.
+#[test]
+fn connect_http2_connects_anew_each_round() {
+    let server = Server::start(Setup::default());
+    let url = server.url("http");
+    let (result, r) = bench(&[
+        "connect",
+        "--http2",
+        "--url",
+        &url,
+        "--subscribe-url",
+        "{url}/sub?i={i}",
+        "--clients",
+        "12",
+        "--connections",
+        "3",
+        "--rounds",
+        "2",
+        "--pause-ms",
+        "50",
+    ]);
+    assert!(result.is_ok(), "{result:?} {r}");
+    assert_eq!(count(&r, "http2_connections"), 3, "{r}");
+    let rounds = r["rounds"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rounds.len(), 2, "{r}");
+    for round in &rounds {
+        assert_eq!(count(round, "opened"), 12, "{r}");
+        assert_eq!(count(&round["ttfb_ms"], "samples"), 12, "{r}");
+    }
+    let state = lock(&server.state);
+    assert_eq!(state.h2_connections, 6, "{state:?}");
+    assert_eq!(state.connections, 6, "{state:?}");
+    assert_eq!(state.streams.len(), 24, "{state:?}");
+    assert!(state.streams.iter().all(|s| s.h2 && !s.tls), "{state:?}");
+}
+
 /// `connect --rounds 2` with a tokens file and the token in the query:
 /// client i sends line i mod n in both rounds, the refused token fails with
 /// its status in each round, and the failures are counted by cause.

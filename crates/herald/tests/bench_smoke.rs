@@ -137,6 +137,24 @@ fn connect() {
     assert_eq!(r["server_api"], true, "{r}");
 }
 
+/// The same storm as streams of 4 h2c connections.
+#[test]
+fn connect_http2() {
+    let server = start_server();
+    let r = bench(
+        &server,
+        "connect --http2 --clients 40 --connections 4 --rounds 2 --pause-ms 100",
+    );
+    assert_eq!(count(&r, "http2_connections"), 4, "{r}");
+    let rounds = r["rounds"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rounds.len(), 2, "{r}");
+    for round in &rounds {
+        assert_eq!(count(round, "opened"), 40, "{r}");
+        assert_eq!(count(round, "failed"), 0, "{r}");
+        assert_sane_latency(&round["ttfb_ms"], 40);
+    }
+}
+
 /// A fanout or unicast report in which every one of `expected` deliveries
 /// arrived once, in order, each with its latency.
 fn assert_all_delivered(r: &serde_json::Value, connected: u64, published: u64, expected: u64) {
