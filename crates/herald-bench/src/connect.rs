@@ -440,6 +440,7 @@ impl Report {
             _ => "",
         };
         let tokens = match self.token_in {
+            Some(place) if self.tokens == 1 => format!(", one token in the {place}"),
             Some(place) => format!(", {} tokens in the {place}", self.tokens),
             None => String::new(),
         };
