@@ -15,11 +15,15 @@ use clap::Args;
 use indicatif::ProgressBar;
 
 use crate::client::Target;
+use crate::http::Http;
 use crate::progress::{note, Progress};
 use crate::publisher::Publisher;
 use crate::report::{DeliveryReport, DeliveryRunReport, Population, UsersAffected};
 use crate::subs::{stream_targets, Fleet, StopReason};
-use crate::template::{Addressing, DEFAULT_TOPIC_SUBSCRIBE, DEFAULT_USER_SUBSCRIBE};
+use crate::template::{
+    Addressing, DEFAULT_OPEN_CONCURRENCY, DEFAULT_TOPIC_SUBSCRIBE, DEFAULT_USER_SUBSCRIBE,
+};
+use crate::tls::Tls;
 use crate::tracker::{AckSet, Expect, SeqTracker};
 use crate::{usage, write_report, Latency, ServerArgs};
 
@@ -119,8 +123,12 @@ pub(crate) async fn run(
     let addressing = audience.addressing();
     server.publish.check_batch(batch, addressing)?;
     let herald_body = server.publish.body_template(addressing).is_none();
-    let target = Target::parse(&server.common.url)?;
-    let http = Publisher::client()?;
+    let open_concurrency = server
+        .subscribe
+        .open_concurrency(DEFAULT_OPEN_CONCURRENCY)?;
+    let tls = Tls::from_args(&server.common.tls)?;
+    let target = Target::parse(&server.common.url, &tls)?;
+    let http = Http::new(tls.clone());
     let publisher = Arc::new(Publisher::new(
         &server.common.url,
         &server.publish,
@@ -131,7 +139,16 @@ pub(crate) async fn run(
     let (template, herald_subscribe) = server.subscribe.template(audience.default_subscribe());
     let subscribers = expects.len();
     let publishers = sends.len();
-    let targets = stream_targets(template, &server.common.url, &args.topic, subscribers).await?;
+    let targets = stream_targets(
+        &server.subscribe,
+        template,
+        &server.common.url,
+        &args.topic,
+        subscribers,
+        &tls,
+    )
+    .await?;
+    let over_tls = targets.iter().any(|t| t.tls.is_some());
     let progress = Progress::new(server.common.json);
 
     // Open.
@@ -139,7 +156,7 @@ pub(crate) async fn run(
     let fleet = Fleet::spawn(
         targets,
         expects,
-        server.subscribe.open_concurrency,
+        open_concurrency,
         server.subscribe.ready_on_head,
         (deadline + Duration::from_secs(20)).into(),
     )?;
@@ -245,6 +262,7 @@ pub(crate) async fn run(
     let report = DeliveryRunReport {
         server_api: herald_subscribe && herald_body,
         subscribe_url: template.to_owned(),
+        tls: over_tls,
         population,
         connected,
         failed,

@@ -2,10 +2,13 @@
 //! library behind `herald bench`.
 //!
 //! One subcommand per measurement: `conns` holds idle streams open (the
-//! server's memory per stream), `fanout` puts N subscribers on one topic with
-//! one publisher, `unicast` gives N users a personal stream each and sends
-//! every event to one of them, `publish` counts acknowledged publishes per
-//! second. Figures print as a table, or as one JSON object with `--json`.
+//! server's memory per stream), `connect` opens N streams at once, round
+//! after round (subscribes per second and time to first byte of a connect
+//! storm, and of the reconnect after it), `fanout` puts N subscribers on one
+//! topic with one publisher, `unicast` gives N users a personal stream each
+//! and sends every event to one of them, `publish` counts acknowledged
+//! publishes per second. Figures print as a table, or as one JSON object
+//! with `--json`.
 //!
 //! It measures any SSE server and knows nothing of Herald's internals.
 //! Subscribe and publish requests are built from templates; the defaults are
@@ -16,7 +19,24 @@
 //!
 //! Subscribers speak raw HTTP/1.1 over one `TcpStream` each, so the client
 //! stays cheap enough to hold tens of thousands of streams on the same machine
-//! as the server.
+//! as the server; on loopback their source addresses are spread over
+//! 127.0.0.1–254 so that ephemeral ports do not run out. `conns --http2`
+//! and `connect --http2` multiplex their streams over a few HTTP/2
+//! connections instead (the `h2` crate: h2 over TLS, h2c with prior
+//! knowledge over plain TCP). Publishes
+//! and the stats requests go through hyper's pooled HTTP/1.1 client.
+//!
+//! Transport and tokens, for every subcommand:
+//! - TLS (`tls.rs`): a URL goes over TLS when its scheme is `https`;
+//!   `--tls` makes every URL of the run TLS, without verifying the server's
+//!   certificate (the server is on this machine and what is measured is its
+//!   cost); `--tls-ca FILE` verifies against the CAs in the file. One
+//!   `rustls` configuration per ALPN (`http/1.1`, `h2`) is shared by every
+//!   connection, SNI is the URL's host, sessions are not resumed.
+//! - Tokens: `--token` (every subscriber) or `--tokens-file` (subscriber
+//!   `i` sends line `i mod n`), in the `Authorization: Bearer` header or, with
+//!   `--token-in query`, as `access_token=` in the URL; a `--subscribe-url`
+//!   with the `{token}` placeholder places it itself.
 //!
 //! # Invariants
 //!
@@ -41,21 +61,28 @@
 //!   `--timeout-secs` (cut off 30 s later whatever happens).
 //! - Whatever the server under test does (a wrong status, bad chunking,
 //!   streams it ends, no answer) is counted or reported, never a panic.
+//! - `connect` retries nothing: an open that fails is counted under its cause
+//!   (`status 401`, `connect: …`, `tls: …`, `timeout`); the other
+//!   subcommands retry an open a few times and count the retries.
 //! - A bad flag is a [`UsageError`]. A run that lost deliveries, or could not
 //!   open a stream or publish, returns an error after printing its report.
 
 #![forbid(unsafe_code)]
 
 mod client;
+mod connect;
 mod conns;
 mod delivery;
 mod fanout;
+mod http;
+mod mux;
 mod progress;
 mod publish;
 mod publisher;
 mod report;
 mod subs;
 mod template;
+mod tls;
 mod tracker;
 mod unicast;
 
@@ -68,6 +95,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::template::{PublishTemplateArgs, SubscribeArgs};
+use crate::tls::TlsArgs;
 
 /// The flags: one subcommand per measurement.
 #[derive(Debug, Args)]
@@ -80,6 +108,8 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Open N idle streams and measure the server's memory per stream.
     Conns(conns::ConnsArgs),
+    /// N clients connect at once: subscribes per second, time to first byte.
+    Connect(connect::ConnectArgs),
     /// N subscribers on one topic, one publisher: throughput, loss and latency.
     Fanout(fanout::FanoutArgs),
     /// N subscribers on personal streams, P publishers each sending to random users.
@@ -92,6 +122,7 @@ impl BenchCommand {
     fn timeout_secs(&self) -> u64 {
         match self {
             BenchCommand::Conns(a) => a.server.common.timeout_secs,
+            BenchCommand::Connect(a) => a.server.common.timeout_secs,
             BenchCommand::Fanout(a) => a.delivery.server.common.timeout_secs,
             BenchCommand::Unicast(a) => a.delivery.server.common.timeout_secs,
             BenchCommand::Publish(a) => a.common.timeout_secs,
@@ -111,6 +142,8 @@ pub(crate) struct CommonArgs {
     /// Print one JSON object on stdout instead of a table (and no progress bars).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Where the server is and how to talk to it: the flags of every subcommand
@@ -148,6 +181,7 @@ pub fn run_to(args: BenchArgs, report: &mut dyn Write) -> anyhow::Result<()> {
         let run = async move {
             match args.command {
                 BenchCommand::Conns(args) => conns::run(args, report).await,
+                BenchCommand::Connect(args) => connect::run(args, report).await,
                 BenchCommand::Fanout(args) => fanout::run(args, report).await,
                 BenchCommand::Unicast(args) => unicast::run(args, report).await,
                 BenchCommand::Publish(args) => publish::run(args, report).await,

@@ -13,9 +13,11 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::http::Http;
 use crate::progress::{note, Progress};
 use crate::publisher::{Item, Outcome, Publisher};
 use crate::template::{Addressing, PublishTemplateArgs};
+use crate::tls::Tls;
 use crate::tracker::event_data;
 use crate::{
     epoch_micros, new_histogram, per_sec, record_first, round3, take_first, usage, write_report,
@@ -99,12 +101,13 @@ pub(crate) async fn run(args: PublishBenchArgs, out: &mut dyn Write) -> anyhow::
         return Err(usage("--events and --concurrency must be at least 1"));
     }
     args.publish.check_batch(args.batch, Addressing::Topic)?;
+    let tls = Tls::from_args(&args.common.tls)?;
     let publisher = Arc::new(Publisher::new(
         &args.common.url,
         &args.publish,
         Addressing::Topic,
         &args.topic,
-        Publisher::client()?,
+        Http::new(tls),
     )?);
     let progress = Progress::new(args.common.json);
     let bar = progress.bar(u64::from(args.events), "publishing");

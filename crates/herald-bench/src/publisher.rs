@@ -1,14 +1,17 @@
 //! Publish requests: built from the templates (or Herald's JSON), sent with
-//! reqwest, acknowledged by any 2xx.
+//! the run's HTTP client (`http.rs`), acknowledged by any 2xx.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Method, StatusCode};
 use indicatif::ProgressBar;
-use reqwest::header::{HeaderValue, CONTENT_TYPE};
-use reqwest::{Method, StatusCode, Url};
 use serde_json::json;
+use url::Url;
 
+use crate::http::Http;
 use crate::progress::note;
 use crate::template::{expand, parse_url, Addressing, Context, PublishTemplateArgs, Vars};
 use crate::tracker::{event_data, AckSet};
@@ -16,8 +19,6 @@ use crate::{epoch_micros, usage};
 
 /// Attempts per publish request answered 429/503 or failed in transport.
 const PUBLISH_ATTEMPTS: u32 = 5;
-/// Per-request timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One event to publish.
 #[derive(Debug, Clone)]
@@ -42,7 +43,7 @@ pub(crate) enum Outcome {
 /// Builds and sends publish requests.
 #[derive(Debug)]
 pub(crate) struct Publisher {
-    http: reqwest::Client,
+    http: Http,
     method: Method,
     url_template: String,
     /// The URL when the template does not depend on the event.
@@ -62,7 +63,7 @@ impl Publisher {
         args: &PublishTemplateArgs,
         addressing: Addressing,
         topic: &str,
-        http: reqwest::Client,
+        http: Http,
     ) -> anyhow::Result<Self> {
         let method = Method::from_bytes(args.publish_method.to_ascii_uppercase().as_bytes())
             .map_err(|_| {
@@ -85,11 +86,13 @@ impl Publisher {
             i: None,
             topic,
             user: Some("u0"),
+            token: None,
             data: Some("0 0 x"),
         };
         let sample_url = parse_url(
             "--publish-url",
             &expand(&args.publish_url, &sample, Context::Url),
+            http.tls(),
         )?;
         Ok(Self {
             http,
@@ -104,14 +107,6 @@ impl Publisher {
         })
     }
 
-    /// A reqwest client for publishing.
-    pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("building the HTTP client")
-    }
-
     /// URL and body of one request carrying `items` (several only with Herald's JSON).
     pub(crate) fn build(&self, items: &[Item]) -> anyhow::Result<(Url, Vec<u8>)> {
         let first = items.first().context("a publish request needs an event")?;
@@ -121,6 +116,7 @@ impl Publisher {
             i: None,
             topic: &self.topic,
             user: Some(user.as_deref().unwrap_or("")),
+            token: None,
             data: Some(&first.data),
         };
         let url = match &self.fixed_url {
@@ -128,6 +124,7 @@ impl Publisher {
             None => parse_url(
                 "--publish-url",
                 &expand(&self.url_template, &vars, Context::Url),
+                self.http.tls(),
             )?,
         };
         let body = match &self.body_template {
@@ -158,22 +155,21 @@ impl Publisher {
     pub(crate) async fn send_once(&self, url: Url, body: Vec<u8>) -> Outcome {
         let sent = self
             .http
-            .request(self.method.clone(), url)
-            .header(CONTENT_TYPE, self.content_type.clone())
-            .body(body)
-            .send()
+            .send(
+                self.method.clone(),
+                &url,
+                Some(&self.content_type),
+                Bytes::from(body),
+            )
             .await;
         match sent {
-            Ok(response) if response.status().is_success() => {
-                // Read the body so the connection goes back to the pool.
-                let _ = response.bytes().await;
-                Outcome::Acked
-            }
-            Ok(response) => {
-                let status = response.status();
-                let mut text = response.text().await.unwrap_or_default();
-                text.truncate(300);
-                Outcome::Refused(status, text)
+            Ok(reply) if reply.status.is_success() => Outcome::Acked,
+            Ok(reply) => {
+                let mut text = String::from_utf8_lossy(&reply.body).into_owned();
+                if let Some((cut, _)) = text.char_indices().nth(300) {
+                    text.truncate(cut);
+                }
+                Outcome::Refused(reply.status, text)
             }
             Err(err) => Outcome::Failed(format!("{err}")),
         }
@@ -273,6 +269,7 @@ impl Publisher {
 mod tests {
     use super::*;
     use crate::template::DEFAULT_PUBLISH_URL;
+    use crate::tls::Tls;
 
     fn args(url: &str, body: Option<&str>) -> PublishTemplateArgs {
         PublishTemplateArgs {
@@ -289,7 +286,7 @@ mod tests {
         args: &PublishTemplateArgs,
         addressing: Addressing,
     ) -> anyhow::Result<Publisher> {
-        Publisher::new(base, args, addressing, "t", Publisher::client()?)
+        Publisher::new(base, args, addressing, "t", Http::new(Tls::plain()))
     }
 
     fn item(seq: u32, user: Option<u32>) -> Item {

@@ -23,6 +23,8 @@ pub(crate) struct DeliveryRunReport {
     /// Herald's own subscribe route and publish body were used.
     pub server_api: bool,
     pub subscribe_url: String,
+    /// The streams went over TLS.
+    pub tls: bool,
     /// `subscribers` (fanout) or `users` (unicast): how many were asked for.
     #[serde(flatten)]
     pub population: Population,
@@ -68,9 +70,10 @@ impl DeliveryRunReport {
             Population::Subscribers(n) => ("subscribers", n, "unexpected events"),
             Population::Users(n) => ("users", n, "to the wrong user"),
         };
+        let over = if self.tls { ", over TLS" } else { "" };
         writeln!(
             out,
-            "{label:<25}{asked} ({} open, {} failed, {} retried)",
+            "{label:<25}{asked} ({} open, {} failed, {} retried{over})",
             self.connected, self.failed, self.retried_opens
         )?;
         let rate = self
@@ -285,6 +288,7 @@ mod tests {
         Ok(DeliveryRunReport {
             server_api: true,
             subscribe_url: "{url}/v1/events?topic={topic}".into(),
+            tls: false,
             population,
             connected: 2,
             failed: 0,
@@ -366,6 +370,7 @@ mod tests {
         let head = [
             "server_api",
             "subscribe_url",
+            "tls",
             "subscribers",
             "connected",
             "failed",
@@ -386,6 +391,7 @@ mod tests {
         let head = [
             "server_api",
             "subscribe_url",
+            "tls",
             "users",
             "connected",
             "failed",

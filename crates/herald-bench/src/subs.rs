@@ -13,10 +13,13 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::client::{Resolver, SseConn, StreamTarget, Target};
+use crate::http::Http;
+use crate::mux::Mux;
 use crate::progress::note;
-use crate::template::{expand, parse_url, Context, Vars};
+use crate::template::{expand, parse_url, Context, SubscribeArgs, TokenIn, Vars};
+use crate::tls::Tls;
 use crate::tracker::{parse_data, Expect, SeqTracker};
-use crate::{epoch_micros, new_histogram, record_first, take_first};
+use crate::{epoch_micros, new_histogram, record_first, take_first, usage};
 
 /// Read buffer per subscriber.
 const SUB_BUF: usize = 4096;
@@ -29,33 +32,65 @@ const OPEN_ATTEMPTS: u32 = 4;
 /// Once everyone has everything, keep reading this long for late duplicates.
 const LINGER: Duration = Duration::from_millis(100);
 
-/// Expands the subscribe template for subscribers `0..n` and resolves them.
+/// Expands the subscribe template for subscribers `0..n`, gives each its
+/// token (`--token`, `--tokens-file`, `--token-in`) and resolves them.
 pub(crate) async fn stream_targets(
+    args: &SubscribeArgs,
     template: &str,
     base: &str,
     topic: &str,
     n: usize,
+    tls: &Arc<Tls>,
 ) -> anyhow::Result<Vec<StreamTarget>> {
-    let mut resolver = Resolver::default();
+    let tokens = args.tokens()?;
+    let in_template = template.contains("{token}");
+    if in_template && tokens.len() == 0 {
+        return Err(usage(
+            "--subscribe-url uses {token}: give --token or --tokens-file",
+        ));
+    }
+    let mut resolver = Resolver::new(tls.clone());
     let mut targets = Vec::with_capacity(n);
     for i in 0..n {
+        let token = tokens.get(i);
         let vars = Vars {
             url: base,
             i: Some(i),
             topic,
             user: None,
+            token: token.map(|t| &**t),
             data: None,
         };
-        let url = parse_url("--subscribe-url", &expand(template, &vars, Context::Url))?;
-        targets.push(resolver.stream_target(&url).await?);
+        let expanded = expand(template, &vars, Context::Url);
+        let mut url = parse_url("--subscribe-url", &expanded, tls)?;
+        let mut bearer = None;
+        if let (Some(token), false) = (token, in_template) {
+            match args.token_in {
+                TokenIn::Header => bearer = Some(token.clone()),
+                TokenIn::Query => {
+                    url.query_pairs_mut().append_pair("access_token", token);
+                }
+            }
+        }
+        targets.push(resolver.stream_target(&url, bearer).await?);
     }
     Ok(targets)
+}
+
+/// How streams are carried.
+#[derive(Debug)]
+pub(crate) enum Transport {
+    /// One HTTP/1.1 connection per stream.
+    Http1,
+    /// Streams of a few shared HTTP/2 connections.
+    Http2(Mux),
 }
 
 /// Opens one stream, retrying a few times with a short backoff (a proxy may
 /// refuse bursts). Returns the stream, the body bytes so far and the attempts
 /// it took, or the last error.
 async fn open_with_retry(
+    transport: &Transport,
     target: &StreamTarget,
     idx: usize,
     buf_size: usize,
@@ -65,14 +100,15 @@ async fn open_with_retry(
     // Bounded: at most OPEN_ATTEMPTS rounds.
     loop {
         attempt += 1;
-        let opened = tokio::time::timeout(
-            OPEN_ONE_TIMEOUT,
-            SseConn::open(target, idx, buf_size, head_only),
-        )
-        .await;
-        let err = match opened {
+        let opening = async {
+            match transport {
+                Transport::Http1 => SseConn::open(target, idx, buf_size, head_only).await,
+                Transport::Http2(mux) => mux.open(target, idx, head_only).await,
+            }
+        };
+        let err = match tokio::time::timeout(OPEN_ONE_TIMEOUT, opening).await {
             Ok(Ok((conn, first))) => return Ok((conn, first, attempt)),
-            Ok(Err(err)) => format!("{err:#}"),
+            Ok(Err(err)) => err.to_string(),
             Err(_) => "timed out opening".to_owned(),
         };
         if attempt >= OPEN_ATTEMPTS {
@@ -89,6 +125,7 @@ async fn open_with_retry(
 pub(crate) struct Streams {
     /// Bounds the streams being opened at the same time.
     gate: Semaphore,
+    transport: Transport,
     /// Read buffer per stream.
     buf_size: usize,
     /// Open once the response head arrived (see [`SseConn::open`]).
@@ -101,9 +138,15 @@ pub(crate) struct Streams {
 }
 
 impl Streams {
-    pub(crate) fn new(open_concurrency: usize, buf_size: usize, head_only: bool) -> Self {
+    pub(crate) fn new(
+        open_concurrency: usize,
+        buf_size: usize,
+        head_only: bool,
+        transport: Transport,
+    ) -> Self {
         Self {
             gate: Semaphore::new(open_concurrency.max(1)),
+            transport,
             buf_size,
             head_only,
             opened: AtomicUsize::new(0),
@@ -126,7 +169,7 @@ impl Streams {
         let opened = {
             let _permit = self.gate.acquire().await;
             tokio::select! {
-                opened = open_with_retry(target, idx, self.buf_size, self.head_only) => opened,
+                opened = open_with_retry(&self.transport, target, idx, self.buf_size, self.head_only) => opened,
                 _ = stop.changed() => Err("stopped before it opened".to_owned()),
             }
         };
@@ -228,7 +271,7 @@ impl Fleet {
         }
         let shared = Arc::new(Shared {
             t0: Instant::now(),
-            streams: Streams::new(open_concurrency, SUB_BUF, head_only),
+            streams: Streams::new(open_concurrency, SUB_BUF, head_only, Transport::Http1),
             complete: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             received: AtomicU64::new(0),
@@ -335,7 +378,7 @@ impl Fleet {
     /// Herald's readiness: polls `GET /v1/topics/{topic}` until the server
     /// counts `want` subscribers (at most 10 s).
     pub(crate) async fn herald_topic_ready(
-        http: &reqwest::Client,
+        http: &Http,
         target: &Target,
         topic: &str,
         want: usize,
@@ -357,7 +400,7 @@ impl Fleet {
     /// Herald's readiness for personal streams: polls `GET /v1/stats` until
     /// `users_online` reaches `want` (at most 10 s).
     pub(crate) async fn herald_users_ready(
-        http: &reqwest::Client,
+        http: &Http,
         target: &Target,
         want: usize,
         deadline: Instant,
@@ -380,8 +423,8 @@ impl Fleet {
 
 /// Polls a JSON count until it reaches `want`; returns the last value seen.
 async fn poll_count(
-    http: &reqwest::Client,
-    url: reqwest::Url,
+    http: &Http,
+    url: url::Url,
     field: &str,
     want: usize,
     deadline: Instant,
@@ -390,18 +433,10 @@ async fn poll_count(
     let mut seen = None;
     // Bounded by `deadline`.
     while Instant::now() < deadline {
-        let answer = tokio::time::timeout(Duration::from_secs(2), async {
-            http.get(url.clone())
-                .send()
-                .await
-                .ok()?
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-        })
-        .await
-        .ok()
-        .flatten();
+        let answer = tokio::time::timeout(Duration::from_secs(2), http.get_json(&url))
+            .await
+            .ok()
+            .flatten();
         if let Some(body) = answer {
             seen = body.get(field).and_then(|n| n.as_u64());
             if seen.is_some_and(|n| n >= want as u64) {

@@ -2,17 +2,21 @@
 //!
 //! A template is text with placeholders `{url}` (the base URL, without a
 //! trailing `/`), `{i}` (subscriber index), `{topic}`, `{user}` (`u{i}` for
-//! subscriber `i`, the addressee for a publish) and `{data}` (the event data,
-//! ASCII `seq ts pad` with no quotes or backslashes, so it can sit inside a
-//! JSON string). Anything else in braces is left as it is, so JSON bodies need
+//! subscriber `i`, the addressee for a publish), `{token}` (subscriber `i`'s
+//! token, from `--token` or line `i mod n` of `--tokens-file`) and `{data}`
+//! (the event data, ASCII `seq ts pad` with no quotes or backslashes, so it
+//! can sit inside a JSON string). Anything else in braces is left as it is, so JSON bodies need
 //! no escaping. Substitution is one pass: a substituted value is never
 //! expanded again. In URL templates every value but `{url}` is
 //! percent-encoded where it would otherwise change the URL's structure.
 
 use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
+use crate::tls::Tls;
 use crate::usage;
 
 /// Herald's subscribe route for one topic (fanout, conns).
@@ -26,12 +30,14 @@ pub(crate) const DEFAULT_PUBLISH_URL: &str = "{url}/v1/publish";
 #[derive(Debug, Clone, Args)]
 pub(crate) struct SubscribeArgs {
     /// URL subscriber i opens; placeholders {url} {i} {topic} {user} (= u{i})
-    /// [default: {url}/v1/events?topic={topic}; unicast: {url}/v1/events?user={user}].
+    /// {token} [default: {url}/v1/events?topic={topic}; unicast:
+    /// {url}/v1/events?user={user}].
     #[arg(long, value_name = "TEMPLATE")]
     pub subscribe_url: Option<String>,
-    /// Streams being opened at the same time.
-    #[arg(long, default_value_t = 32)]
-    pub open_concurrency: usize,
+    /// Streams being opened at the same time [default: 32; connect: every
+    /// client at once, at most 10,000].
+    #[arg(long, value_name = "N")]
+    pub open_concurrency: Option<usize>,
     /// With a non-default --subscribe-url: milliseconds to wait once every
     /// subscriber is open, before publishing.
     #[arg(long, default_value_t = 1000)]
@@ -40,7 +46,22 @@ pub(crate) struct SubscribeArgs {
     /// waiting for the first body bytes (for servers that send nothing at once).
     #[arg(long)]
     pub ready_on_head: bool,
+    /// Token every subscriber sends (see --token-in).
+    #[arg(long, value_name = "TOKEN", conflicts_with = "tokens_file")]
+    pub token: Option<String>,
+    /// Tokens, one per line: subscriber i sends line i mod n (blank lines
+    /// skipped), so that each can be a different user.
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// How a subscriber sends its token: `header` (Authorization: Bearer) or
+    /// `query` (access_token= added to the URL); a --subscribe-url with
+    /// {token} places it itself and neither is added.
+    #[arg(long, value_enum, value_name = "WHERE", default_value_t = TokenIn::Header)]
+    pub token_in: TokenIn,
 }
+
+/// Streams opened at the same time unless `--open-concurrency` says.
+pub(crate) const DEFAULT_OPEN_CONCURRENCY: usize = 32;
 
 impl SubscribeArgs {
     /// The template in force, and whether it is Herald's default.
@@ -49,6 +70,90 @@ impl SubscribeArgs {
             None => (default, true),
             Some(t) => (t, t == default),
         }
+    }
+
+    /// `--open-concurrency`, at least 1, or `default`.
+    pub(crate) fn open_concurrency(&self, default: usize) -> anyhow::Result<usize> {
+        match self.open_concurrency {
+            Some(0) => Err(usage("--open-concurrency must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(default.max(1)),
+        }
+    }
+
+    /// The tokens of `--token` or `--tokens-file`, checked.
+    pub(crate) fn tokens(&self) -> anyhow::Result<Tokens> {
+        if let Some(token) = &self.token {
+            check_token(token).map_err(|why| usage(format!("--token: {why}")))?;
+            return Ok(Tokens(vec![token.as_str().into()]));
+        }
+        let Some(path) = &self.tokens_file else {
+            return Ok(Tokens(Vec::new()));
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("--tokens-file {}: {e}", path.display())))?;
+        let mut tokens = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let token = line.trim();
+            if token.is_empty() {
+                continue;
+            }
+            check_token(token).map_err(|why| {
+                usage(format!(
+                    "--tokens-file {} line {}: {why}",
+                    path.display(),
+                    n + 1
+                ))
+            })?;
+            tokens.push(token.into());
+        }
+        if tokens.is_empty() {
+            return Err(usage(format!(
+                "--tokens-file {}: no token in it",
+                path.display()
+            )));
+        }
+        Ok(Tokens(tokens))
+    }
+}
+
+/// A token goes into a header line or a URL as it is: printable ASCII with
+/// no spaces, so that it cannot end the header or change the request.
+fn check_token(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() {
+        return Err("empty");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a token is printable ASCII with no spaces");
+    }
+    Ok(())
+}
+
+/// Where a subscriber's token goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TokenIn {
+    /// `Authorization: Bearer TOKEN`.
+    Header,
+    /// `access_token=TOKEN` in the URL's query.
+    Query,
+}
+
+/// The subscribers' tokens: subscriber `i` sends `i mod n`; none when empty.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tokens(Vec<Arc<str>>);
+
+impl Tokens {
+    /// Subscriber `i`'s token.
+    pub(crate) fn get(&self, i: usize) -> Option<&Arc<str>> {
+        match self.0.len() {
+            0 => None,
+            n => self.0.get(i % n),
+        }
+    }
+
+    /// How many distinct lines there are.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -119,6 +224,7 @@ pub(crate) struct Vars<'a> {
     pub i: Option<usize>,
     pub topic: &'a str,
     pub user: Option<&'a str>,
+    pub token: Option<&'a str>,
     pub data: Option<&'a str>,
 }
 
@@ -133,6 +239,7 @@ impl Vars<'_> {
                 (None, Some(i)) => Cow::Owned(format!("u{i}")),
                 (None, None) => Cow::Borrowed(""),
             }),
+            "token" => self.token.map(Cow::Borrowed),
             "data" => self.data.map(Cow::Borrowed),
             _ => None,
         }
@@ -198,19 +305,20 @@ fn encode_into(value: &str, out: &mut String) {
     }
 }
 
-/// Parses an expanded URL template, naming the flag when it is not a URL.
-pub(crate) fn parse_url(flag: &str, expanded: &str) -> anyhow::Result<reqwest::Url> {
-    let url = reqwest::Url::parse(expanded).map_err(|e| {
+/// Parses an expanded URL template, naming the flag when it is not a URL;
+/// the result is as the run uses it (`https` under `--tls`).
+pub(crate) fn parse_url(flag: &str, expanded: &str, tls: &Tls) -> anyhow::Result<url::Url> {
+    let url = url::Url::parse(expanded).map_err(|e| {
         usage(format!(
             "{flag} expands to {expanded:?}, which is not a URL: {e}"
         ))
     })?;
-    if url.scheme() != "http" {
+    if !matches!(url.scheme(), "http" | "https") {
         return Err(usage(format!(
-            "{flag}: bench speaks plain http only, got {expanded:?}"
+            "{flag}: bench speaks http and https only, got {expanded:?}"
         )));
     }
-    Ok(url)
+    Ok(tls.apply(url))
 }
 
 #[cfg(test)]
@@ -223,6 +331,7 @@ mod tests {
             i: Some(7),
             topic: "a b&c",
             user: None,
+            token: Some("e30.e30.sig-_"),
             data: Some("12 1700000000000000 xxx"),
         }
     }
@@ -236,6 +345,10 @@ mod tests {
         assert_eq!(
             expand("{url}/s/{i}?t={topic}", &vars(), Context::Url),
             "http://127.0.0.1:8080/s/7?t=a%20b%26c"
+        );
+        assert_eq!(
+            expand("{url}/e?jwt={token}", &vars(), Context::Url),
+            "http://127.0.0.1:8080/e?jwt=e30.e30.sig-_"
         );
         assert_eq!(
             expand(Addressing::Topic.herald_body(), &vars(), Context::Body),

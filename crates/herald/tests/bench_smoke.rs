@@ -99,6 +99,62 @@ fn conns() {
     assert_eq!(r["timed_out"], false, "{r}");
 }
 
+/// HTTP/2 streams over h2c (prior knowledge) on Herald's plain port: 20
+/// streams on 4 connections, each counted by the server.
+#[test]
+fn conns_http2() {
+    let server = start_server();
+    let r = bench(
+        &server,
+        "conns --http2 --streams 20 --connections 4 --hold-secs 0 --settle-secs 0",
+    );
+    assert_eq!(count(&r, "opened"), 20, "{r}");
+    assert_eq!(count(&r, "connections"), 4, "{r}");
+    assert_eq!(count(&r, "still_open_after_hold"), 20, "{r}");
+    assert_eq!(count(&r, "server_connections"), 20, "{r}");
+    assert_eq!(r["http2"], true, "{r}");
+    assert_eq!(r["tls"], false, "{r}");
+}
+
+/// A connect storm, first connect and reconnect: every client open in each
+/// round, each with its time to first byte, no failure.
+#[test]
+fn connect() {
+    let server = start_server();
+    let r = bench(&server, "connect --clients 50 --rounds 2 --pause-ms 100");
+    let rounds = r["rounds"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rounds.len(), 2, "{r}");
+    for round in &rounds {
+        assert_eq!(count(round, "opened"), 50, "{r}");
+        assert_eq!(count(round, "failed"), 0, "{r}");
+        assert_eq!(count(round, "closed_early"), 0, "{r}");
+        assert!(
+            round["subscribes_per_sec"].as_f64().unwrap_or(0.0) > 0.0,
+            "{r}"
+        );
+        assert_sane_latency(&round["ttfb_ms"], 50);
+    }
+    assert_eq!(r["server_api"], true, "{r}");
+}
+
+/// The same storm as streams of 4 h2c connections.
+#[test]
+fn connect_http2() {
+    let server = start_server();
+    let r = bench(
+        &server,
+        "connect --http2 --clients 40 --connections 4 --rounds 2 --pause-ms 100",
+    );
+    assert_eq!(count(&r, "http2_connections"), 4, "{r}");
+    let rounds = r["rounds"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rounds.len(), 2, "{r}");
+    for round in &rounds {
+        assert_eq!(count(round, "opened"), 40, "{r}");
+        assert_eq!(count(round, "failed"), 0, "{r}");
+        assert_sane_latency(&round["ttfb_ms"], 40);
+    }
+}
+
 /// A fanout or unicast report in which every one of `expected` deliveries
 /// arrived once, in order, each with its latency.
 fn assert_all_delivered(r: &serde_json::Value, connected: u64, published: u64, expected: u64) {
