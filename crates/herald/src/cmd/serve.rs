@@ -98,7 +98,7 @@ type Trim = Arc<dyn Fn() + Send + Sync>;
 /// Binds the listening socket; an address in use gets a message saying what
 /// to do about it.
 async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    match tokio::net::TcpListener::bind(listen).await {
+    match listen_socket(listen) {
         Ok(listener) => Ok(listener),
         Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::anyhow!(
             "binding {listen}: the address is already in use (another Herald, or another \
@@ -107,6 +107,24 @@ async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpLis
         )),
         Err(err) => Err(err).with_context(|| format!("binding {listen}")),
     }
+}
+
+/// Room for connections the kernel has accepted and Herald not yet: a
+/// reconnect storm (every client of a restarted node at once) overflows the
+/// usual 128, and each overflowed SYN waits a full second to be retried. The
+/// kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen_socket(listen: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's bind does: a restarted Herald can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The event log the configuration asks for: in memory, or durable in the data
