@@ -58,14 +58,19 @@ async fn serve(
     let shutdown = shutdown_signal()?;
     let listener = bind(listen).await?;
     let local = listener.local_addr().context("reading the bound address")?;
-    // Tests and scripts read this line to find the port.
-    println!("herald listening on http://{local}");
+    // Tests and scripts read this line to find the port (and the scheme).
+    let scheme = if config.tls_files().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("herald listening on {scheme}://{local}");
     if config.dev {
         // Only now: a start-up that fails should not first shout about dev mode.
         tracing::warn!(
             "DEV MODE: no authentication; anyone who can reach {local} may subscribe as any user, publish and use admin routes"
         );
-        tracing::info!("demo page: http://{local}/demo");
+        tracing::info!("demo page: {scheme}://{local}/demo");
     }
     herald_server::serve(listener, state, streams, shutdown)
         .await
