@@ -1,55 +1,152 @@
-//! The accept loop: one port for HTTP/1.1 and h2c (by preface), a cap on
-//! concurrent TCP connections, a header-read timeout, graceful shutdown, and
-//! the direct path for HTTP/1.1 event streams (`crate::direct`).
+//! The accept loop: one port for HTTP/1.1 and HTTP/2 (h2c by preface on a
+//! plain port, h2 by ALPN with TLS), a cap on concurrent TCP connections,
+//! header-read and TLS-handshake timeouts, graceful shutdown, and the direct
+//! path for HTTP/1.1 event streams (`crate::direct`).
 //!
 //! `axum::serve` exposes none of these knobs, so connections are served here
 //! with hyper-util's auto builder.
 //!
 //! Two runtimes: the accept loop, publishes and every other short request run
 //! on the *control* runtime (the one `serve` is called on); event streams —
-//! direct ones and h2c connections, which may carry streams — are handed to
+//! direct ones and HTTP/2 connections, which may carry streams — are handed to
 //! the *streams* runtime. Why: writing one event to 10,000 sockets is 10,000
 //! tasks to poll; on one shared runtime a publish waits behind all of them, so
 //! publishers are acknowledged at the pace of the slowest fan-out and each
 //! event leaves in its own write. On a runtime of its own the publish is
 //! answered at once, events queue up while the writers work, and each writer
 //! sends everything queued in one write.
+//!
+//! With TLS ([`crate::tls`]) a connection moves to the streams runtime as soon
+//! as it is accepted: the handshake (a signature and a key exchange, the
+//! costliest step of a connection) runs there, on a worker per core, so a
+//! reconnect storm after a restart does not queue publishes behind thousands
+//! of handshakes on the one control thread. Then, within the header-read
+//! timeout, the first bytes are read out of the TLS stream (they cannot be
+//! peeked at): ALPN `h2` is served by hyper as HTTP/2 only, on the streams
+//! runtime; an admitted HTTP/1.1 `GET /v1/events` by the direct path, as on a
+//! plain port; anything else moves back to the control runtime and goes to
+//! hyper with the bytes already read replayed in front (`crate::io`).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::conn::auto::{Builder, Http2Builder};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
-use crate::direct::{self, Sniffed};
+use crate::direct::{self, HeadWas, Sniffed};
+use crate::io::{MovableTcp, Rewind};
+use crate::tls::Tls;
 use crate::AppState;
 
 /// How long in-flight requests get to finish after shutdown is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// HTTP/2 settings, sized for many long-lived event streams per connection
+/// (the README's "TLS and HTTP/2" says why each is what it is).
+mod h2 {
+    use std::time::Duration;
+
+    /// Streams one connection may have open at once: a browser puts every
+    /// tab's EventSources to one origin on one connection.
+    pub(super) const MAX_CONCURRENT_STREAMS: u32 = 1000;
+    /// What a client may send on one stream before we read it (publish
+    /// bodies; event-stream requests have none).
+    pub(super) const STREAM_WINDOW: u32 = 256 << 10;
+    /// What a client may send on the connection before we read it: the most
+    /// request data one connection can make us hold.
+    pub(super) const CONNECTION_WINDOW: u32 = 1 << 20;
+    /// Bytes hyper buffers per stream beyond what the client's window takes:
+    /// a slow reader's streams cost at most this each, then their queues
+    /// fill and they catch up from the log.
+    pub(super) const MAX_SEND_BUF: usize = 16 << 10;
+    /// Largest header block accepted (twice the direct path's `MAX_HEAD`).
+    pub(super) const MAX_HEADER_LIST: u32 = 16 << 10;
+    /// A PING after this long without a frame from the client ...
+    pub(super) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+    /// ... and the connection is closed if its answer takes longer than this.
+    pub(super) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+}
+
+/// Applies the HTTP/2 settings (see [`h2`]).
+fn configure_http2(http2: &mut Http2Builder<'_, TokioExecutor>) {
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2::MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(h2::STREAM_WINDOW)
+        .initial_connection_window_size(h2::CONNECTION_WINDOW)
+        .adaptive_window(false)
+        .max_send_buf_size(h2::MAX_SEND_BUF)
+        .max_header_list_size(h2::MAX_HEADER_LIST)
+        .keep_alive_interval(h2::KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(h2::KEEP_ALIVE_TIMEOUT);
+}
+
+/// The two ways hyper serves a connection.
+struct Builders {
+    /// HTTP/1.1, or HTTP/2 when the connection starts with its preface.
+    auto: Builder<TokioExecutor>,
+    /// HTTP/2 only: TLS connections that chose `h2` by ALPN.
+    h2_only: Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(header_read_timeout: Duration) -> Self {
+        let mut auto = Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .keep_alive(true);
+        configure_http2(&mut auto.http2());
+        let mut h2_only = Builder::new(TokioExecutor::new()).http2_only();
+        configure_http2(&mut h2_only.http2());
+        Self { auto, h2_only }
+    }
+}
+
+/// Aborts the task when dropped: the certificate watcher ends with the loop.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves the router on `listener` until `shutdown` resolves, then closes
 /// every stream and waits (briefly) for in-flight requests.
+///
+/// With `state.config.tls`, the port speaks only TLS; the files are loaded
+/// here (an error is `InvalidInput`, naming the file) and watched for changes
+/// until the loop ends.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     streams: Handle,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    let tls = match &state.config.tls {
+        Some(files) => {
+            Some(Arc::new(Tls::load(files).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+            })?))
+        }
+        None => None,
+    };
+    let _watcher = tls
+        .as_ref()
+        .map(|tls| AbortOnDrop(tokio::spawn(tls.clone().watch())));
     let app = crate::router(state.clone());
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new(state.config.header_read_timeout));
+    let control = Handle::current();
     // Streams are long-lived, so this bounds sockets, not requests.
     let permits = Arc::new(Semaphore::new(
         state.config.max_connections.saturating_add(1024),
@@ -80,12 +177,18 @@ pub async fn serve(
         let connection = AcceptedConnection {
             state: state.clone(),
             app: app.clone(),
-            builder: builder.clone(),
+            builders: builders.clone(),
             watcher: graceful.watcher(),
             streams: streams.clone(),
+            control: control.clone(),
             _permit: permit,
         };
-        tokio::spawn(connection.serve(stream));
+        match &tls {
+            None => {
+                tokio::spawn(connection.serve(stream));
+            }
+            Some(tls) => connection.spawn_tls(stream, tls.acceptor().clone()),
+        }
     }
     drop(listener);
     state.hub.close_all();
@@ -97,9 +200,10 @@ pub async fn serve(
 struct AcceptedConnection {
     state: Arc<AppState>,
     app: axum::Router,
-    builder: Arc<Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     watcher: Watcher,
     streams: Handle,
+    control: Handle,
     /// Held for as long as the connection is served, on whichever runtime.
     _permit: OwnedSemaphorePermit,
 }
@@ -141,14 +245,112 @@ impl AcceptedConnection {
         });
     }
 
+    /// Moves a new TLS connection to the streams runtime and serves it there
+    /// (see the module doc for why the handshake runs there).
+    fn spawn_tls(self, stream: TcpStream, acceptor: TlsAcceptor) {
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        let streams = self.streams.clone();
+        streams.spawn(async move {
+            let Ok(stream) = TcpStream::from_std(stream) else {
+                return;
+            };
+            self.serve_tls(MovableTcp::new(stream), acceptor).await;
+        });
+    }
+
+    /// The TLS handshake, then the first bytes decide who serves the
+    /// connection. Runs on the streams runtime.
+    ///
+    /// Every phase is a boxed future of its own and the TLS stream a box
+    /// (1.2 KB of rustls state): an idle event stream's task then holds only
+    /// what the stream phase needs. Unboxed, the task kept room for the
+    /// handshake, hyper and the stream at once: 5.8 KB per connection.
+    async fn serve_tls(self, stream: MovableTcp, acceptor: TlsAcceptor) {
+        let Some((tls, first)) = Box::pin(self.tls_start(stream, acceptor)).await else {
+            return;
+        };
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+            // HTTP/2 connections may carry event streams: they stay here.
+            return Box::pin(self.serve_h2(Rewind::new(first, tls))).await;
+        }
+        match direct::judge(&first, &self.state, HeadWas::Read).await {
+            Sniffed::Direct(request) => {
+                drop(first);
+                let served = Box::pin(direct::stream(tls, self.state.clone(), request)).await;
+                if let Ok(Some(tls)) = served {
+                    Box::pin(self.serve_with_hyper(tls)).await;
+                }
+            }
+            // Prior-knowledge HTTP/2 without ALPN: may carry streams too.
+            Sniffed::Http2 => Box::pin(self.serve_with_hyper(Rewind::new(first, tls))).await,
+            Sniffed::Other => {
+                // Short requests belong on the control runtime, as on a plain port.
+                let control = self.control.clone();
+                control.spawn(async move {
+                    let mut tls = tls;
+                    if tls.get_mut().0.reregister().is_ok() {
+                        self.serve_with_hyper(Rewind::new(first, tls)).await;
+                    }
+                });
+            }
+        }
+    }
+
+    /// The handshake (within the handshake timeout), then the first bytes
+    /// of the first request (within the header-read timeout, which is also
+    /// the h2 preface's: hyper's HTTP/2 has none of its own). `None`: the
+    /// client failed, stalled or left.
+    async fn tls_start(
+        &self,
+        stream: MovableTcp,
+        acceptor: TlsAcceptor,
+    ) -> Option<(Box<TlsStream<MovableTcp>>, Vec<u8>)> {
+        let timeout = self.state.config.tls_handshake_timeout;
+        let mut tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(err)) => {
+                tracing::debug!(%err, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return None;
+            }
+        };
+        let timeout = self.state.config.header_read_timeout;
+        match tokio::time::timeout(timeout, direct::read_head(&mut tls)).await {
+            Ok(Ok(first)) if !first.is_empty() => Some((tls, first)),
+            _ => None,
+        }
+    }
+
     /// Serves the connection with hyper, on the runtime this is called on.
-    async fn serve_with_hyper(self, stream: TcpStream) {
+    async fn serve_with_hyper<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let service = TowerToHyperService::new(self.app);
         let connection = self
-            .builder
+            .builders
+            .auto
             .serve_connection_with_upgrades(TokioIo::new(stream), service);
         // Boxed: the hyper connection's state is large, and every idle direct
         // stream would otherwise carry room for it in its task.
+        let _ = Box::pin(self.watcher.watch(connection)).await;
+    }
+
+    /// Serves an HTTP/2-only connection with hyper (TLS, ALPN `h2`).
+    async fn serve_h2<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = TowerToHyperService::new(self.app);
+        let connection = self
+            .builders
+            .h2_only
+            .serve_connection(TokioIo::new(stream), service);
         let _ = Box::pin(self.watcher.watch(connection)).await;
     }
 }

@@ -12,17 +12,26 @@
 //! untouched (peeking consumes nothing), so the router stays the one source of
 //! every other answer, errors included.
 //!
-//! Invariants: bytes are consumed from the socket only after the request is
-//! admitted; the stream is closed on an event boundary (the writer yields
+//! TLS connections take the same path with one difference: TLS bytes cannot
+//! be peeked at, so [`read_head`] reads the head out of the TLS stream into a
+//! buffer (at most [`MAX_HEAD`] bytes) and [`judge`] decides on that; what is
+//! not served here goes to hyper with those bytes replayed in front
+//! (`crate::io::Rewind`). [`stream`] is generic over the socket, so plain TCP
+//! and TLS share the writer; on TCP it compiles to what it was before
+//! (`flush` is a no-op there).
+//!
+//! Invariants: bytes are consumed from a plain socket only after the request
+//! is admitted; the stream is closed on an event boundary (the writer yields
 //! whole frames) with the terminating chunk, after which the connection goes
-//! back to hyper for keep-alive requests.
+//! back to hyper for keep-alive requests. Every write is flushed before the
+//! next frame is awaited (TLS buffers records until flushed).
 
 use std::io;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, Version};
 use herald_core::{Connection, Subscriber};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cors;
@@ -33,7 +42,9 @@ use crate::AppState;
 /// A request the direct path will serve.
 #[derive(Debug)]
 pub(crate) struct DirectRequest {
-    head_len: usize,
+    /// Bytes of the head still to be read from the socket: all of it when it
+    /// was peeked at, none when it was read already (TLS).
+    unread_head: usize,
     subscriber: Subscriber,
     headers: HeaderMap,
 }
@@ -60,7 +71,33 @@ pub(crate) async fn sniff(stream: &TcpStream, state: &AppState) -> Sniffed {
     let Ok(n) = stream.peek(&mut buf).await else {
         return Sniffed::Other;
     };
-    match classify(&buf[..n]) {
+    judge(&buf[..n], state, HeadWas::Peeked).await
+}
+
+/// Reads a connection's first bytes until they are a complete head, the
+/// HTTP/2 preface, or something else (see `classify`), at most [`MAX_HEAD`]
+/// of them; or until the client stops sending (EOF). For TLS streams, which
+/// cannot be peeked at; the caller bounds the wait.
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; MAX_HEAD];
+    let mut len = 0;
+    while len < MAX_HEAD {
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if !matches!(classify(&buf[..len]), Head::Incomplete) {
+            break;
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// What `first` (the first bytes of a connection) says about it.
+pub(crate) async fn judge(first: &[u8], state: &AppState, was: HeadWas) -> Sniffed {
+    match classify(first) {
         Head::Http2 => Sniffed::Http2,
         Head::EventStream {
             head_len,
@@ -68,7 +105,10 @@ pub(crate) async fn sniff(stream: &TcpStream, state: &AppState) -> Sniffed {
             headers,
         } => match admit(state, query, &headers).await {
             Ok(Admission::Open(subscriber)) => Sniffed::Direct(Box::new(DirectRequest {
-                head_len,
+                unread_head: match was {
+                    HeadWas::Peeked => head_len,
+                    HeadWas::Read => 0,
+                },
                 subscriber,
                 headers,
             })),
@@ -83,40 +123,62 @@ pub(crate) async fn sniff(stream: &TcpStream, state: &AppState) -> Sniffed {
     }
 }
 
+/// Whether the bytes [`judge`] looks at are still in the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadWas {
+    /// Peeked at (plain TCP): the direct path reads them before it answers.
+    Peeked,
+    /// Read already (TLS).
+    Read,
+}
+
 /// Serves the event stream. Returns the socket when the server ended the
 /// stream (kick, lifetime, shutdown) so the caller can keep the connection
 /// alive; `None` when the client went away.
-pub(crate) async fn stream(
-    mut socket: TcpStream,
+///
+/// Generic over the socket so TLS shares it; for a `TcpStream` this is the
+/// hot path of fan-out: no copy or allocation beyond the one chunk buffer.
+pub(crate) async fn stream<S>(
+    mut socket: S,
     state: Arc<AppState>,
     request: Box<DirectRequest>,
-) -> io::Result<Option<TcpStream>> {
-    // The head was only peeked at: consume exactly it.
-    let mut consumed = vec![0u8; request.head_len];
-    socket.read_exact(&mut consumed).await?;
-    drop(consumed);
+) -> io::Result<Option<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // A head that was only peeked at: consume exactly it.
+    if request.unread_head > 0 {
+        let mut consumed = vec![0u8; request.unread_head];
+        socket.read_exact(&mut consumed).await?;
+        drop(consumed);
+    }
     let (mut connection, head) = start(&state, request);
     socket.write_all(&head).await?;
+    socket.flush().await?;
     drop(head);
 
-    let (mut reader, mut writer) = socket.split();
     // Only read to notice the client closing; SSE clients send nothing more.
     let mut probe = [0u8; 32];
     loop {
         // A fresh buffer per write, starting with room for the size line;
         // an idle stream holds only that room.
         let mut chunk = vec![0u8; SIZE_LINE_ROOM];
+        // `select!` drops both futures before it runs the chosen arm, so the
+        // arms may write to the socket the read future borrowed: no split
+        // halves are needed (a TLS stream has no borrowed split).
         tokio::select! {
             // Frames first: under load the read side is looked at only when
             // the queue is empty (a closed peer also fails the next write).
             biased;
             more = connection.next_chunk_into(&mut chunk) => if more {
-                writer.write_all(frame_chunk(&mut chunk)).await?;
+                socket.write_all(frame_chunk(&mut chunk)).await?;
+                socket.flush().await?;
             } else {
-                writer.write_all(b"0\r\n\r\n").await?;
+                socket.write_all(b"0\r\n\r\n").await?;
+                socket.flush().await?;
                 break;
             },
-            read = reader.read(&mut probe) => match read {
+            read = socket.read(&mut probe) => match read {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => continue,
             },

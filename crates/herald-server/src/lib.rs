@@ -3,8 +3,9 @@
 //! Routes (documented in docs/api.md): subscribe `GET /v1/events`, publish
 //! `POST /v1/publish`, the admin routes under `/v1/`, and `/healthz`,
 //! `/readyz`, `/metrics`, `/demo`. This crate owns HTTP concerns only —
-//! parsing, auth, CORS, limits, status codes, the accept loop; what an event is
-//! and how it fans out belongs to `herald-core`.
+//! parsing, auth, CORS, limits, status codes, the accept loop, TLS (`tls.rs`:
+//! certificates, reload, ALPN); what an event is and how it fans out belongs
+//! to `herald-core`.
 
 #![forbid(unsafe_code)]
 
@@ -14,9 +15,11 @@ mod cors;
 mod direct;
 mod error;
 mod http1_head;
+mod io;
 mod limits;
 mod query;
 mod routes;
+mod tls;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -30,6 +33,7 @@ pub use accept::serve;
 pub use auth::{ApiKeySpec, Auth, AuthConfig, AuthConfigError, MIN_API_KEY_BYTES, TOKEN_COOKIE};
 pub use error::{ApiError, ErrorCode};
 pub use limits::Refusals;
+pub use tls::{check_tls, TlsError, TlsFile, TlsFiles};
 
 /// HTTP-level options (the hub and the log have their own).
 #[derive(Debug, Clone)]
@@ -50,6 +54,11 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// How long a client may take to send its request headers.
     pub header_read_timeout: Duration,
+    /// TLS on the listening port: the certificate and key files (reloaded
+    /// when they change); `None` serves plain HTTP/1.1 and h2c.
+    pub tls: Option<TlsFiles>,
+    /// How long a client may take to complete the TLS handshake.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -70,6 +79,8 @@ impl ServerConfig {
     pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
     /// Default of [`ServerConfig::allowed_origins`]: any origin.
     pub const DEFAULT_ALLOWED_ORIGIN: &'static str = "*";
+    /// Default of [`ServerConfig::tls_handshake_timeout`], in seconds.
+    pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 }
 
 impl Default for ServerConfig {
@@ -83,6 +94,8 @@ impl Default for ServerConfig {
             publish_rate_per_sec: 0,
             allowed_origins: vec![Self::DEFAULT_ALLOWED_ORIGIN.into()],
             header_read_timeout: Duration::from_secs(10),
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(Self::DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
         }
     }
 }

@@ -24,7 +24,7 @@ use figment::value::{Dict, Value};
 use figment::Figment;
 use herald_core::HubConfig;
 use herald_log::{Durability, DurableOptions, Retention};
-use herald_server::{ApiKeySpec, AuthConfig, ServerConfig};
+use herald_server::{ApiKeySpec, AuthConfig, ServerConfig, TlsFile, TlsFiles};
 use serde::{Deserialize, Serialize};
 
 /// A configuration problem; the message names the option and its source.
@@ -148,6 +148,16 @@ pub(crate) struct Config {
     #[arg(long = "allowed-origin", value_name = "ORIGIN",
           default_values_t = [ServerConfig::DEFAULT_ALLOWED_ORIGIN.to_owned()])]
     pub allowed_origins: Vec<String>,
+    /// TLS: PEM certificate chain (with `--tls-key`; reloaded when the file changes).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: PEM private key of the certificate (with `--tls-cert`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds a client gets to complete the TLS handshake.
+    #[arg(long, value_name = "SECS",
+          default_value_t = ServerConfig::DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS)]
+    pub tls_handshake_timeout_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax); logs go to stderr.
     #[arg(long, value_name = "FILTER", default_value = DEFAULT_LOG)]
     pub log: String,
@@ -283,6 +293,35 @@ impl Config {
         if self.max_body_bytes == 0 || self.max_data_bytes == 0 {
             return Err(bad("max_body_bytes", "limits must be at least 1 byte"));
         }
+        if self.tls_handshake_timeout_secs == 0 {
+            return Err(bad("tls_handshake_timeout_secs", "must be at least 1"));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(bad(
+                    "tls_cert",
+                    "is set but `tls_key` is not: TLS needs both the certificate and its key (or neither)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "tls_key",
+                    "is set but `tls_cert` is not: TLS needs both the certificate and its key (or neither)",
+                ))
+            }
+            _ => {}
+        }
+        // The files are read now, so a bad one stops start-up before the port
+        // is bound (the server loads them again when it starts serving).
+        if let Some(files) = self.tls_files() {
+            herald_server::check_tls(&files).map_err(|err| {
+                let key = match err.file() {
+                    TlsFile::Cert => "tls_cert",
+                    TlsFile::Key => "tls_key",
+                };
+                bad(key, &err.to_string())
+            })?;
+        }
         if self.redis.is_some() {
             return Err(bad(
                 "redis",
@@ -306,6 +345,19 @@ impl Config {
             config: self,
             listen,
         })
+    }
+}
+
+impl Config {
+    /// The TLS files, when both are given (`validate` refuses one alone).
+    pub(crate) fn tls_files(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -414,6 +466,8 @@ impl From<&Config> for ServerConfig {
             max_connections_per_user: config.max_connections_per_user,
             publish_rate_per_sec: config.publish_rate_per_sec,
             allowed_origins: config.allowed_origins.clone(),
+            tls: config.tls_files(),
+            tls_handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs),
             ..ServerConfig::default()
         }
     }

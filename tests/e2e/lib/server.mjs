@@ -31,7 +31,8 @@ process.on('exit', () => {
  * Starts `herald serve --dev --memory --listen 127.0.0.1:0 ...extraArgs` (no
  * `--memory` when extraArgs has `--data-dir`, no default `--listen` when it
  * has one) and
- * waits (up to 20 s) for the `herald listening on http://...` line on stdout.
+ * waits (up to 20 s) for the `herald listening on http(s)://...` line on stdout
+ * (https with `--tls-cert`/`--tls-key`).
  * Returns {url, pid, proc, stop(), output()}.
  */
 export async function startHerald(extraArgs = [], { env = {}, startTimeoutMs = 20_000 } = {}) {
@@ -70,7 +71,7 @@ export async function startHerald(extraArgs = [], { env = {}, startTimeoutMs = 2
     const onData = (chunk) => {
       keep(chunk);
       stdoutBuf += chunk.toString('utf8');
-      const m = /herald listening on (http:\/\/[^\s]+)/.exec(stdoutBuf);
+      const m = /herald listening on (https?:\/\/[^\s]+)/.exec(stdoutBuf);
       if (m) {
         clearTimeout(timer);
         resolve(m[1].replace(/\/+$/, ''));

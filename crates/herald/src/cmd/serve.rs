@@ -71,8 +71,13 @@ async fn serve(
     let shutdown = shutdown_signal()?;
     let listener = bind(listen).await?;
     let local = listener.local_addr().context("reading the bound address")?;
-    // Tests and scripts read this line to find the port.
-    println!("herald listening on http://{local}");
+    // Tests and scripts read this line to find the port (and the scheme).
+    let scheme = if config.tls_files().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("herald listening on {scheme}://{local}");
     if config.dev {
         // Only now: a start-up that fails should not first shout about dev mode.
         tracing::warn!(
@@ -83,7 +88,7 @@ async fn serve(
                 "DEV MODE on {local}, which is reachable from other machines: use it on trusted networks only"
             );
         }
-        tracing::info!("demo page: http://{local}/demo");
+        tracing::info!("demo page: {scheme}://{local}/demo");
     }
     herald_server::serve(listener, state, streams, shutdown)
         .await
