@@ -19,6 +19,7 @@ mod io;
 mod query;
 mod routes;
 mod tls;
+mod tls_stream;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
