@@ -25,7 +25,9 @@
 //! peeked at): ALPN `h2` is served by hyper as HTTP/2 only, on the streams
 //! runtime; an admitted HTTP/1.1 `GET /v1/events` by the direct path, as on a
 //! plain port; anything else moves back to the control runtime and goes to
-//! hyper with the bytes already read replayed in front (`crate::io`).
+//! hyper with the bytes already read replayed in front (`crate::io`). The
+//! TLS stream is `crate::tls_stream`'s, whose buffers exist only while they
+//! hold bytes.
 
 use std::future::Future;
 use std::sync::Arc;
