@@ -362,7 +362,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         if !this.write_closed {
             ready!(this.poll_send(cx))?;
             // Best effort: a connection that failed has nothing to close cleanly.
-            if let Ok(Next::Ready(_)) = this.process(Ask::CloseNotify) {}
+            let _ = this.process(Ask::CloseNotify);
             this.write_closed = true;
         }
         ready!(this.poll_send(cx))?;
