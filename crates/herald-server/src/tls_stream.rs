@@ -511,6 +511,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_update_from_the_client_is_answered_and_traffic_goes_on() {
+        let (server_config, connector) = pair();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::try_from("localhost").expect("a name");
+        let (server, client) = tokio::join!(
+            accept(server_io, server_config),
+            connector.connect(name, client_io)
+        );
+        let mut server = server.expect("the server handshake");
+        let mut client = client.expect("the client handshake");
+        for round in 0..3u8 {
+            // A TLS 1.3 KeyUpdate asking the server to update its keys too:
+            // rustls answers it through this stream's outgoing records.
+            client
+                .get_mut()
+                .1
+                .refresh_traffic_keys()
+                .expect("a key update");
+            client
+                .write_all(&[round; 1000])
+                .await
+                .expect("client write");
+            client.flush().await.expect("client flush");
+            let mut got = [0u8; 1000];
+            server.read_exact(&mut got).await.expect("server read");
+            assert_eq!(got, [round; 1000]);
+            server
+                .write_all(&[round + 100; 500])
+                .await
+                .expect("server write");
+            server.flush().await.expect("server flush");
+            let mut got = [0u8; 500];
+            client.read_exact(&mut got).await.expect("client read");
+            assert_eq!(got, [round + 100; 500]);
+        }
+        assert_holds_no_buffer(&server, "after the key updates");
+    }
+
+    #[tokio::test]
     async fn bytes_that_are_not_tls_fail_the_handshake() {
         let (server_config, _) = pair();
         let (mut client_io, server_io) = tokio::io::duplex(4096);
