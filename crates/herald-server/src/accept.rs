@@ -25,7 +25,9 @@
 //! peeked at): ALPN `h2` is served by hyper as HTTP/2 only, on the streams
 //! runtime; an admitted HTTP/1.1 `GET /v1/events` by the direct path, as on a
 //! plain port; anything else moves back to the control runtime and goes to
-//! hyper with the bytes already read replayed in front (`crate::io`).
+//! hyper with the bytes already read replayed in front (`crate::io`). The
+//! TLS stream is `crate::tls_stream`'s, whose buffers exist only while they
+//! hold bytes.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,16 +37,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::{Builder, Http2Builder};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::direct::{self, HeadWas, Sniffed};
 use crate::io::{MovableTcp, Rewind};
 use crate::tls::Tls;
+use crate::tls_stream::{self, TlsStream};
 use crate::AppState;
 
 /// How long in-flight requests get to finish after shutdown is asked for.
@@ -187,7 +189,7 @@ pub async fn serve(
             None => {
                 tokio::spawn(connection.serve(stream));
             }
-            Some(tls) => connection.spawn_tls(stream, tls.acceptor().clone()),
+            Some(tls) => connection.spawn_tls(stream, tls.config().clone()),
         }
     }
     drop(listener);
@@ -247,7 +249,7 @@ impl AcceptedConnection {
 
     /// Moves a new TLS connection to the streams runtime and serves it there
     /// (see the module doc for why the handshake runs there).
-    fn spawn_tls(self, stream: TcpStream, acceptor: TlsAcceptor) {
+    fn spawn_tls(self, stream: TcpStream, config: Arc<ServerConfig>) {
         let Ok(stream) = stream.into_std() else {
             return;
         };
@@ -256,7 +258,7 @@ impl AcceptedConnection {
             let Ok(stream) = TcpStream::from_std(stream) else {
                 return;
             };
-            self.serve_tls(MovableTcp::new(stream), acceptor).await;
+            self.serve_tls(MovableTcp::new(stream), config).await;
         });
     }
 
@@ -267,11 +269,11 @@ impl AcceptedConnection {
     /// (1.2 KB of rustls state): an idle event stream's task then holds only
     /// what the stream phase needs. Unboxed, the task kept room for the
     /// handshake, hyper and the stream at once: 5.8 KB per connection.
-    async fn serve_tls(self, stream: MovableTcp, acceptor: TlsAcceptor) {
-        let Some((tls, first)) = Box::pin(self.tls_start(stream, acceptor)).await else {
+    async fn serve_tls(self, stream: MovableTcp, config: Arc<ServerConfig>) {
+        let Some((tls, first)) = Box::pin(self.tls_start(stream, config)).await else {
             return;
         };
-        if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+        if tls.alpn_protocol() == Some(b"h2".as_slice()) {
             // HTTP/2 connections may carry event streams: they stay here.
             return Box::pin(self.serve_h2(Rewind::new(first, tls))).await;
         }
@@ -290,7 +292,7 @@ impl AcceptedConnection {
                 let control = self.control.clone();
                 control.spawn(async move {
                     let mut tls = tls;
-                    if tls.get_mut().0.reregister().is_ok() {
+                    if tls.io_mut().reregister().is_ok() {
                         self.serve_with_hyper(Rewind::new(first, tls)).await;
                     }
                 });
@@ -305,10 +307,11 @@ impl AcceptedConnection {
     async fn tls_start(
         &self,
         stream: MovableTcp,
-        acceptor: TlsAcceptor,
+        config: Arc<ServerConfig>,
     ) -> Option<(Box<TlsStream<MovableTcp>>, Vec<u8>)> {
         let timeout = self.state.config.tls_handshake_timeout;
-        let mut tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        let mut tls = match tokio::time::timeout(timeout, tls_stream::accept(stream, config)).await
+        {
             Ok(Ok(tls)) => Box::new(tls),
             Ok(Err(err)) => {
                 tracing::debug!(%err, "TLS handshake failed");

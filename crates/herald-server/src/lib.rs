@@ -20,6 +20,7 @@ mod limits;
 mod query;
 mod routes;
 mod tls;
+mod tls_stream;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

@@ -26,13 +26,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use tokio_rustls::rustls::crypto::{aws_lc_rs, CryptoProvider};
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
-use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::{self, ServerConfig};
-use tokio_rustls::TlsAcceptor;
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
 
 /// How often the certificate files are checked for changes.
 pub(crate) const RELOAD_PERIOD: Duration = Duration::from_secs(2);
@@ -233,10 +232,10 @@ fn stamps(files: &TlsFiles) -> Stamps {
     (Stamp::of(&files.cert), Stamp::of(&files.key))
 }
 
-/// The TLS side of the listening port: the acceptor for new connections and
-/// what reloads its certificate.
+/// The TLS side of the listening port: the configuration of new handshakes
+/// and what reloads its certificate.
 pub(crate) struct Tls {
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
     resolver: Arc<Resolver>,
     files: TlsFiles,
     provider: Arc<CryptoProvider>,
@@ -270,17 +269,17 @@ impl Tls {
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         Ok(Self {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            config: Arc::new(config),
             resolver,
             files: files.clone(),
             provider,
         })
     }
 
-    /// The acceptor of new connections (it shares the resolver, so it always
-    /// hands out the current certificate).
-    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
-        &self.acceptor
+    /// The configuration of new handshakes (it shares the resolver, so it
+    /// always hands out the current certificate).
+    pub(crate) fn config(&self) -> &Arc<ServerConfig> {
+        &self.config
     }
 
     /// Checks the files every [`RELOAD_PERIOD`] and reloads the certificate

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
 /// How long any one wait in these tests may take before it is a failure.
@@ -208,12 +208,21 @@ fn serve_fails(args: &[String]) -> (i32, String) {
 
 /// A client that trusts exactly `roots` and offers `alpn`.
 fn client(roots: &[&Cert], alpn: &[&[u8]]) -> TlsConnector {
+    client_of(rustls::DEFAULT_VERSIONS, roots, alpn)
+}
+
+/// [`client`], speaking only `versions`.
+fn client_of(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    roots: &[&Cert],
+    alpn: &[&[u8]],
+) -> TlsConnector {
     let mut store = RootCertStore::empty();
     for cert in roots {
         store.add(cert.der.clone()).expect("a trust anchor");
     }
     let mut config = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("TLS versions")
         .with_root_certificates(store)
         .with_no_client_auth();
@@ -488,6 +497,58 @@ async fn an_http11_event_stream_over_tls_receives_events_and_keeps_the_connectio
         "{}",
         &text[before..]
     );
+}
+
+#[tokio::test]
+async fn large_publishes_and_events_cross_whole_over_tls_1_2_and_1_3() {
+    let (_dir, cert, server) = tls_server();
+    // Larger than one TLS record (16 KiB) many times over, with every byte
+    // value a JSON string holds, so a lost, doubled or reordered record shows.
+    let data: String = (0..200_000u32)
+        .map(|i| char::from(b' ' + (i % 94) as u8))
+        .filter(|c| *c != '"' && *c != '\\')
+        .collect();
+    for (name, version) in [
+        ("TLS 1.2", &rustls::version::TLS12),
+        ("TLS 1.3", &rustls::version::TLS13),
+    ] {
+        let connector = client_of(&[version], &[&cert], &[b"http/1.1"]);
+        let (mut stream, mut text) = open_stream(&connector, server.addr, "big").await;
+        assert_eq!(
+            stream.get_ref().1.protocol_version(),
+            Some(version.version),
+            "{name}"
+        );
+        let id = publish(&connector, server.addr, "big", &data).await;
+        let want = format!("id: {id}\ndata: {data}\n\n");
+        read_until(&mut stream, &mut text, "the large event", |t| {
+            // The stream is chunked: compare without the chunk framing.
+            dechunked(t).contains(&want)
+        })
+        .await;
+    }
+}
+
+/// The body of a chunked response (head included before it, unchanged):
+/// size lines and their CRLFs removed.
+fn dechunked(text: &str) -> String {
+    let Some(start) = text.find("\r\n\r\n") else {
+        return String::new();
+    };
+    let mut body = &text[start + 4..];
+    let mut out = String::new();
+    while let Some(line_end) = body.find("\r\n") {
+        let Ok(size) = usize::from_str_radix(&body[..line_end], 16) else {
+            break;
+        };
+        let chunk_start = line_end + 2;
+        if body.len() < chunk_start + size + 2 {
+            break;
+        }
+        out.push_str(&body[chunk_start..chunk_start + size]);
+        body = &body[chunk_start + size + 2..];
+    }
+    out
 }
 
 #[tokio::test]
