@@ -277,7 +277,10 @@ impl AcceptedConnection {
             // HTTP/2 connections may carry event streams: they stay here.
             return Box::pin(self.serve_h2(Rewind::new(first, tls))).await;
         }
-        match direct::judge(&first, &self.state, HeadWas::Read).await {
+        // Boxed like every phase: admitting (token checks included) is a
+        // large future, and inline its room would stay in the task of every
+        // idle stream.
+        match Box::pin(direct::judge(&first, &self.state, HeadWas::Read)).await {
             Sniffed::Direct(request) => {
                 drop(first);
                 let served = Box::pin(direct::stream(tls, self.state.clone(), request)).await;
