@@ -107,9 +107,24 @@ impl Verifier {
         if keys.is_empty() {
             return Err(self.no_key_for(&header));
         }
-        let claims = Arc::new(self.check_with(token, &header, &keys)?);
+        let claims = Arc::new(self.check(token, header.alg, keys).await?);
         self.remember(token, claims.clone(), generation);
         Ok(claims)
+    }
+
+    /// The signature check: an HMAC is a microsecond and runs here; an RSA,
+    /// ECDSA or Ed25519 verification costs tens of microseconds or more, so
+    /// it runs on a blocking thread — a storm of first connects must not
+    /// stall the publishes and accepts of the thread this is called on.
+    async fn check(&self, token: &str, alg: Algorithm, keys: Vec<Key>) -> Result<Claims, ApiError> {
+        if keys.iter().all(|k| k.kind == super::keys::KeyKind::Hmac) {
+            return self.rules.check_with(token, alg, &keys);
+        }
+        let rules = self.rules.clone();
+        let token = token.to_owned();
+        tokio::task::spawn_blocking(move || rules.check_with(&token, alg, &keys))
+            .await
+            .unwrap_or_else(|_| Err(invalid("the token could not be checked".to_owned())))
     }
 
     fn cached(&self, token: &str, generation: u64) -> Option<Arc<Claims>> {
@@ -176,9 +191,13 @@ impl Verifier {
             )),
         }
     }
+}
 
-    fn check_with(&self, token: &str, header: &Header, keys: &[Key]) -> Result<Claims, ApiError> {
-        let validation = self.validation(header.alg);
+impl ClaimRules {
+    /// Checks `token` against each of `keys` in turn (rotation: any may
+    /// have signed it) and reads Herald's claims from it.
+    fn check_with(&self, token: &str, alg: Algorithm, keys: &[Key]) -> Result<Claims, ApiError> {
+        let validation = self.validation(alg);
         let mut last = None;
         for key in keys {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
@@ -198,15 +217,15 @@ impl Verifier {
 
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut validation = Validation::new(alg);
-        validation.leeway = self.rules.leeway.as_secs();
+        validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
         let mut required = vec!["exp"];
-        validation.validate_aud = self.rules.audience.is_some();
-        if let Some(aud) = &self.rules.audience {
+        validation.validate_aud = self.audience.is_some();
+        if let Some(aud) = &self.audience {
             validation.set_audience(&[aud]);
             required.push("aud");
         }
-        if let Some(iss) = &self.rules.issuer {
+        if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
             required.push("iss");
         }
@@ -215,7 +234,7 @@ impl Verifier {
     }
 
     fn describe(&self, err: &jsonwebtoken::errors::Error) -> ApiError {
-        let leeway = self.rules.leeway.as_secs();
+        let leeway = self.leeway.as_secs();
         match err.kind() {
             ErrorKind::ExpiredSignature => ApiError::new(
                 ErrorCode::TokenExpired,
@@ -232,24 +251,20 @@ impl Verifier {
             }
             ErrorKind::InvalidAudience => invalid(format!(
                 "wrong audience: the token's `aud` must include {:?}",
-                self.rules.audience.as_deref().unwrap_or("")
+                self.audience.as_deref().unwrap_or("")
             )),
             ErrorKind::InvalidIssuer => invalid(format!(
                 "wrong issuer: the token's `iss` must be {:?}",
-                self.rules.issuer.as_deref().unwrap_or("")
+                self.issuer.as_deref().unwrap_or("")
             )),
             ErrorKind::MissingRequiredClaim(claim) => invalid(format!(
                 "missing claim `{claim}`: Herald requires `exp`{}{}",
-                if self.rules.audience.is_some() {
+                if self.audience.is_some() {
                     ", `aud`"
                 } else {
                     ""
                 },
-                if self.rules.issuer.is_some() {
-                    ", `iss`"
-                } else {
-                    ""
-                },
+                if self.issuer.is_some() { ", `iss`" } else { "" },
             )),
             ErrorKind::InvalidClaimFormat(claim) => {
                 invalid(format!("claim `{claim}` has the wrong type"))
@@ -271,8 +286,7 @@ impl Verifier {
             .get("exp")
             .and_then(Value::as_f64)
             .ok_or_else(|| invalid("claim `exp` must be a number of seconds".to_owned()))?;
-        let valid_until =
-            UNIX_EPOCH + Duration::from_secs_f64(exp.clamp(0.0, 1e12)) + self.rules.leeway;
+        let valid_until = UNIX_EPOCH + Duration::from_secs_f64(exp.clamp(0.0, 1e12)) + self.leeway;
         let sub = match map.remove("sub") {
             None | Some(Value::Null) => None,
             Some(Value::String(sub)) => {

@@ -27,7 +27,11 @@ pub(crate) fn run(args: Config, matches: &ArgMatches) -> anyhow::Result<()> {
         .context("starting the streams runtime")?;
     // One thread: publishes are short, and a single control thread costs
     // fewer thread wake-ups per request than a pool that hands work around.
+    // Its blocking threads check token signatures (and trim the log): as
+    // many as there are cores, since more would only take turns on them.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let control = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(cores)
         .enable_all()
         .build()
         .context("starting the control runtime")?;
