@@ -7,12 +7,14 @@
 //!   leeway; `aud` and `iss` are checked when configured (and then required).
 //! - A verified token is cached by its full text (never by its signature
 //!   alone: a tampered payload with a cached signature must not pass) until
-//!   its expiry, so a reconnect storm costs one hash lookup per client. The
-//!   cache is bounded and emptied whenever the key set changes.
+//!   its expiry, so a reconnect storm costs one hash lookup per client. A
+//!   token whose signature check failed is remembered for a few seconds, so
+//!   a bad token costs one check however often it is presented. Both caches
+//!   are bounded and emptied whenever the key set changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use herald_core::topic::validate_user_id;
@@ -30,6 +32,9 @@ use crate::error::{ApiError, ErrorCode};
 /// if that is not enough the cache starts over (a cache miss only costs a
 /// signature check).
 const CACHE_CAPACITY: usize = 200_000;
+/// Most refused tokens remembered, and for how long.
+const REFUSED_CAPACITY: usize = 10_000;
+const REFUSED_FOR: Duration = Duration::from_secs(10);
 
 /// What a verified token allows.
 #[derive(Debug)]
@@ -69,6 +74,12 @@ struct Cache {
     /// The key-set generation the entries were verified under.
     generation: u64,
     tokens: HashMap<Box<str>, Arc<Claims>>,
+    /// Tokens whose signature check failed lately, with why and until when:
+    /// a refused subscription is admitted twice (the direct path's look at
+    /// the head, then the router's answer), and a bad token must not cost
+    /// two signature checks. Short-lived, so a token refused as not yet
+    /// valid is looked at again soon.
+    refused: HashMap<Box<str>, (ApiError, Instant)>,
 }
 
 impl Verifier {
@@ -107,9 +118,52 @@ impl Verifier {
         if keys.is_empty() {
             return Err(self.no_key_for(&header));
         }
-        let claims = Arc::new(self.check(token, header.alg, keys).await?);
-        self.remember(token, claims.clone(), generation);
-        Ok(claims)
+        if let Some(refusal) = self.refused_lately(token, generation) {
+            return Err(refusal);
+        }
+        match self.check(token, header.alg, keys).await {
+            Ok(claims) => {
+                let claims = Arc::new(claims);
+                self.remember(token, claims.clone(), generation);
+                Ok(claims)
+            }
+            Err(refusal) => {
+                self.remember_refusal(token, &refusal, generation);
+                Err(refusal)
+            }
+        }
+    }
+
+    fn refused_lately(&self, token: &str, generation: u64) -> Option<ApiError> {
+        let cache = self.cache.lock();
+        if cache.generation != generation {
+            return None;
+        }
+        cache
+            .refused
+            .get(token)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(refusal, _)| refusal.clone())
+    }
+
+    fn remember_refusal(&self, token: &str, refusal: &ApiError, generation: u64) {
+        let mut cache = self.cache.lock();
+        if cache.generation != generation {
+            cache.tokens.clear();
+            cache.refused.clear();
+            cache.generation = generation;
+        }
+        if cache.refused.len() >= REFUSED_CAPACITY {
+            let now = Instant::now();
+            cache.refused.retain(|_, (_, until)| *until > now);
+            if cache.refused.len() >= REFUSED_CAPACITY {
+                cache.refused.clear();
+            }
+        }
+        cache.refused.insert(
+            token.into(),
+            (refusal.clone(), Instant::now() + REFUSED_FOR),
+        );
     }
 
     /// The signature check: an HMAC is a microsecond and runs here; an RSA,
@@ -140,6 +194,7 @@ impl Verifier {
         if cache.generation != generation {
             // The key set changed: everything cached was checked against old keys.
             cache.tokens.clear();
+            cache.refused.clear();
             cache.generation = generation;
         }
         if cache.tokens.len() >= CACHE_CAPACITY {
