@@ -17,12 +17,6 @@ Standard library plus tests/python/requirements.txt. Every wait is bounded;
 the server is stopped (SIGTERM, then SIGKILL) whatever the outcome.
 """
 
-import atexit
-import collections
-import os
-import queue
-import re
-import subprocess
 import threading
 import time
 import unittest
@@ -31,112 +25,15 @@ import httpx
 import sseclient
 from httpx_sse import connect_sse
 
+from herald_process import Herald
+
 USER = "7777"
 TOPIC = "news"
 HEARTBEAT_SECS = 1
 # Bound on the wait for the events and two heartbeats after the last one.
 QUIET_TIMEOUT = 15.0
-START_TIMEOUT = 20.0
 DELIVERY_TIMEOUT = 10.0
 HTTP_TIMEOUT = httpx.Timeout(10.0)
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-_running = set()
-
-
-@atexit.register
-def _kill_leftovers():
-    for proc in list(_running):
-        if proc.poll() is None:
-            proc.kill()
-
-
-def herald_bin():
-    return os.environ.get("HERALD_BIN") or os.path.join(REPO, "target", "release", "herald")
-
-
-class Herald:
-    """`herald serve` on a free port; `url` once it printed its listen line."""
-
-    def __init__(self):
-        bin_path = herald_bin()
-        if not os.path.exists(bin_path):
-            raise RuntimeError(
-                f"herald binary not found at {bin_path}: run `cargo build --release -p herald` or set HERALD_BIN"
-            )
-        self.args = [
-            bin_path, "serve", "--dev", "--memory",
-            "--listen", "127.0.0.1:0",
-            "--heartbeat-secs", str(HEARTBEAT_SECS),
-        ]
-        env = dict(os.environ)
-        env.setdefault("RUST_LOG", "warn")
-        self.proc = subprocess.Popen(
-            self.args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        _running.add(self.proc)
-        self._log = collections.deque(maxlen=200)  # bounded
-        self._stdout_lines = queue.Queue()
-        self._drains = [
-            threading.Thread(target=self._drain, args=(self.proc.stdout, self._stdout_lines), daemon=True),
-            threading.Thread(target=self._drain, args=(self.proc.stderr, None), daemon=True),
-        ]
-        for t in self._drains:
-            t.start()
-        try:
-            self.url = self._wait_listening()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _drain(self, pipe, lines):
-        # Keep reading so the server never blocks on a full pipe.
-        for raw in iter(pipe.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self._log.append(line)
-            if lines is not None:
-                lines.put(line)
-        pipe.close()
-
-    def _wait_listening(self):
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(
-                    f"herald did not print its listen line within {START_TIMEOUT} s\n{self.output()}"
-                )
-            try:
-                line = self._stdout_lines.get(timeout=min(left, 0.2))
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"herald exited with {self.proc.returncode} before listening\n{self.output()}"
-                    )
-                continue
-            m = re.search(r"herald listening on (http://\S+)", line)
-            if m:
-                return m.group(1).rstrip("/")
-
-    def output(self):
-        return "--- herald output ---\n" + "\n".join(self._log)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        _running.discard(self.proc)
-        for t in self._drains:
-            t.join(timeout=5)
 
 
 class Reader(threading.Thread):
@@ -249,7 +146,7 @@ def sseclient_events(url, tap):
 
 class ClientsTest(unittest.TestCase):
     def setUp(self):
-        self.server = Herald()
+        self.server = Herald(["--dev", "--heartbeat-secs", str(HEARTBEAT_SECS)])
         self.addCleanup(self.server.stop)
         self.http = httpx.Client(base_url=self.server.url, timeout=HTTP_TIMEOUT)
         self.addCleanup(self.http.close)
