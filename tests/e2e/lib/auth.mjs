@@ -7,12 +7,12 @@
 // `jose`; nothing here mocks the server.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, writeFileSync, readFileSync } from 'node:fs';
+import { writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import https from 'node:https';
 import assert from 'node:assert/strict';
 import * as jose from 'jose';
-import { heraldBin, openRaw, waitFor, sleep } from './server.mjs';
+import { heraldBin, openRaw, waitFor, sleep, startHerald } from './server.mjs';
 
 export { jose };
 
@@ -31,67 +31,8 @@ const idle = (ms) => new Promise((r) => setTimeout(r, ms, null).unref());
  * and waits (up to 20 s) for `herald listening on http://...` on stdout.
  * Returns {url, pid, proc, stop(), output(), exited()}.
  */
-export async function startSecured(args = [], { env = {}, startTimeoutMs = 20_000 } = {}) {
-  const bin = heraldBin();
-  if (!existsSync(bin)) {
-    throw new Error(`herald binary not found at ${bin}: run \`cargo build --release -p herald\` or set HERALD_BIN`);
-  }
-  const storage = args.includes('--data-dir') ? [] : ['--memory'];
-  const listen = args.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
-  const fullArgs = ['serve', ...storage, ...listen, ...args];
-  const proc = spawn(bin, fullArgs, {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn', ...env },
-  });
-  running.add(proc);
-  let log = '';
-  const keep = (chunk) => {
-    log += chunk.toString('utf8');
-    if (log.length > 64 * 1024) log = log.slice(-64 * 1024);
-  };
-  let exited = null;
-  const exitPromise = new Promise((resolve) => {
-    proc.once('exit', (code, signal) => {
-      exited = { code, signal };
-      running.delete(proc);
-      resolve(exited);
-    });
-  });
-  let stdoutBuf = '';
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      reject(new Error(`herald did not print its listen line within ${startTimeoutMs} ms; args=${fullArgs.join(' ')}\n--- output ---\n${log}`));
-    }, startTimeoutMs);
-    proc.stdout.on('data', (chunk) => {
-      keep(chunk);
-      stdoutBuf += chunk.toString('utf8');
-      const m = /herald listening on (http:\/\/[^\s]+)/.exec(stdoutBuf);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1].replace(/\/+$/, ''));
-      }
-      if (stdoutBuf.length > 64 * 1024) stdoutBuf = stdoutBuf.slice(-1024);
-    });
-    proc.stderr.on('data', keep);
-    proc.once('error', (err) => { clearTimeout(timer); reject(err); });
-    exitPromise.then((e) => {
-      clearTimeout(timer);
-      reject(new Error(`herald exited before listening (code=${e.code}, signal=${e.signal}); args=${fullArgs.join(' ')}\n--- output ---\n${log}`));
-    });
-  }).catch(async (err) => {
-    if (!exited) { proc.kill('SIGKILL'); await exitPromise; }
-    throw err;
-  });
-
-  async function stop() {
-    if (exited) return exited;
-    proc.kill('SIGTERM');
-    const res = await Promise.race([exitPromise, idle(5_000)]);
-    if (res) return res;
-    proc.kill('SIGKILL');
-    return Promise.race([exitPromise, idle(5_000)]);
-  }
-  return { url, pid: proc.pid, proc, stop, output: () => log, exited: () => exited };
+export function startSecured(args = [], options = {}) {
+  return startHerald(args, { ...options, dev: false });
 }
 
 /** Runs `herald ...args` to completion (bounded); returns {code, signal, stdout, stderr}. */

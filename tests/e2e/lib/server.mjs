@@ -29,13 +29,13 @@ process.on('exit', () => {
 
 /**
  * Starts `herald serve --dev --memory --listen 127.0.0.1:0 ...extraArgs` (no
- * `--memory` when extraArgs has `--data-dir`, no default `--listen` when it
- * has one) and
+ * `--dev` with `{dev: false}`, no `--memory` when extraArgs has `--data-dir`,
+ * no default `--listen` when it has one) and
  * waits (up to 20 s) for the `herald listening on http(s)://...` line on stdout
  * (https with `--tls-cert`/`--tls-key`).
  * Returns {url, pid, proc, stop(), output()}.
  */
-export async function startHerald(extraArgs = [], { env = {}, startTimeoutMs = 20_000 } = {}) {
+export async function startHerald(extraArgs = [], { env = {}, startTimeoutMs = 20_000, dev = true } = {}) {
   const bin = heraldBin();
   if (!existsSync(bin)) {
     throw new Error(`herald binary not found at ${bin}: run \`cargo build --release -p herald\` or set HERALD_BIN`);
@@ -43,7 +43,7 @@ export async function startHerald(extraArgs = [], { env = {}, startTimeoutMs = 2
   // In memory unless the test gives a data directory; port 0 unless it gives --listen.
   const storage = extraArgs.includes('--data-dir') ? [] : ['--memory'];
   const listen = extraArgs.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
-  const args = ['serve', '--dev', ...storage, ...listen, ...extraArgs];
+  const args = ['serve', ...(dev ? ['--dev'] : []), ...storage, ...listen, ...extraArgs];
   const proc = spawn(bin, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn', ...env },
