@@ -47,19 +47,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.read < this.prefix.len() {
-            let rest = &this.prefix[this.read..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.read += n;
-            if this.read == this.prefix.len() {
-                // The head buffer is as large as the longest head: do not
-                // keep it for the life of the connection.
-                this.prefix = Vec::new();
-                this.read = 0;
-            }
+            // The head buffer is as large as the longest head: it must not
+            // live as long as the connection.
+            hand_out(&mut this.prefix, &mut this.read, buf);
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+/// Copies into `buf` what it can take of `pending[*taken..]`, and frees
+/// `pending` once all of it is taken, so a buffer of bytes already read
+/// (a replayed head, decrypted records) lives only while it holds some.
+pub(crate) fn hand_out(pending: &mut Vec<u8>, taken: &mut usize, buf: &mut ReadBuf<'_>) {
+    let rest = &pending[*taken..];
+    let n = rest.len().min(buf.remaining());
+    buf.put_slice(&rest[..n]);
+    *taken += n;
+    if *taken == pending.len() {
+        *pending = Vec::new();
+        *taken = 0;
     }
 }
 

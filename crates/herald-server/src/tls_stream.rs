@@ -285,14 +285,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
         let this = self.get_mut();
         loop {
             if this.delivered < this.plaintext.len() {
-                let rest = &this.plaintext[this.delivered..];
-                let n = rest.len().min(buf.remaining());
-                buf.put_slice(&rest[..n]);
-                this.delivered += n;
-                if this.delivered == this.plaintext.len() {
-                    this.plaintext = Vec::new();
-                    this.delivered = 0;
-                }
+                crate::io::hand_out(&mut this.plaintext, &mut this.delivered, buf);
                 return Poll::Ready(Ok(()));
             }
             if this.read_closed {
