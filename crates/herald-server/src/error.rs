@@ -64,12 +64,15 @@ pub enum ErrorCode {
     AdminRequired,
     /// 429: the caller publishes faster than its configured rate.
     RateLimited,
+    /// 403: dev mode, and the request names Herald by a host name that is not
+    /// a loopback name (DNS rebinding).
+    HostNotAllowed,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (for checks that must cover them all,
     /// such as the API reference test).
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::BadJson,
         Self::InvalidField,
         Self::InvalidTopic,
@@ -94,6 +97,7 @@ impl ErrorCode {
         Self::PublishNotAllowed,
         Self::AdminRequired,
         Self::RateLimited,
+        Self::HostNotAllowed,
     ];
 
     /// The code as clients see it (snake_case).
@@ -123,6 +127,7 @@ impl ErrorCode {
             Self::PublishNotAllowed => "publish_not_allowed",
             Self::AdminRequired => "admin_required",
             Self::RateLimited => "rate_limited",
+            Self::HostNotAllowed => "host_not_allowed",
         }
     }
 
@@ -149,9 +154,10 @@ impl ErrorCode {
             Self::TokenMissing | Self::TokenExpired | Self::TokenInvalid => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::TopicNotAllowed | Self::PublishNotAllowed | Self::AdminRequired => {
-                StatusCode::FORBIDDEN
-            }
+            Self::TopicNotAllowed
+            | Self::PublishNotAllowed
+            | Self::AdminRequired
+            | Self::HostNotAllowed => StatusCode::FORBIDDEN,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -392,6 +398,7 @@ mod tests {
             ),
             (AdminRequired, "admin_required", StatusCode::FORBIDDEN),
             (RateLimited, "rate_limited", StatusCode::TOO_MANY_REQUESTS),
+            (HostNotAllowed, "host_not_allowed", StatusCode::FORBIDDEN),
         ] {
             assert_eq!((code.as_str(), code.status()), (text, status));
             assert_eq!(code.to_string(), text);

@@ -51,8 +51,12 @@ pub struct ServerConfig {
     pub max_connections_per_user: usize,
     /// Publish requests a second per token subject or API key (0: no limit).
     pub publish_rate_per_sec: u32,
-    /// Origins allowed by CORS; `*` allows any origin (echoed exactly).
+    /// Origins allowed by CORS: `*` allows any origin without credentials;
+    /// an origin named is echoed, with credentials (`null` never is).
     pub allowed_origins: Vec<String>,
+    /// Dev mode: host names answered besides `localhost`, `*.localhost` and
+    /// IP addresses (any other `Host` is refused: DNS rebinding).
+    pub allowed_hosts: Vec<String>,
     /// How long a client may take to send its request headers.
     pub header_read_timeout: Duration,
     /// TLS on the listening port: the certificate and key files (reloaded
@@ -94,6 +98,7 @@ impl Default for ServerConfig {
             max_connections_per_user: Self::DEFAULT_MAX_CONNECTIONS_PER_USER,
             publish_rate_per_sec: 0,
             allowed_origins: vec![Self::DEFAULT_ALLOWED_ORIGIN.into()],
+            allowed_hosts: Vec::new(),
             header_read_timeout: Duration::from_secs(10),
             tls: None,
             tls_handshake_timeout: Duration::from_secs(Self::DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
@@ -166,7 +171,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.config.dev {
         app = app
             .route("/demo", get(routes::demo::page))
-            .route("/", get(routes::demo::root));
+            .route("/", get(routes::demo::root))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                cors::dev_host_guard,
+            ));
     }
     app.fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)

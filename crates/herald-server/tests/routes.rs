@@ -693,6 +693,59 @@ async fn cors_preflight_and_origin_echo() {
     );
 }
 
+/// Dev mode refuses requests that name it by a host name that is not a
+/// loopback name: a page that re-points its own name at 127.0.0.1 (DNS
+/// rebinding) would otherwise be same-origin with an open Herald.
+#[tokio::test]
+async fn dev_mode_refuses_foreign_host_names() {
+    let app = app();
+    let with_host = |method: Method, uri: &str, host: &str, body: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, host)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .expect("valid request")
+    };
+    let publish = r#"{"topics":["news"],"data":"x"}"#;
+    for host in ["rebind.evil.example", "rebind.evil.example:8080"] {
+        for (method, uri, body) in [
+            (Method::POST, "/v1/publish", publish),
+            (Method::GET, "/v1/stats", ""),
+            (Method::DELETE, "/v1/users/7777/connections", ""),
+            (Method::GET, "/v1/events?user=7777", ""),
+        ] {
+            let a = answer(&app, with_host(method.clone(), uri, host, body)).await;
+            let message = assert_error(&a, StatusCode::FORBIDDEN, "host_not_allowed");
+            assert!(
+                message.contains("allowed_hosts"),
+                "{method} {uri}: {message}"
+            );
+        }
+    }
+    // HTTP/2 names the host in the URI's authority, not in `Host`.
+    let a = answer(&app, get("http://rebind.evil.example/v1/stats")).await;
+    assert_error(&a, StatusCode::FORBIDDEN, "host_not_allowed");
+    for host in [
+        "localhost:8080",
+        "127.0.0.1:8080",
+        "[::1]:8080",
+        "app.localhost",
+    ] {
+        let a = answer(&app, with_host(Method::POST, "/v1/publish", host, publish)).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{host}: {a:?}");
+    }
+    // Token mode does not check the name (it is meant to be reached by any).
+    let token_mode = herald_server::router(test_state(false));
+    let response = send(
+        &token_mode,
+        with_host(Method::GET, "/healthz", "herald.example", ""),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn health_and_readiness() {
     let app = app();

@@ -144,10 +144,14 @@ pub(crate) struct Config {
     /// Publish requests a second per token subject or API key (0: no limit; over it 429).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub publish_rate_per_sec: u32,
-    /// A CORS origin allowed (repeatable; `*` for any).
+    /// A CORS origin allowed (repeatable; `*` for any, without credentials; a named origin gets credentials; `null` never).
     #[arg(long = "allowed-origin", value_name = "ORIGIN",
           default_values_t = [ServerConfig::DEFAULT_ALLOWED_ORIGIN.to_owned()])]
     pub allowed_origins: Vec<String>,
+    /// Dev mode: a host name answered besides localhost and IP addresses (repeatable; others get 403).
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    #[serde(deserialize_with = "one_or_many")]
+    pub allowed_hosts: Vec<String>,
     /// TLS: PEM certificate chain (with `--tls-key`; reloaded when the file changes).
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -466,6 +470,7 @@ impl From<&Config> for ServerConfig {
             max_connections_per_user: config.max_connections_per_user,
             publish_rate_per_sec: config.publish_rate_per_sec,
             allowed_origins: config.allowed_origins.clone(),
+            allowed_hosts: config.allowed_hosts.clone(),
             tls: config.tls_files(),
             tls_handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs),
             ..ServerConfig::default()

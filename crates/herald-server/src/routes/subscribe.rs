@@ -54,6 +54,13 @@ pub(crate) async fn admit(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Admission, ApiError> {
+    if state.config.dev {
+        // The direct HTTP/1.1 path does not go through the router's guard.
+        crate::cors::check_dev_host(
+            &state.config.allowed_hosts,
+            headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+        )?;
+    }
     let query = QueryPairs::parse(query);
     let mut patterns = Vec::new();
     for spec in query.all("topic") {
