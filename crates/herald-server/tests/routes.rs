@@ -806,3 +806,176 @@ async fn the_demo_page_is_served_in_dev_mode_only() {
         assert_error(&a, StatusCode::NOT_FOUND, "not_found");
     }
 }
+
+mod fuzz {
+    //! Arbitrary requests through the whole router: whatever the method,
+    //! path, query, headers and body, the answer is never a 5xx and nothing
+    //! panics (a handler panic would fail `oneshot`'s task).
+
+    use super::*;
+    use proptest::prelude::*;
+
+    const PATHS: &[&str] = &[
+        "/v1/events",
+        "/v1/publish",
+        "/v1/stats",
+        "/v1/users",
+        "/v1/users/7777",
+        "/v1/users/7777/connections",
+        "/v1/topics/news",
+        "/v1/topics/a/b/*",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/demo",
+        "/",
+        "/v1/",
+        "/v1/users/%FF",
+        "/v1/users/%00/connections",
+        "//v1//events",
+    ];
+    const METHODS: &[&str] = &[
+        "GET", "POST", "DELETE", "OPTIONS", "PUT", "HEAD", "PATCH", "X",
+    ];
+    const HEADERS: &[&str] = &[
+        "content-type",
+        "content-length",
+        "last-event-id",
+        "accept",
+        "authorization",
+        "cookie",
+        "origin",
+        "host",
+        "idempotency-key",
+        "access-control-request-method",
+        "x-any",
+    ];
+    const QUERY_KEYS: &[&str] = &[
+        "user",
+        "topic",
+        "types",
+        "lastEventId",
+        "limit",
+        "access_token",
+        "broadcast",
+        "type",
+        "id",
+    ];
+    const CONTENT_TYPES: &[&str] = &[
+        "application/json",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "text/plain; charset=latin1",
+        "multipart/form-data",
+    ];
+    const BODIES: &[&str] = &[
+        r#"{"topics":["news"],"data":"x"}"#,
+        r#"[{"users":["7777"],"data":{"a":1}},{"broadcast":true,"data":null}]"#,
+        r#"{"topics":["a/*"],"data":"x","type":"herald.x","id":"1","idempotency_key":""}"#,
+        r#"{"topics":[],"users":[],"data":1e999}"#,
+        "[]",
+        "{",
+        "",
+    ];
+
+    /// A request built from pieces that reach deep into the routes, mixed
+    /// with raw arbitrary text.
+    fn request() -> impl Strategy<Value = Request<Body>> {
+        let text = "[ -~]{0,24}|\\PC{0,12}";
+        let query = proptest::collection::vec((proptest::sample::select(QUERY_KEYS), text), 0..6);
+        let headers = proptest::collection::vec(
+            (
+                proptest::sample::select(HEADERS),
+                proptest::collection::vec(any::<u8>(), 0..40),
+            ),
+            0..6,
+        );
+        let body = prop_oneof![
+            proptest::sample::select(BODIES).prop_map(|b| b.as_bytes().to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..300),
+            (
+                proptest::sample::select(BODIES),
+                any::<prop::sample::Index>(),
+                any::<u8>()
+            )
+                .prop_map(|(b, at, byte)| {
+                    let mut b = b.as_bytes().to_vec();
+                    if !b.is_empty() {
+                        let i = at.index(b.len());
+                        b[i] = byte;
+                    }
+                    b
+                }),
+        ];
+        let content_type = proptest::option::of(proptest::sample::select(CONTENT_TYPES));
+        (
+            proptest::sample::select(METHODS),
+            proptest::sample::select(PATHS),
+            text,
+            query,
+            (content_type, headers),
+            body,
+        )
+            .prop_filter_map(
+                "a request the http crate can represent",
+                |(method, path, suffix, query, (content_type, headers), body)| {
+                    let query: Vec<String> = query
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}={}", urlencode(&v)))
+                        .collect();
+                    let uri = format!("{path}{}?{}", urlencode(&suffix), query.join("&"));
+                    let mut builder = Request::builder().method(method).uri(uri);
+                    if let Some(content_type) = content_type {
+                        builder = builder.header(header::CONTENT_TYPE, content_type);
+                    }
+                    for (name, value) in headers {
+                        let value = axum::http::HeaderValue::from_bytes(&value).ok()?;
+                        builder = builder.header(name, value);
+                    }
+                    builder.body(Body::from(body)).ok()
+                },
+            )
+    }
+
+    /// Percent-encodes everything but unreserved characters and `/`, `*`, `%`
+    /// (kept so paths and escapes stay interesting).
+    fn urlencode(text: &str) -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z'
+                | b'a'..=b'z'
+                | b'0'..=b'9'
+                | b'-'
+                | b'_'
+                | b'.'
+                | b'~'
+                | b'/'
+                | b'*'
+                | b'%' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_request_gets_a_server_error(request in request(), dev in any::<bool>()) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let described = format!("{} {}", request.method(), request.uri());
+            let status = runtime.block_on(async {
+                let app = herald_server::router(test_state(dev));
+                let response = tokio::time::timeout(Duration::from_secs(5), app.oneshot(request))
+                    .await
+                    .expect("every answer starts within 5 s")
+                    .expect("the router never fails");
+                response.status()
+            });
+            prop_assert!(!status.is_server_error(), "{described}: {status}");
+        }
+    }
+}

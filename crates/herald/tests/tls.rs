@@ -4,12 +4,10 @@
 //! handshake timeout, clients that do not speak TLS, certificate reload under
 //! 100 open streams, and start-up errors for bad TLS files (exit 64).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -23,8 +21,9 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-/// How long any one wait in these tests may take before it is a failure.
-const WAIT: Duration = Duration::from_secs(15);
+mod common;
+
+use common::{serve_fails, Server, WAIT};
 
 // ---------------------------------------------------------------------------
 // Certificates
@@ -101,107 +100,6 @@ impl Drop for TempDir {
 
 // ---------------------------------------------------------------------------
 // The server
-
-/// A running `herald serve`; killed when dropped, even on panic.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// `herald serve --dev --memory --listen 127.0.0.1:0 ARGS`; waits for its
-    /// `herald listening on https://…` line.
-    fn start(args: &[String]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--dev", "--memory", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting herald serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = kept.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        // Reads the address, then keeps draining stdout so the server never blocks.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("herald listening on ") {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(WAIT)
-            .expect("herald serve did not print its address");
-        let addr = url
-            .strip_prefix("https://")
-            .unwrap_or_else(|| panic!("with TLS the listen line says https://, not {url}"))
-            .parse()
-            .expect("an address");
-        Self {
-            child,
-            addr,
-            stderr: log,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-/// Runs `herald serve --dev --memory --listen 127.0.0.1:0 ARGS` expecting it
-/// to stop at start-up; returns its exit code and stderr.
-fn serve_fails(args: &[String]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--dev", "--memory", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting herald serve");
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().expect("waiting").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("herald serve {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("its output");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        !stdout.contains("listening"),
-        "it must not listen with bad TLS options: {stdout}"
-    );
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 // ---------------------------------------------------------------------------
 // Clients
@@ -332,6 +230,7 @@ fn tls_server() -> (TempDir, Cert, Server) {
     let cert = Cert::new("herald-test-a");
     dir.install(&cert);
     let server = Server::start(&dir.tls_args());
+    assert!(server.tls, "with TLS the listen line says https://");
     (dir, cert, server)
 }
 
