@@ -183,6 +183,11 @@ impl EventLog for MemoryLog {
         let mut results = Vec::with_capacity(batch.len());
         let newest = {
             let mut inner = self.inner.write();
+            // Every event gets an id below u64::MAX, or none does: ids
+            // never wrap.
+            if inner.next_id.checked_add(batch.len() as u64).is_none() {
+                return Err(LogError::Unavailable(ids::EXHAUSTED.to_owned()));
+            }
             for mut new in batch {
                 let inner = &mut *inner;
                 if let Some(key) = &new.idempotency_key {
@@ -195,7 +200,8 @@ impl EventLog for MemoryLog {
                     }
                 }
                 let id = EventId(inner.next_id);
-                inner.next_id += 1;
+                // Checked above for the whole batch.
+                inner.next_id = id.0.saturating_add(1);
                 if let Some(key) = new.idempotency_key.take() {
                     inner.idempotency.insert(key, id, now);
                 }

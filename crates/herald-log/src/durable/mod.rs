@@ -313,11 +313,16 @@ pub struct RecoveryReport {
     pub first_id: Option<EventId>,
     /// The newest id on disk.
     pub last_id: Option<EventId>,
-    /// Bytes cut off damaged or torn records (never acknowledged when they
-    /// were at the tail of the last segment).
+    /// Bytes cut off a torn write at the tail of the log (never
+    /// acknowledged).
     pub dropped_bytes: u64,
-    /// The last good id before the first cut, if there was a cut.
+    /// The last good id before the torn tail, if one was cut.
     pub dropped_at_id: Option<EventId>,
+    /// Bytes of damaged records set aside (copied to `.corrupt` files and
+    /// never served); acknowledged events may have been among them.
+    pub damaged_bytes: u64,
+    /// Files recovery wrote or renamed aside (`.corrupt`, `.stray`).
+    pub set_aside: Vec<PathBuf>,
     /// One line per repair, naming the file and offset.
     pub notes: Vec<String>,
 }
@@ -325,7 +330,7 @@ pub struct RecoveryReport {
 impl RecoveryReport {
     /// Whether anything had to be repaired.
     pub fn is_clean(&self) -> bool {
-        self.dropped_bytes == 0 && self.notes.is_empty()
+        self.dropped_bytes == 0 && self.damaged_bytes == 0 && self.notes.is_empty()
     }
 }
 
