@@ -222,6 +222,10 @@ async fn a_bad_checksum_mid_segment_sets_that_record_aside_and_keeps_the_rest() 
         let note = &report.notes[0];
         assert!(note.contains("checksum"), "{note}");
         assert!(
+            note.contains(&format!("after id {}", written[49])),
+            "{note}"
+        );
+        assert!(
             note.contains(&format!("{start}..{}", start + record)),
             "{note}"
         );

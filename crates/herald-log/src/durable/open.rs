@@ -206,6 +206,19 @@ fn fits(id: u64, name_id: u64, last: Option<u64>, next_name: Option<u64>) -> boo
     id >= name_id && last.is_none_or(|last| id > last) && next_name.is_none_or(|next| id < next)
 }
 
+/// Ids a resync accepts are below this much past the clock (or the last
+/// good id): about nine years of microseconds. Ids follow the clock, so a
+/// real record is far below it, and most random 8-byte values are above it,
+/// which keeps a scan through garbage from checksumming at every byte.
+const RESYNC_ID_SLACK: u64 = 1 << 48;
+
+/// The largest id a resync accepts after `last`.
+fn resync_id_limit(last: Option<u64>) -> u64 {
+    ids::clock_id()
+        .max(last.unwrap_or(0))
+        .saturating_add(RESYNC_ID_SLACK)
+}
+
 /// Validates every record of every segment (see "Recovery" in the module
 /// doc of `durable`): damaged ranges are set aside and skipped, a torn
 /// tail is cut, files whose names their content does not bear out are set
@@ -317,8 +330,8 @@ fn scan_segments(seg_dir: &Path, options: &DurableOptions) -> Result<Scanned, Du
         let mut meta = SegMeta::default();
         // What to repair, applied only once the file proved to be one of
         // ours (a stray is set aside untouched).
-        let mut damaged: Vec<(Range<u64>, &'static str)> = Vec::new();
-        let mut tail: Option<(u64, &'static str)> = None;
+        let mut damaged: Vec<(Range<u64>, &'static str, Option<u64>)> = Vec::new();
+        let mut tail: Option<(u64, &'static str, Option<u64>)> = None;
         let mut pos = SEGMENT_HEADER;
         loop {
             let mut cursor = Cursor::new(&found.file, pos, found.len);
@@ -362,22 +375,27 @@ fn scan_segments(seg_dir: &Path, options: &DurableOptions) -> Result<Scanned, Du
             };
             let Some((offset, reason)) = bad else { break };
             if is_cut_mark(&found.file, offset) {
-                tail = Some((offset, "marked by a failed write that could not be undone"));
+                tail = Some((
+                    offset,
+                    "marked by a failed write that could not be undone",
+                    out.last_id,
+                ));
                 break;
             }
             let last = out.last_id;
+            let limit = resync_id_limit(last);
             let resume = resync(&found.file, offset, found.len, |id| {
-                fits(id, name_id, last, next_name)
+                id < limit && fits(id, name_id, last, next_name)
             })
             .map_err(io(format!("reading {}", found.path.display())))?;
             match resume {
                 Some(resume) => {
-                    damaged.push((offset..resume, reason));
+                    damaged.push((offset..resume, reason, last));
                     meta.holes.push(offset..resume);
                     pos = resume;
                 }
                 None => {
-                    tail = Some((offset, reason));
+                    tail = Some((offset, reason, last));
                     break;
                 }
             }
@@ -391,19 +409,19 @@ fn scan_segments(seg_dir: &Path, options: &DurableOptions) -> Result<Scanned, Du
             )?;
             continue;
         }
-        for (range, reason) in damaged {
-            set_aside_range(&found, range, reason, options, &mut out)?;
+        for (range, reason, after) in damaged {
+            set_aside_range(&found, range, reason, after, options, &mut out)?;
         }
         match tail {
             None => {}
-            Some((offset, reason)) if is_last || is_cut_mark(&found.file, offset) => {
+            Some((offset, reason, _)) if is_last || is_cut_mark(&found.file, offset) => {
                 cut_torn_tail(&found, offset, reason, options, &mut out)?;
             }
-            Some((offset, reason)) => {
+            Some((offset, reason, after)) => {
                 // Damage to the end of a segment that is not the last: not
                 // a torn write (later segments were written after it), so
                 // set aside, then cut.
-                set_aside_range(&found, offset..found.len, reason, options, &mut out)?;
+                set_aside_range(&found, offset..found.len, reason, after, options, &mut out)?;
                 found
                     .file
                     .set_len(offset)
@@ -466,7 +484,10 @@ fn first_record(found: &Found) -> std::io::Result<Option<(u64, u64)>> {
         Next::Bad { offset, .. } => offset,
     };
     let name_id = found.name_id;
-    let at = resync(&found.file, bad_at, found.len, |id| id > name_id)?;
+    let limit = resync_id_limit(None);
+    let at = resync(&found.file, bad_at, found.len, |id| {
+        id > name_id && id < limit
+    })?;
     Ok(at.and_then(|offset| {
         let mut cursor = Cursor::new(&found.file, offset, found.len);
         match cursor.next() {
@@ -508,6 +529,7 @@ fn set_aside_range(
     found: &Found,
     range: Range<u64>,
     reason: &str,
+    after: Option<u64>,
     options: &DurableOptions,
     out: &mut Scanned,
 ) -> Result<(), DurableError> {
@@ -526,9 +548,7 @@ fn set_aside_range(
         file.sync_data()
             .map_err(io(format!("syncing {}", to.display())))?;
     }
-    let after = out
-        .last_id
-        .map_or_else(|| "the start".to_owned(), |id| format!("id {id}"));
+    let after = after.map_or_else(|| "the start".to_owned(), |id| format!("id {id}"));
     tracing::error!(
         file = %found.path.display(),
         start = range.start,
