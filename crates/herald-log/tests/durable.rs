@@ -322,6 +322,14 @@ async fn resync_is_not_fooled_by_an_old_record_after_the_damage() {
     let log = open(dir.path(), opts);
     let report = log.recovery_report().clone();
     assert_eq!(report.damaged_bytes, 2 * record as u64, "{report:?}");
+    // One range, from the damaged header to the real record 62: the copy
+    // was never taken for where reading resumes.
+    assert_eq!(report.set_aside.len(), 1, "{report:?}");
+    let (start, end) = (8 + 60 * record, 8 + 62 * record);
+    assert!(report.set_aside[0]
+        .to_str()
+        .unwrap()
+        .ends_with(&format!(".{start}-{end}.corrupt")));
     let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 1000).await;
     assert_eq!(ids(&got), all_but(&written, &[60, 61]));
 }
