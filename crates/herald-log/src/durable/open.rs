@@ -481,6 +481,8 @@ fn first_record(found: &Found) -> std::io::Result<Option<(u64, u64)>> {
             Some(view) => return Ok(Some((offset, view.id))),
             None => offset,
         },
+        // A failed group's mark: what follows was never acknowledged.
+        Next::Bad { offset, .. } if is_cut_mark(&found.file, offset) => return Ok(None),
         Next::Bad { offset, .. } => offset,
     };
     let name_id = found.name_id;
