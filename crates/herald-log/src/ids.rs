@@ -8,6 +8,11 @@
 //! records jumps to the clock too: the ids cut may have been acknowledged
 //! and seen, and must not name other events.
 
+/// Why an append is refused once ids reach `u64::MAX`: ids never wrap
+/// (a wrapped id would sort before every id clients hold).
+pub(crate) const EXHAUSTED: &str =
+    "event ids are exhausted (the next id would pass 18446744073709551615); nothing was stored";
+
 /// The wall clock in microseconds since the Unix epoch; at least 1, since 0
 /// is never an id (a clock before 1970 gives 1).
 pub(crate) fn clock_id() -> u64 {

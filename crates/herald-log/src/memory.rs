@@ -31,7 +31,9 @@ use crate::page::{self, Page};
 pub struct Retention {
     /// Events kept at most.
     pub max_events: usize,
-    /// Payload bytes kept at most (data + topics + type).
+    /// Bytes kept at most. `MemoryLog`: the memory its events hold
+    /// (`Event::retained_bytes`: frame, topics with their allocations, type,
+    /// the structs); the durable log: segment file bytes on disk.
     pub max_bytes: usize,
     /// Events older than this are dropped.
     pub max_age: Duration,
@@ -82,8 +84,14 @@ struct Inner {
     frames: FrameArena,
 }
 
+/// What retention by bytes counts for one held event: what the event keeps
+/// alive ([`Event::retained_bytes`]), its slot in the deque, and a slot per
+/// topic in the name table (shared names are counted by every event that
+/// holds them: an upper bound).
 fn event_bytes(event: &Event) -> usize {
-    event.frame().len() + event.topics.len() * 8 + 128
+    event.retained_bytes()
+        + std::mem::size_of::<Arc<Event>>()
+        + event.topics.len() * crate::names::TABLE_SLOT_BYTES
 }
 
 impl MemoryLog {
@@ -114,6 +122,12 @@ impl MemoryLog {
     /// Events currently retained.
     pub fn len(&self) -> usize {
         self.inner.read().events.len()
+    }
+
+    /// The bytes retention by bytes counts for the retained events (see
+    /// [`Retention::max_bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.inner.read().bytes
     }
 
     /// Whether no event is retained.
@@ -183,6 +197,11 @@ impl EventLog for MemoryLog {
         let mut results = Vec::with_capacity(batch.len());
         let newest = {
             let mut inner = self.inner.write();
+            // Every event gets an id below u64::MAX, or none does: ids
+            // never wrap.
+            if inner.next_id.checked_add(batch.len() as u64).is_none() {
+                return Err(LogError::Unavailable(ids::EXHAUSTED.to_owned()));
+            }
             for mut new in batch {
                 let inner = &mut *inner;
                 if let Some(key) = &new.idempotency_key {
@@ -195,7 +214,8 @@ impl EventLog for MemoryLog {
                     }
                 }
                 let id = EventId(inner.next_id);
-                inner.next_id += 1;
+                // Checked above for the whole batch.
+                inner.next_id = id.0.saturating_add(1);
                 if let Some(key) = new.idempotency_key.take() {
                     inner.idempotency.insert(key, id, now);
                 }

@@ -10,6 +10,11 @@ use std::sync::Arc;
 
 use herald_core::{Event, EventId, FrameArena, NewEvent, Topic};
 
+/// What one name costs in an interning table: its pointer in the hash set,
+/// the set's control byte, at its load factor (at most 7/8, and half that
+/// just after it grew).
+pub(crate) const TABLE_SLOT_BYTES: usize = 32;
+
 /// An event's stored fields other than its topics, as a backend keeps them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StoredFields<'a> {

@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,41 +163,179 @@ async fn a_record_cut_in_half_is_dropped() {
     assert_eq!(log.recovery_report().events, 100);
 }
 
-#[tokio::test]
-async fn a_bad_checksum_mid_segment_cuts_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = options(Retention::default(), 1000);
-    let written = {
-        let log = open(dir.path(), opts);
-        // Equal-sized records: data "e100".."e199".
-        let batch = (100..200).map(|i| on("a", &format!("e{i}"))).collect();
-        append(&log, batch).await
-    };
-    let last = segment_files(dir.path()).pop().unwrap();
-    let mut bytes = std::fs::read(&last).unwrap();
-    let record = (bytes.len() - 8) / 100;
-    assert_eq!((bytes.len() - 8) % 100, 0);
-    // The last data byte of record 50.
-    let at = 8 + 51 * record - 1;
-    bytes[at] ^= 0x01;
-    std::fs::write(&last, &bytes).unwrap();
+/// Appends 100 equal-sized records (data "e100".."e199") in one segment;
+/// returns their ids, the segment's path and one record's length.
+async fn hundred_equal_records(dir: &Path, opts: DurableOptions) -> (Vec<EventId>, PathBuf, usize) {
+    let log = open(dir, opts);
+    let batch = (100..200).map(|i| on("a", &format!("e{i}"))).collect();
+    let written = append(&log, batch).await;
+    drop(log);
+    let last = segment_files(dir).pop().unwrap();
+    let len = std::fs::metadata(&last).unwrap().len() as usize;
+    assert_eq!((len - 8) % 100, 0);
+    (written, last, (len - 8) / 100)
+}
 
-    let log = open(dir.path(), opts);
-    let report = log.recovery_report().clone();
-    assert_eq!(report.dropped_bytes, (50 * record) as u64);
-    assert_eq!(report.dropped_at_id, Some(written[49]));
-    assert_eq!(report.events, 50);
-    assert!(report.notes[0].contains("checksum"), "{report:?}");
-    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 1000).await;
-    assert_eq!(ids(&got), written[..50].to_vec());
-    assert_eq!(got[49].data(), "e149");
-    // New ids are above every id ever issued, dropped ones included.
-    let next = append(&log, vec![on("a", "next")]).await[0];
-    assert!(next > written[99]);
+/// Flips bits of the byte at `at` of the file at `path`.
+fn flip(path: &Path, at: usize, bits: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= bits;
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// Every id of `written` but those at `missing`.
+fn all_but(written: &[EventId], missing: &[usize]) -> Vec<EventId> {
+    (0..written.len())
+        .filter(|i| !missing.contains(i))
+        .map(|i| written[i])
+        .collect()
+}
+
+/// Files next to `segment` whose names end with `suffix`.
+fn beside(segment: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(segment.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_str().unwrap().ends_with(suffix))
+        .collect();
+    found.sort();
+    found
 }
 
 #[tokio::test]
-async fn damage_in_an_older_segment_keeps_later_segments() {
+async fn a_bad_checksum_mid_segment_sets_that_record_aside_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    for cache_events in [1000, 3] {
+        let sub = dir.path().join(format!("cache{cache_events}"));
+        let opts = options(Retention::default(), cache_events);
+        let (written, last, record) = hundred_equal_records(&sub, opts).await;
+        let original = std::fs::read(&last).unwrap();
+        // The last data byte of record 50 (of the last segment, not its tail).
+        let start = 8 + 50 * record;
+        flip(&last, start + record - 1, 0x01);
+
+        let log = open(&sub, opts);
+        let report = log.recovery_report().clone();
+        assert_eq!(report.dropped_bytes, 0, "{report:?}");
+        assert_eq!(report.damaged_bytes, record as u64, "{report:?}");
+        assert_eq!(report.events, 99);
+        let note = &report.notes[0];
+        assert!(note.contains("checksum"), "{note}");
+        assert!(
+            note.contains(&format!("after id {}", written[49])),
+            "{note}"
+        );
+        assert!(
+            note.contains(&format!("{start}..{}", start + record)),
+            "{note}"
+        );
+        // The damaged bytes are kept in a file named by segment and offsets.
+        let corrupt = beside(&last, ".corrupt");
+        assert_eq!(corrupt.len(), 1, "{corrupt:?}");
+        assert!(corrupt[0]
+            .to_str()
+            .unwrap()
+            .ends_with(&format!(".log.{start}-{}.corrupt", start + record)));
+        let kept = std::fs::read(&corrupt[0]).unwrap();
+        assert_eq!(kept.len(), record);
+        assert_eq!(kept[..record - 1], original[start..start + record - 1]);
+
+        // Every other record is served, from the start and across the hole.
+        let expected = all_but(&written, &[50]);
+        let (got, gap, _) = read_to_end(&log, Position::Oldest, &everything(), 7).await;
+        assert_eq!(gap, None);
+        assert_eq!(ids(&got), expected);
+        assert_eq!(got[50].data(), "e151");
+        for from in [49, 50] {
+            // From before the hole, and from the lost id itself (a client
+            // that saw it before the damage): no gap, the next good one.
+            let (got, gap, _) =
+                read_to_end(&log, Position::After(written[from]), &everything(), 4).await;
+            assert_eq!(gap, None);
+            assert_eq!(ids(&got), written[51..].to_vec());
+        }
+        // Ids go on above every id issued.
+        let next = append(&log, vec![on("a", "next")]).await[0];
+        assert!(next > written[99]);
+        drop(log);
+        // A restart finds the same damage, and serves the same.
+        let log = open(&sub, opts);
+        assert_eq!(log.recovery_report().damaged_bytes, record as u64);
+        let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 1000).await;
+        let mut expected = expected;
+        expected.push(next);
+        assert_eq!(ids(&got), expected);
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_length_or_header_mid_segment_is_resynced_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(Retention::default(), 10);
+    // (byte of the record to damage, bits): the length, the checksum, the id.
+    for (case, (byte, bits)) in [(1usize, 0x40u8), (5, 0x01), (8, 0xff), (0, 0xff)]
+        .into_iter()
+        .enumerate()
+    {
+        let sub = dir.path().join(format!("case{case}"));
+        let (written, last, record) = hundred_equal_records(&sub, opts).await;
+        flip(&last, 8 + 30 * record + byte, bits);
+        let log = open(&sub, opts);
+        let report = log.recovery_report().clone();
+        assert_eq!(report.dropped_bytes, 0, "case {case}: {report:?}");
+        assert_eq!(report.events, 99, "case {case}: {report:?}");
+        let (got, gap, _) = read_to_end(&log, Position::Oldest, &everything(), 16).await;
+        assert_eq!(gap, None);
+        assert_eq!(ids(&got), all_but(&written, &[30]), "case {case}");
+    }
+}
+
+#[tokio::test]
+async fn damage_in_the_last_record_is_a_torn_tail_and_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(Retention::default(), 1000);
+    let (written, last, record) = hundred_equal_records(dir.path(), opts).await;
+    flip(&last, 8 + 99 * record + 20, 0x01);
+    let log = open(dir.path(), opts);
+    let report = log.recovery_report().clone();
+    assert_eq!(report.dropped_bytes, record as u64, "{report:?}");
+    assert_eq!(report.damaged_bytes, 0, "{report:?}");
+    assert!(report.notes[0].contains("never acknowledged"), "{report:?}");
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 1000).await;
+    assert_eq!(ids(&got), written[..99].to_vec());
+}
+
+#[tokio::test]
+async fn resync_is_not_fooled_by_an_old_record_after_the_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(Retention::default(), 1000);
+    let (written, last, record) = hundred_equal_records(dir.path(), opts).await;
+    // Record 10's bytes over records 60 and 61 (the header of 60 damaged):
+    // a valid record, but older than the last good one, so not where
+    // reading resumes; then the real record 62 is.
+    let mut bytes = std::fs::read(&last).unwrap();
+    let r10 = bytes[8 + 10 * record..8 + 11 * record].to_vec();
+    let at = 8 + 60 * record;
+    bytes[at] ^= 0xff;
+    bytes[at + record..at + 2 * record].copy_from_slice(&r10);
+    std::fs::write(&last, &bytes).unwrap();
+    let log = open(dir.path(), opts);
+    let report = log.recovery_report().clone();
+    assert_eq!(report.damaged_bytes, 2 * record as u64, "{report:?}");
+    // One range, from the damaged header to the real record 62: the copy
+    // was never taken for where reading resumes.
+    assert_eq!(report.set_aside.len(), 1, "{report:?}");
+    let (start, end) = (8 + 60 * record, 8 + 62 * record);
+    assert!(report.set_aside[0]
+        .to_str()
+        .unwrap()
+        .ends_with(&format!(".{start}-{end}.corrupt")));
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 1000).await;
+    assert_eq!(ids(&got), all_but(&written, &[60, 61]));
+}
+
+#[tokio::test]
+async fn damage_in_an_older_segment_loses_only_the_damaged_record() {
     let dir = tempfile::tempdir().unwrap();
     let retention = Retention {
         max_bytes: 1 << 20,
@@ -219,26 +358,16 @@ async fn damage_in_an_older_segment_keeps_later_segments() {
     let files = segment_files(dir.path());
     assert!(files.len() >= 3, "{files:?}");
     // Damage the 10th record of the first segment.
-    let mut bytes = std::fs::read(&files[0]).unwrap();
     let record = 8 + 8 + 4 + 1 + 2 + 3 + 4 + 1000;
-    bytes[8 + 9 * record + 20] ^= 0xff;
-    std::fs::write(&files[0], &bytes).unwrap();
+    flip(&files[0], 8 + 9 * record + 20, 0xff);
 
     let log = open(dir.path(), opts);
     let report = log.recovery_report().clone();
-    assert_eq!(report.dropped_at_id, Some(written[8]));
-    assert!(
-        report.notes[0].contains("not the last segment"),
-        "{report:?}"
-    );
-    let per_segment = (64 * 1024 - 8) / record;
+    assert_eq!(report.damaged_bytes, record as u64, "{report:?}");
+    assert_eq!(report.dropped_bytes, 0, "{report:?}");
+    let expected = all_but(&written, &[9]);
     let (got, gap, _) = read_to_end(&log, Position::Oldest, &everything(), 7).await;
     assert_eq!(gap, None);
-    let expected: Vec<EventId> = written[..9]
-        .iter()
-        .chain(&written[per_segment..])
-        .copied()
-        .collect();
     assert_eq!(ids(&got), expected);
     // Reads across the hole work from any position.
     let (got, gap, _) = read_to_end(&log, Position::After(written[5]), &everything(), 3).await;
@@ -246,6 +375,38 @@ async fn damage_in_an_older_segment_keeps_later_segments() {
     assert_eq!(ids(&got), expected[6..].to_vec());
     let next = append(&log, vec![on("a", "next")]).await[0];
     assert!(next > written[199]);
+}
+
+#[tokio::test]
+async fn garbage_to_the_end_of_an_older_segment_is_set_aside_not_called_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DurableOptions {
+        segment_bytes: 64 * 1024,
+        ..options(Retention::default(), 10)
+    };
+    let data = "x".repeat(1000);
+    let written = {
+        let log = open(dir.path(), opts);
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            let batch = (0..10).map(|_| on("a", &data)).collect();
+            ids.extend(append(&log, batch).await);
+        }
+        ids
+    };
+    let files = segment_files(dir.path());
+    let record = 8 + 8 + 4 + 1 + 2 + 3 + 4 + 1000;
+    let per_segment = (64 * 1024 - 8) / record;
+    // Its last record's header.
+    flip(&files[0], 8 + (per_segment - 1) * record, 0xff);
+    let log = open(dir.path(), opts);
+    let report = log.recovery_report().clone();
+    assert_eq!(report.damaged_bytes, record as u64, "{report:?}");
+    assert_eq!(report.dropped_bytes, 0, "{report:?}");
+    assert!(!report.notes[0].contains("torn"), "{report:?}");
+    assert_eq!(beside(&files[0], ".corrupt").len(), 1);
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 1000).await;
+    assert_eq!(ids(&got), all_but(&written, &[per_segment - 1]));
 }
 
 #[tokio::test]
@@ -265,9 +426,97 @@ async fn a_file_without_our_header_is_set_aside() {
     assert!(bogus.with_extension("log.corrupt").exists());
     let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 10).await;
     assert_eq!(ids(&got), written);
-    // Ids stay above the name of the set-aside file.
+    // Ids come from the records, not from the set-aside file's name.
     let next = append(&log, vec![on("a", "next")]).await[0];
-    assert!(next.0 >= u64::MAX / 2);
+    assert!(next > written[4]);
+    assert!(next.0 < u64::MAX / 2);
+}
+
+#[tokio::test]
+async fn a_stray_max_id_file_gives_no_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(Retention::default(), 10);
+    let stray_name = format!("{:020}.log", u64::MAX);
+    // Empty; only our header; our header and garbage; a real record under
+    // the wrong name.
+    let mut real = Vec::new();
+    let contents: Vec<Vec<u8>> = {
+        let probe = dir.path().join("probe");
+        fill(&probe, opts, 1, 1, "x").await;
+        real.extend(std::fs::read(segment_files(&probe).pop().unwrap()).unwrap());
+        vec![
+            Vec::new(),
+            b"HERALDL1".to_vec(),
+            [b"HERALDL1".as_slice(), &[0x5a; 300]].concat(),
+            real,
+        ]
+    };
+    for (case, content) in contents.into_iter().enumerate() {
+        let sub = dir.path().join(format!("case{case}"));
+        let written = fill(&sub, opts, 5, 5, "e").await;
+        let stray = sub.join("segments").join(&stray_name);
+        std::fs::write(&stray, &content).unwrap();
+        let log = open(&sub, opts);
+        let report = log.recovery_report().clone();
+        assert!(!stray.exists(), "case {case}: {report:?}");
+        assert_eq!(report.set_aside.len(), 1, "case {case}: {report:?}");
+        assert_eq!(report.events, 5, "case {case}: {report:?}");
+        let next = append(&log, vec![on("a", "n1"), on("a", "n2"), on("a", "n3")]).await;
+        assert!(next[0] > written[4], "case {case}");
+        assert!(next[0].0 < u64::MAX / 2, "case {case}: {next:?}");
+        assert!(next[0] < next[1] && next[1] < next[2], "case {case}");
+        let (got, gap, _) = read_to_end(&log, Position::After(written[4]), &everything(), 10).await;
+        assert_eq!(gap, None);
+        assert_eq!(ids(&got), next, "case {case}");
+        drop(log);
+        // The set-aside file stays aside.
+        let log = open_clean(&sub, opts);
+        assert_eq!(log.recovery_report().events, 8);
+    }
+}
+
+#[tokio::test]
+async fn a_directory_named_like_a_segment_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(Retention::default(), 10);
+    let written = fill(dir.path(), opts, 5, 5, "e").await;
+    let odd = dir.path().join("segments").join(format!("{:020}.log", 42));
+    std::fs::create_dir(&odd).unwrap();
+    let log = open(dir.path(), opts);
+    assert!(log.recovery_report().notes[0].contains("not a regular file"));
+    assert!(odd.is_dir());
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 10).await;
+    assert_eq!(ids(&got), written);
+    let next = append(&log, vec![on("a", "next")]).await[0];
+    assert!(next > written[4]);
+}
+
+#[tokio::test]
+async fn ids_stop_at_u64_max_with_an_error_never_a_wrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(Retention::default(), 10);
+    // A log whose last record is u64::MAX - 2: forge one by hand.
+    let seg_dir = dir.path().join("segments");
+    std::fs::create_dir_all(&seg_dir).unwrap();
+    let probe = dir.path().join("probe");
+    fill(&probe, opts, 1, 1, "x").await;
+    let mut bytes = std::fs::read(segment_files(&probe).pop().unwrap()).unwrap();
+    let top = u64::MAX - 2;
+    bytes[16..24].copy_from_slice(&top.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[16..]);
+    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(seg_dir.join(format!("{top:020}.log")), &bytes).unwrap();
+
+    let log = open_clean(dir.path(), opts);
+    assert_eq!(*log.head().borrow(), Some(EventId(top)));
+    // Two ids would pass u64::MAX - 1: refused, nothing stored.
+    assert!(log.append(vec![on("a", "1"), on("a", "2")]).await.is_err());
+    let last = append(&log, vec![on("a", "last")]).await[0];
+    assert_eq!(last, EventId(u64::MAX - 1));
+    let err = log.append(vec![on("a", "more")]).await.unwrap_err();
+    assert!(err.to_string().contains("exhausted"), "{err}");
+    let (got, _, _) = read_to_end(&log, Position::Oldest, &everything(), 10).await;
+    assert_eq!(ids(&got), vec![EventId(top), last]);
 }
 
 // ---------------------------------------------------------------------------

@@ -369,3 +369,40 @@ async fn when_nothing_can_be_written_a_restart_keeps_every_acknowledged_event() 
     let next = append(&log, vec![on("a", "after restart")]).await;
     assert!(next[0] > *ids.last().unwrap());
 }
+
+#[tokio::test]
+async fn a_new_segment_that_cannot_be_removed_is_marked_and_cut_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DurableOptions {
+        segment_bytes: 64 * 1024,
+        ..options(Retention::default(), 1000)
+    };
+    let (log, fs) = open_faulty(dir.path(), opts);
+    let data = "x".repeat(1000);
+    let mut acked = Acked::default();
+    for _ in 0..7 {
+        let written = append(&log, (0..9).map(|_| on("a", &data)).collect()).await;
+        acked.add(written, std::iter::repeat_n(data.clone(), 9));
+    }
+    // Four records that need a new segment: its header is written, then
+    // half of the records (two complete ones) before the write fails, and
+    // removing the segment fails too: the writer marks its first record
+    // instead (and stops writing).
+    fs.tear_write_after(1);
+    fs.fail_always(FsOp::RemoveFile);
+    let answer = log.append((0..4).map(|_| on("a", &data)).collect()).await;
+    unavailable(&[answer]);
+    assert_eq!(segment_files(dir.path()).len(), 2, "the new segment stays");
+    drop(log);
+
+    // A restart cuts at the mark (never resyncs past it to the complete
+    // records of the failed group), serves exactly the acknowledged events,
+    // and appends again.
+    let log = open(dir.path(), opts);
+    let report = log.recovery_report().clone();
+    assert!(report.set_aside.is_empty(), "{report:?}");
+    assert_eq!(report.damaged_bytes, 0, "{report:?}");
+    assert_eq!(served(&log).await, (acked.ids.clone(), acked.datas.clone()));
+    let next = append(&log, vec![on("a", "after restart")]).await;
+    assert!(next[0] > acked.last());
+}

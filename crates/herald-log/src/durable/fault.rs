@@ -100,10 +100,16 @@ impl FaultyFs {
 
     /// Makes the next write write the first half of its buffer, then fail.
     pub fn tear_next_write(&self) {
+        self.tear_write_after(0);
+    }
+
+    /// Lets `skip` writes through, then makes the next one write the first
+    /// half of its buffer and fail.
+    pub fn tear_write_after(&self, skip: u64) {
         self.plan(
             FsOp::Write,
             Fault {
-                skip: 0,
+                skip,
                 times: 1,
                 torn: true,
             },

@@ -26,7 +26,8 @@
 //! ```text
 //! DIR/LOCK                          flock'ed for the life of the log (pid inside)
 //! DIR/segments/{first_id:020}.log   names sort as ids; the last one is active
-//! DIR/segments/*.corrupt            files set aside by recovery, never read
+//! DIR/segments/*.corrupt            damaged bytes or headerless files set aside by recovery
+//! DIR/segments/*.stray              files named like segments that are not, set aside
 //! ```
 //!
 //! A segment is the 8-byte header `HERALDL1` (format version 1) followed by
@@ -45,7 +46,8 @@
 //!
 //! A record holds its data, not its SSE frame: the frame is rebuilt (once)
 //! when the event is read, and the data is the smaller of the two. Records
-//! in a segment have ids from its name on and below the next segment's name.
+//! in a segment have ids from its name on and below the next segment's first
+//! record.
 //!
 //! # Writing: group commit
 //!
@@ -104,9 +106,10 @@
 //! refuses every later group ("could not undo a failed write (...);
 //! refusing further writes until restart", also from `ready()`); reads go
 //! on serving the acknowledged events. It also overwrites the record header
-//! where the failed group starts with zeros (an impossible length), so the
-//! next open cuts the file there and drops the group, complete records
-//! included; a segment the group created and that could not be deleted
+//! where the failed group starts with `record::CUT_MARK` (an impossible
+//! length, then `CUT!`), so the next open cuts the file there and drops the
+//! group, complete records included (damage elsewhere is resynced past,
+//! a mark never is); a segment the group created and that could not be deleted
 //! gets the same mark at its first record. Only if that write fails as
 //! well (a disk that takes no write at all) can a restart find complete
 //! records of the failed group and serve them: acknowledged events are
@@ -152,18 +155,50 @@
 //! # Recovery (at open)
 //!
 //! Every record of every segment is checked (length, crc, decoding, ids
-//! increasing and within the segment's name range), which also rebuilds the
+//! increasing and within the segment's range), which also rebuilds the
 //! sparse indexes, the id runs and the idempotency keys of the window.
-//! - A bad record at the tail of the last segment is a torn write that was
-//!   never acknowledged: the file is cut there; the report and a warning name
-//!   the file, the offset and the bytes dropped.
-//! - A bad record in an earlier segment (damage, not a crash): that segment is
-//!   cut there too, later segments are kept, and an error is logged: events
-//!   were lost and ids have a hole (reads do not assume contiguous ids).
-//! - A file without the `HERALDL1` header is renamed `*.corrupt` and skipped.
-//! - After any cut, the next id jumps to at least the wall clock in
-//!   microseconds: dropped ids may have been acknowledged and seen, and must
-//!   never be issued again for other events.
+//! Segment names are bounds only once the content bears them out:
+//! - Entries named like a segment that are not regular files (a directory,
+//!   a symlink) are skipped with a warning and left alone.
+//! - A file without the `HERALDL1` header is renamed `*.corrupt`.
+//! - A file whose first valid record is older than its name (a segment is
+//!   named by the id it was created for: its first record's, or the next id
+//!   of an idle log), or that holds no valid record, is renamed `*.stray`
+//!   and never read, unless it is the empty active segment: the last file,
+//!   above every segment with records and not ahead of the clock. A name
+//!   never raises the next id; a stray `18446744073709551615.log` is just a
+//!   file set aside.
+//! - A bad record (bad length, crc, decoding or id) followed by a valid
+//!   record is *damage*: recovery resyncs, scanning forward byte by byte for
+//!   the next position where a whole record verifies (length, crc, decoding,
+//!   and an id above the last good one and within the segment's range:
+//!   random bytes pass all of it about once in 2^32 tries, and stale copies
+//!   of older records fail the id test). The damaged range is copied to
+//!   `{segment}.{start}-{end}.corrupt`, reported (an error naming the file,
+//!   offsets and bytes), and becomes a *hole* of the segment (`SegMeta::
+//!   holes`, in memory): every cursor steps over it, so it is never served,
+//!   and the records after it are. The segment file is not rewritten, so a
+//!   restart finds and reports the same damage again (until retention
+//!   deletes the segment). Damage running to the end of a segment that is
+//!   not the last is set aside the same way, then cut off.
+//! - Only damage running to the end of the last segment, with no valid
+//!   record after it, is a *torn write*: never acknowledged, cut, with a
+//!   warning naming the file, offset and bytes. So is everything from a
+//!   `record::CUT_MARK`, which the writer puts where a failed group it could
+//!   not cut back starts (see Write failures).
+//! - Ids lost in a hole are not reused (later ids are above them), and a
+//!   reader crossing a hole gets no `herald.gap`: the gap rule (`page.rs`)
+//!   is about retention, and ids are compared, never counted. The loss is
+//!   an operator matter: it is in the error log and the `.corrupt` file.
+//! - After any cut or set-aside file, the next id jumps to at least the wall
+//!   clock in microseconds (`crate::ids`): ids of records no longer read may
+//!   have been acknowledged and seen, and must never be issued again.
+//! - Id arithmetic is checked: an append that would need an id past
+//!   `u64::MAX - 1` is refused (`LogError::Unavailable`), never wrapped.
+//!
+//! Resync cost, measured with the release binary: start-up with 32 MiB of
+//! random bytes after the last record of a segment, median of 5 runs,
+//! 263 ms, against 49 ms for the same directory without them (5.4x).
 //!
 //! What was found is in [`DurableLog::recovery_report`].
 //!
@@ -171,7 +206,7 @@
 //!
 //! An event log needs append, read forward from an id, drop the oldest, and
 //! survive a crash; it needs no updates, secondary indexes or compaction.
-//! This is about 1,800 lines (without comments, tests and the test-only
+//! This is about 2,100 lines (without comments, tests and the test-only
 //! `FaultyFs`) we can read end to end: one `write()` per group
 //! commit (SQLite in WAL mode writes WAL frames plus B-tree pages and its own
 //! locks; an LSM tree adds a memtable, a WAL and compactions that rewrite the
@@ -313,11 +348,16 @@ pub struct RecoveryReport {
     pub first_id: Option<EventId>,
     /// The newest id on disk.
     pub last_id: Option<EventId>,
-    /// Bytes cut off damaged or torn records (never acknowledged when they
-    /// were at the tail of the last segment).
+    /// Bytes cut off a torn write at the tail of the log (never
+    /// acknowledged).
     pub dropped_bytes: u64,
-    /// The last good id before the first cut, if there was a cut.
+    /// The last good id before the torn tail, if one was cut.
     pub dropped_at_id: Option<EventId>,
+    /// Bytes of damaged records set aside (copied to `.corrupt` files and
+    /// never served); acknowledged events may have been among them.
+    pub damaged_bytes: u64,
+    /// Files recovery wrote or renamed aside (`.corrupt`, `.stray`).
+    pub set_aside: Vec<PathBuf>,
     /// One line per repair, naming the file and offset.
     pub notes: Vec<String>,
 }
@@ -325,7 +365,7 @@ pub struct RecoveryReport {
 impl RecoveryReport {
     /// Whether anything had to be repaired.
     pub fn is_clean(&self) -> bool {
-        self.dropped_bytes == 0 && self.notes.is_empty()
+        self.dropped_bytes == 0 && self.damaged_bytes == 0 && self.notes.is_empty()
     }
 }
 

@@ -183,11 +183,11 @@ fn walk_from<T>(
 ) -> io::Result<Option<T>> {
     let mut seg = segment_for(shared, id);
     while let Some(s) = seg {
-        let (end, offset) = {
+        let (end, offset, holes) = {
             let meta = s.meta.read();
-            (meta.len, meta.offset_for(id))
+            (meta.len, meta.offset_for(id), meta.holes.clone())
         };
-        let mut cursor = Cursor::new(&s.file, offset, end);
+        let mut cursor = Cursor::new(&s.file, offset, end).skipping(&holes);
         if let Some(found) = visit(&s, &mut cursor)? {
             return Ok(Some(found));
         }
@@ -226,16 +226,21 @@ pub(super) fn last_for_topic_on_disk(
         .collect();
     let mut scanned = 0u64;
     for s in segments {
-        let (end, offset, last) = {
+        let (end, offset, last, holes) = {
             let meta = s.meta.read();
-            (meta.len, meta.offset_for(floor), meta.last)
+            (
+                meta.len,
+                meta.offset_for(floor),
+                meta.last,
+                meta.holes.clone(),
+            )
         };
         if last.is_none_or(|last| last < floor) {
             // Older segments are all below the floor too.
             break;
         }
         let mut found = None;
-        let mut cursor = Cursor::new(&s.file, offset, end);
+        let mut cursor = Cursor::new(&s.file, offset, end).skipping(&holes);
         while let Next::Record { .. } = cursor.next()? {
             let id = peek_id(cursor.body());
             if id < floor {

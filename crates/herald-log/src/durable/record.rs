@@ -20,6 +20,11 @@ pub const FORMAT_VERSION: u32 = 1;
 pub(crate) const SEGMENT_HEADER: u64 = MAGIC.len() as u64;
 /// `len: u32 | crc32: u32` before each body.
 pub(crate) const RECORD_HEADER: usize = 8;
+/// What the writer puts over the header of the first record of a failed
+/// group it could not cut back: length 0 (no record has it) and `CUT!`
+/// where the checksum goes. Recovery cuts the segment there (the rest was
+/// never acknowledged) instead of resyncing past it as it does past damage.
+pub(crate) const CUT_MARK: [u8; RECORD_HEADER] = [0, 0, 0, 0, b'C', b'U', b'T', b'!'];
 /// The smallest body that can be valid: id, time, flags, topic count, data length.
 const MIN_BODY: usize = 8 + 4 + 1 + 2 + 4;
 /// The largest body we write or accept. A length above it is garbage, so
@@ -228,6 +233,46 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The first position in `bytes` where a whole record verifies: a possible
+/// length, a body that fits in `bytes`, an id `accept_id` takes, a matching
+/// checksum and a body that decodes. How recovery finds where good records
+/// resume after damage (resync).
+///
+/// Why it is hard to fool: random bytes pass the length and id checks
+/// rarely, and then need a matching CRC-32 (one chance in 2^32) and a body
+/// that parses to exactly its length; the id must also be newer than the
+/// last good record and within the segment's range (the caller's
+/// `accept_id`). Each position costs a few comparisons; the checksum is
+/// computed only for positions that passed them (about one in 10^5 of
+/// random bytes, given an id bound near the clock), so even a segment of
+/// garbage is scanned in seconds, not hours.
+pub(crate) fn find_record(bytes: &[u8], accept_id: impl Fn(u64) -> bool) -> Option<usize> {
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    (0..bytes.len().saturating_sub(RECORD_HEADER)).find(|&at| {
+        let (Some(len), Some(crc)) = (word(at), word(at + 4)) else {
+            return false;
+        };
+        let len = len as usize;
+        if !(MIN_BODY..=MAX_BODY).contains(&len) {
+            return false;
+        }
+        let Some(body) = bytes.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
+            return false;
+        };
+        // Cheap tests first: the flags byte, the id; the checksum last.
+        let flags_known = body.get(12).is_some_and(|f| f & !KNOWN_FLAGS == 0);
+        flags_known
+            && accept_id(peek_id(body))
+            && crc32fast::hash(body) == crc
+            && decode(body).is_some()
+    })
+}
+
 /// What the cursor found at its position.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -251,6 +296,9 @@ pub(crate) struct Cursor<'f> {
     pos: u64,
     end: u64,
     body: Range<usize>,
+    /// Byte ranges the cursor steps over (damage set aside by recovery);
+    /// each starts and ends at a record boundary. Sorted, usually empty.
+    holes: Vec<Range<u64>>,
 }
 
 impl<'f> Cursor<'f> {
@@ -263,7 +311,14 @@ impl<'f> Cursor<'f> {
             pos,
             end,
             body: 0..0,
+            holes: Vec::new(),
         }
+    }
+
+    /// The same cursor, stepping over `holes` (see [`Cursor`]'s field).
+    pub(crate) fn skipping(mut self, holes: &[Range<u64>]) -> Self {
+        self.holes = holes.to_vec();
+        self
     }
 
     /// The file offset of the next record (after the last one returned).
@@ -283,6 +338,13 @@ impl<'f> Cursor<'f> {
 
     /// The next record, validating its length and checksum.
     pub(crate) fn next(&mut self) -> io::Result<Next> {
+        while let Some(hole) = self
+            .holes
+            .iter()
+            .find(|h| h.start == self.pos && h.end > h.start)
+        {
+            self.pos = hole.end;
+        }
         if self.pos >= self.end {
             return Ok(Next::End);
         }
@@ -404,6 +466,38 @@ mod tests {
                 assert!(decode(&body[..cut]).is_none());
             }
         }
+    }
+
+    #[test]
+    fn resync_finds_the_next_record_and_only_an_accepted_one() {
+        let mut buf = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..20 {
+            starts.push(buf.len());
+            encode(&mut buf, 100 + i, 0, &sample(i));
+        }
+        // Damage record 5's header: from inside it, the next valid record
+        // is record 6.
+        buf[starts[5]] ^= 0xff;
+        let from = starts[5] + 1;
+        let found = find_record(&buf[from..], |id| id > 104).unwrap();
+        assert_eq!(from + found, starts[6]);
+        // A record whose id is refused (older than the last good one) is
+        // passed over.
+        let found = find_record(&buf[from..], |id| id > 110).unwrap();
+        assert_eq!(from + found, starts[11]);
+        assert_eq!(find_record(&buf[from..], |_| false), None);
+        // Pseudo-random bytes never pass for a record.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert_eq!(find_record(&noise, |_| true), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use parking_lot::RwLock;
@@ -47,6 +48,10 @@ pub(crate) struct SegMeta {
     pub newest_key_s: u32,
     /// Records number 0, 128, 256, ...: where lookups start reading.
     pub index: Vec<IndexEntry>,
+    /// Damaged byte ranges recovery set aside (copied to `.corrupt` files)
+    /// with good records after them: every cursor over this segment steps
+    /// over them, so they are never served. Sorted; usually empty.
+    pub holes: Vec<Range<u64>>,
 }
 
 /// Where one record of a segment starts.
@@ -67,6 +72,7 @@ impl Default for SegMeta {
             newest_s: 0,
             newest_key_s: 0,
             index: Vec::new(),
+            holes: Vec::new(),
         }
     }
 }

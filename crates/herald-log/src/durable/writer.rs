@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc};
 use herald_core::{now_ms, Appended, Event, EventId, FrameArena, LogError};
 
 use super::fs::Filesystem;
-use super::record::{self, RECORD_HEADER, SEGMENT_HEADER};
+use super::record::{self, SEGMENT_HEADER};
 use super::segment::Segment;
 use super::{Durability, Request, Shared};
 use crate::idempotency::IdempotencyKeys;
@@ -121,6 +121,12 @@ impl Writer {
                 outcomes.push(Err(why));
                 continue;
             }
+            // Every event of the request gets an id below u64::MAX (so the
+            // next id stays representable), or none does: ids never wrap.
+            if self.next_id.checked_add(req.batch.len() as u64).is_none() {
+                outcomes.push(Err(crate::ids::EXHAUSTED.to_owned()));
+                continue;
+            }
             let mut results = Vec::with_capacity(req.batch.len());
             for new in &req.batch {
                 if let Some(key) = &new.idempotency_key {
@@ -137,7 +143,8 @@ impl Writer {
                     }
                 }
                 let id = self.next_id;
-                self.next_id += 1;
+                // Checked above for the whole request.
+                self.next_id = id.saturating_add(1);
                 let len = record::encode(buf, id, stored_at_s, new);
                 records.push(Rec {
                     id,
@@ -392,11 +399,11 @@ impl Writer {
     }
 }
 
-/// Overwrites the record header at `offset` of `seg` with zeros, a length
-/// no record has, so recovery cuts the segment there and drops what
+/// Overwrites the record header at `offset` of `seg` with
+/// [`record::CUT_MARK`], so recovery cuts the segment there and drops what
 /// follows (bytes of a failed group that could not be cut back).
 fn mark_damaged(fs: &dyn Filesystem, seg: &Segment, offset: u64, fsync: bool) -> io::Result<()> {
-    fs.write_all_at(&seg.file, &[0; RECORD_HEADER], offset)?;
+    fs.write_all_at(&seg.file, &record::CUT_MARK, offset)?;
     if fsync {
         fs.sync_data(&seg.file)?;
     }

@@ -161,8 +161,9 @@ fn open_log(config: &Config) -> anyhow::Result<(Arc<dyn EventLog>, Trim)> {
         tracing::warn!(
             dropped_bytes = report.dropped_bytes,
             dropped_after_id = %shown(report.dropped_at_id),
+            damaged_bytes = report.damaged_bytes,
             notes = %report.notes.join("; "),
-            "the event log was repaired at start-up: only never-acknowledged data was dropped"
+            "the event log was repaired at start-up: torn tails (never acknowledged) were cut, damaged records and stray files set aside"
         );
     }
     let log = Arc::new(log);
