@@ -28,10 +28,28 @@
 //! hyper with the bytes already read replayed in front (`crate::io`). The
 //! TLS stream is `crate::tls_stream`'s, whose buffers exist only while they
 //! hold bytes.
+//!
+//! Connections are budgeted (`crate::limits::ConnectionBudget`, from the
+//! fd limit): the loop takes a connection permit and a *classifying* permit
+//! before it accepts, so it never holds more sockets than the budget and
+//! never more than `unclassified` whose first request has not been seen
+//! (silent connections cannot eat the descriptors kept for publishers; when
+//! those permits are all taken, new connections wait in the kernel's backlog
+//! for at most a header-read timeout). The classifying permit is given back
+//! when the first request head has been read: by the direct path when it
+//! admits a stream, by hyper when it hands the first request to the router.
+//! Accept errors are logged at most once a second, with a count of the ones
+//! not logged; when the process is out of descriptors or memory the loop
+//! pauses instead of spinning.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use parking_lot::Mutex;
+use tower::ServiceExt;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::{Builder, Http2Builder};
@@ -51,6 +69,12 @@ use crate::AppState;
 
 /// How long in-flight requests get to finish after shutdown is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the loop pauses after an accept error that says the process is
+/// short of a resource (descriptors, memory): retrying at once would fail
+/// the same way, in a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// At most one accept-error warning per this long.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// HTTP/2 settings, sized for many long-lived event streams per connection
 /// (the README's "TLS and HTTP/2" says why each is what it is).
@@ -149,27 +173,35 @@ pub async fn serve(
     let app = crate::router(state.clone());
     let builders = Arc::new(Builders::new(state.config.header_read_timeout));
     let control = Handle::current();
-    // Streams are long-lived, so this bounds sockets, not requests.
-    let permits = Arc::new(Semaphore::new(
-        state.config.max_connections.saturating_add(1024),
-    ));
+    // Streams are long-lived, so these bound sockets, not requests.
+    let permits = Arc::new(Semaphore::new(state.budget.connections));
+    let classifying = Arc::new(Semaphore::new(state.budget.unclassified));
+    let mut accept_errors = AcceptErrors::default();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
+        let permits = async {
+            let connection = permits.clone().acquire_owned().await.ok()?;
+            let classifying = classifying.clone().acquire_owned().await.ok()?;
+            Some((connection, classifying))
+        };
+        let (permit, classifying) = tokio::select! {
+            permits = permits => match permits {
+                Some(p) => p,
+                None => break,
             },
             () = &mut shutdown => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
-                    // Out of file descriptors and the like: back off, do not spin.
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Some(not_logged) = accept_errors.note(Instant::now()) {
+                        tracing::warn!(%err, not_logged, "accept failed");
+                    }
+                    if is_resource_shortage(&err) {
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
                     continue;
                 }
             },
@@ -183,6 +215,8 @@ pub async fn serve(
             watcher: graceful.watcher(),
             streams: streams.clone(),
             control: control.clone(),
+            peer,
+            classifying: Classifying::new(classifying),
             _permit: permit,
         };
         match &tls {
@@ -198,6 +232,63 @@ pub async fn serve(
     Ok(())
 }
 
+/// Whether an accept error says the process is short of something (so the
+/// next accept would fail too) rather than that one connection went wrong
+/// (reset or aborted before it was taken: the next one is fine).
+fn is_resource_shortage(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    !matches!(
+        err.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::Interrupted
+            | ErrorKind::WouldBlock
+    )
+}
+
+/// Rate limit of the accept-error warning: a flood would otherwise write
+/// thousands of identical lines a second.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    /// When the last warning was written.
+    logged_at: Option<Instant>,
+    /// Errors since then that were not.
+    not_logged: u64,
+}
+
+impl AcceptErrors {
+    /// Notes an error at `now`; `Some(errors not logged since the last
+    /// warning)` when this one is to be logged.
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        match self.logged_at {
+            Some(at) if now.saturating_duration_since(at) < ACCEPT_ERROR_LOG_EVERY => {
+                self.not_logged += 1;
+                None
+            }
+            _ => {
+                self.logged_at = Some(now);
+                Some(std::mem::take(&mut self.not_logged))
+            }
+        }
+    }
+}
+
+/// A connection's classifying permit (see the module doc), given back once,
+/// by whichever part of the server first sees its first request head.
+#[derive(Debug, Clone)]
+struct Classifying(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl Classifying {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        Self(Arc::new(Mutex::new(Some(permit))))
+    }
+
+    /// The first request head has been read: the connection is classified.
+    fn done(&self) {
+        drop(self.0.lock().take());
+    }
+}
+
 /// What serving one accepted connection needs.
 struct AcceptedConnection {
     state: Arc<AppState>,
@@ -206,6 +297,10 @@ struct AcceptedConnection {
     watcher: Watcher,
     streams: Handle,
     control: Handle,
+    /// The client's address (the per-address stream cap counts it).
+    peer: SocketAddr,
+    /// Held until the first request head has been read.
+    classifying: Classifying,
     /// Held for as long as the connection is served, on whichever runtime.
     _permit: OwnedSemaphorePermit,
 }
@@ -215,7 +310,8 @@ impl AcceptedConnection {
     /// it belongs to: event streams on the streams runtime, the rest here.
     async fn serve(self, stream: TcpStream) {
         let timeout = self.state.config.header_read_timeout;
-        let first = match tokio::time::timeout(timeout, direct::sniff(&stream, &self.state)).await {
+        let sniffed = direct::sniff(&stream, &self.state, self.peer.ip());
+        let first = match tokio::time::timeout(timeout, sniffed).await {
             Ok(first) => first,
             // No request head in time: the same answer hyper's header timeout gives.
             Err(_) => return,
@@ -235,6 +331,7 @@ impl AcceptedConnection {
             };
             let stream = match first {
                 Sniffed::Direct(request) => {
+                    self.classifying.done();
                     match direct::stream(stream, self.state.clone(), request).await {
                         Ok(Some(stream)) => stream,
                         // The client left, or the socket failed: nothing more to serve.
@@ -280,8 +377,10 @@ impl AcceptedConnection {
         // Boxed like every phase: admitting (token checks included) is a
         // large future, and inline its room would stay in the task of every
         // idle stream.
-        match Box::pin(direct::judge(&first, &self.state, HeadWas::Read)).await {
+        let peer = self.peer.ip();
+        match Box::pin(direct::judge(&first, &self.state, HeadWas::Read, peer)).await {
             Sniffed::Direct(request) => {
+                self.classifying.done();
                 drop(first);
                 let served = Box::pin(direct::stream(tls, self.state.clone(), request)).await;
                 if let Ok(Some(tls)) = served {
@@ -337,7 +436,10 @@ impl AcceptedConnection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(self.app);
+        let service = TowerToHyperService::new(
+            self.app
+                .map_request(connection_info(self.peer, self.classifying.clone())),
+        );
         let connection = self
             .builders
             .auto
@@ -352,11 +454,60 @@ impl AcceptedConnection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(self.app);
+        let service = TowerToHyperService::new(
+            self.app
+                .map_request(connection_info(self.peer, self.classifying.clone())),
+        );
         let connection = self
             .builders
             .h2_only
             .serve_connection(TokioIo::new(stream), service);
         let _ = Box::pin(self.watcher.watch(connection)).await;
+    }
+}
+
+/// What every request hyper hands the router gets from its connection: the
+/// client's address (as axum's `ConnectInfo`), and the news that a request
+/// head has been read, which classifies the connection.
+fn connection_info<B>(
+    peer: SocketAddr,
+    classifying: Classifying,
+) -> impl Fn(hyper::Request<B>) -> hyper::Request<B> + Clone {
+    move |mut request| {
+        classifying.done();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_logged_once_a_second_with_the_count_of_the_rest() {
+        let mut errors = AcceptErrors::default();
+        let start = Instant::now();
+        assert_eq!(errors.note(start), Some(0), "the first is logged");
+        for i in 1..=5 {
+            assert_eq!(errors.note(start + Duration::from_millis(i * 100)), None);
+        }
+        assert_eq!(
+            errors.note(start + Duration::from_millis(1_000)),
+            Some(5),
+            "a second later, with the count of those not logged"
+        );
+        assert_eq!(errors.note(start + Duration::from_millis(1_100)), None);
+    }
+
+    #[test]
+    fn only_resource_shortages_pause_the_loop() {
+        use std::io::{Error, ErrorKind};
+        // EMFILE, as accept(2) reports it.
+        assert!(is_resource_shortage(&Error::from_raw_os_error(24)));
+        assert!(is_resource_shortage(&Error::from(ErrorKind::OutOfMemory)));
+        assert!(!is_resource_shortage(&Error::from(
+            ErrorKind::ConnectionAborted
+        )));
     }
 }

@@ -24,9 +24,13 @@
 //! is admitted; the stream is closed on an event boundary (the writer yields
 //! whole frames) with the terminating chunk, after which the connection goes
 //! back to hyper for keep-alive requests. Every write is flushed before the
-//! next frame is awaited (TLS buffers records until flushed).
+//! next frame is awaited (TLS buffers records until flushed). A stream
+//! client has nothing to say after its request: bytes it sends are read and
+//! discarded, and past [`MAX_UNEXPECTED_BYTES`] the connection is closed, so
+//! a client that keeps sending costs a bounded amount of work.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, Version};
@@ -36,8 +40,20 @@ use tokio::net::TcpStream;
 
 use crate::cors;
 use crate::http1_head::{classify, Head, MAX_HEAD};
+use crate::limits::StreamSlot;
 use crate::routes::subscribe::{admit, set_stream_headers, Admission};
 use crate::AppState;
+
+/// Bytes a stream client may send after its request before the connection
+/// is closed (the client reconnects and resumes if it is a real one). Its
+/// only legitimate use is none, so the bound only has to be far above what
+/// a confused but harmless client sends, and small enough that reading it
+/// costs next to nothing.
+const MAX_UNEXPECTED_BYTES: usize = 64 << 10;
+/// The read buffer of a stream whose client has sent bytes after its
+/// request: allocated then (idle streams read into 32 bytes), so that
+/// discarding [`MAX_UNEXPECTED_BYTES`] takes a few reads, not thousands.
+const DRAIN_BUF: usize = 4 << 10;
 
 /// A request the direct path will serve.
 #[derive(Debug)]
@@ -47,6 +63,8 @@ pub(crate) struct DirectRequest {
     unread_head: usize,
     subscriber: Subscriber,
     headers: HeaderMap,
+    /// The stream's place under the connection limits.
+    slot: StreamSlot,
 }
 
 /// What the first bytes of a connection say about it.
@@ -66,12 +84,12 @@ pub(crate) enum Sniffed {
 /// two) goes to hyper, which serves it as any other request. Peeking again
 /// would return at once with the same bytes, so waiting for more is not an
 /// option without consuming them.
-pub(crate) async fn sniff(stream: &TcpStream, state: &AppState) -> Sniffed {
+pub(crate) async fn sniff(stream: &TcpStream, state: &AppState, peer: IpAddr) -> Sniffed {
     let mut buf = vec![0u8; MAX_HEAD];
     let Ok(n) = stream.peek(&mut buf).await else {
         return Sniffed::Other;
     };
-    judge(&buf[..n], state, HeadWas::Peeked).await
+    judge(&buf[..n], state, HeadWas::Peeked, peer).await
 }
 
 /// Reads a connection's first bytes until they are a complete head, the
@@ -95,22 +113,23 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Resul
     Ok(buf)
 }
 
-/// What `first` (the first bytes of a connection) says about it.
-pub(crate) async fn judge(first: &[u8], state: &AppState, was: HeadWas) -> Sniffed {
+/// What `first` (the first bytes of a connection from `peer`) says about it.
+pub(crate) async fn judge(first: &[u8], state: &AppState, was: HeadWas, peer: IpAddr) -> Sniffed {
     match classify(first) {
         Head::Http2 => Sniffed::Http2,
         Head::EventStream {
             head_len,
             query,
             headers,
-        } => match admit(state, query, &headers).await {
-            Ok(Admission::Open(subscriber)) => Sniffed::Direct(Box::new(DirectRequest {
+        } => match admit(state, query, &headers, Some(peer)).await {
+            Ok(Admission::Open(subscriber, slot)) => Sniffed::Direct(Box::new(DirectRequest {
                 unread_head: match was {
                     HeadWas::Peeked => head_len,
                     HeadWas::Read => 0,
                 },
                 subscriber,
                 headers,
+                slot,
             })),
             // Refusals and "come back later" are the router's answers.
             _ => Sniffed::Other,
@@ -152,13 +171,16 @@ where
         socket.read_exact(&mut consumed).await?;
         drop(consumed);
     }
-    let (mut connection, head) = start(&state, request);
+    let (mut connection, head, slot) = start(&state, request);
     socket.write_all(&head).await?;
     socket.flush().await?;
     drop(head);
 
-    // Only read to notice the client closing; SSE clients send nothing more.
+    // Only read to notice the client closing; SSE clients send nothing more
+    // (what they do send is discarded, up to a bound: see the module doc).
     let mut probe = [0u8; 32];
+    let mut drain: Option<Box<[u8; DRAIN_BUF]>> = None;
+    let mut unexpected = 0usize;
     loop {
         // A fresh buffer per write, starting with room for the size line;
         // an idle stream holds only that room.
@@ -178,26 +200,39 @@ where
                 socket.flush().await?;
                 break;
             },
-            read = socket.read(&mut probe) => match read {
+            read = socket.read(match &mut drain {
+                Some(buf) => &mut buf[..],
+                None => &mut probe[..],
+            }) => match read {
                 Ok(0) | Err(_) => return Ok(None),
-                Ok(_) => continue,
+                Ok(n) => {
+                    drain.get_or_insert_with(|| Box::new([0u8; DRAIN_BUF]));
+                    unexpected += n;
+                    if unexpected > MAX_UNEXPECTED_BYTES {
+                        tracing::debug!(unexpected, "stream client kept sending: closed");
+                        return Ok(None);
+                    }
+                }
             },
         }
     }
     drop(connection);
+    drop(slot);
     Ok(Some(socket))
 }
 
 /// Registers the stream and renders the response head. A plain function, so
-/// nothing of the request is kept in the stream's task for its lifetime.
-fn start(state: &Arc<AppState>, request: Box<DirectRequest>) -> (Connection, Vec<u8>) {
+/// nothing of the request but its slot is kept in the stream's task for its
+/// lifetime.
+fn start(state: &Arc<AppState>, request: Box<DirectRequest>) -> (Connection, Vec<u8>, StreamSlot) {
     let DirectRequest {
         subscriber,
         headers,
+        slot,
         ..
     } = *request;
     let connection = state.hub.connect(subscriber);
-    (connection, response_head(state, &headers))
+    (connection, response_head(state, &headers), slot)
 }
 
 /// Status line and headers, as the hyper route would send them.

@@ -33,7 +33,7 @@ use herald_core::{EventLog, Hub};
 pub use accept::serve;
 pub use auth::{ApiKeySpec, Auth, AuthConfig, AuthConfigError, MIN_API_KEY_BYTES, TOKEN_COOKIE};
 pub use error::{ApiError, ErrorCode};
-pub use limits::Refusals;
+pub use limits::{ConnectionBudget, Refusals};
 pub use tls::{check_tls, TlsError, TlsFile, TlsFiles};
 
 /// HTTP-level options (the hub and the log have their own).
@@ -49,6 +49,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most open streams of one user; over it the same.
     pub max_connections_per_user: usize,
+    /// Most open streams from one client address (IPv6: one /64); over it
+    /// the same. 0: no cap.
+    pub max_connections_per_ip: usize,
+    /// The process's open-file limit, from which the connection budget is
+    /// derived (`None`: unknown, `max_connections` alone bounds streams).
+    pub fd_limit: Option<usize>,
     /// Publish requests a second per token subject or API key (0: no limit).
     pub publish_rate_per_sec: u32,
     /// Origins allowed by CORS: `*` allows any origin without credentials;
@@ -82,6 +88,10 @@ impl ServerConfig {
     /// Default of [`ServerConfig::max_connections_per_user`]: room for many
     /// tabs and devices, not for a script opening thousands.
     pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
+    /// Default of [`ServerConfig::max_connections_per_ip`]: an office or a
+    /// campus behind one NAT address fits, one script cannot take the
+    /// whole connection budget.
+    pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 10_000;
     /// Default of [`ServerConfig::allowed_origins`]: any origin.
     pub const DEFAULT_ALLOWED_ORIGIN: &'static str = "*";
     /// Default of [`ServerConfig::tls_handshake_timeout`], in seconds.
@@ -96,6 +106,8 @@ impl Default for ServerConfig {
             max_data_bytes: Self::DEFAULT_MAX_DATA_BYTES,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             max_connections_per_user: Self::DEFAULT_MAX_CONNECTIONS_PER_USER,
+            max_connections_per_ip: Self::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            fd_limit: None,
             publish_rate_per_sec: 0,
             allowed_origins: vec![Self::DEFAULT_ALLOWED_ORIGIN.into()],
             allowed_hosts: Vec::new(),
@@ -121,6 +133,10 @@ pub struct AppState {
     pub published: AtomicU64,
     /// Refused requests, by code, and streams sent away.
     pub refusals: Refusals,
+    /// How many connections of each kind may be held (from the fd limit).
+    pub budget: ConnectionBudget,
+    /// The open streams' places under `budget.streams` and the per-address cap.
+    stream_slots: Arc<limits::StreamSlots>,
     /// The per-caller publish rate limit, if one is set.
     publish_rate: Option<limits::PublishRate>,
 }
@@ -135,6 +151,8 @@ impl AppState {
         auth: Auth,
     ) -> Arc<Self> {
         let publish_rate = limits::PublishRate::new(config.publish_rate_per_sec);
+        let budget = ConnectionBudget::new(config.max_connections, config.fd_limit);
+        let stream_slots = limits::StreamSlots::new(budget.streams, config.max_connections_per_ip);
         Arc::new(Self {
             hub,
             log,
@@ -142,6 +160,8 @@ impl AppState {
             auth,
             published: AtomicU64::new(0),
             refusals: Refusals::default(),
+            budget,
+            stream_slots,
             publish_rate,
         })
     }

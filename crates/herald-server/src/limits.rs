@@ -1,12 +1,22 @@
-//! Limits that need an identity, and the counters of every refusal.
+//! Limits that need an identity, the connection budget, and the counters of
+//! every refusal.
 //!
 //! Invariants: the rate limiter's memory is bounded ([`MAX_PRINCIPALS`]
 //! buckets; idle full buckets are the first forgotten, and forgetting a
 //! bucket only ever lets a caller through, never refuses one wrongly); a
 //! refusal is counted once, where its answer is made.
+//!
+//! The connection budget ([`ConnectionBudget`]) shares the process's file
+//! descriptors out: event streams get at most `limit − reserve`, so however
+//! many subscribers come, `reserve` descriptors stay for publishers, admin
+//! and health checks, the log's files and connections still being read. A
+//! stream holds a [`StreamSlot`] for as long as it is open; slots are taken
+//! by compare-and-swap ([`StreamSlots::take`]), never by a check followed by
+//! a take, so no burst of concurrent subscribes can overshoot the cap.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -80,12 +90,181 @@ impl Bucket {
     }
 }
 
+/// Descriptors the budget keeps out of every connection count: the
+/// listener, the runtimes' epoll and wake-up descriptors, stdio, the log's
+/// segment files, a certificate being reloaded, a JWKS fetch.
+const FD_SPARE: usize = 64;
+/// The smallest reserve of descriptors kept from event streams.
+const MIN_FD_RESERVE: usize = 256;
+
+/// How many connections of each kind the server holds at most, derived from
+/// the file-descriptor limit (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBudget {
+    /// The process's open-file limit, when known.
+    pub fd_limit: Option<usize>,
+    /// Most open event streams: `max_connections`, lowered to
+    /// `fd_limit − reserve`.
+    pub streams: usize,
+    /// Most TCP connections held at once, of every kind.
+    pub connections: usize,
+    /// Most connections whose first request head has not been seen yet
+    /// (each waits at most the header-read timeout); when all are taken the
+    /// accept loop waits, and new connections queue in the kernel's backlog,
+    /// costing no descriptor.
+    pub unclassified: usize,
+}
+
+impl ConnectionBudget {
+    /// The budget for `max_connections` streams under `fd_limit` open files
+    /// (`None`: unknown; then only `max_connections` bounds anything).
+    pub fn new(max_connections: usize, fd_limit: Option<usize>) -> Self {
+        let Some(limit) = fd_limit else {
+            return Self {
+                fd_limit,
+                streams: max_connections,
+                connections: max_connections.saturating_add(1024),
+                unclassified: 1024,
+            };
+        };
+        let reserve = Self::reserve(limit);
+        let spare = FD_SPARE.min(reserve / 4);
+        Self {
+            fd_limit,
+            streams: max_connections.min(limit - reserve),
+            connections: limit - spare,
+            // Half the reserve: the other half stays for requests that have
+            // been read (publishes, health checks), whatever silent
+            // connections do.
+            unclassified: (reserve / 2).max(1),
+        }
+    }
+
+    /// Descriptors kept from event streams under a limit of `limit`: 5 %, at
+    /// least [`MIN_FD_RESERVE`], at most half the limit.
+    pub fn reserve(limit: usize) -> usize {
+        (limit / 20).max(MIN_FD_RESERVE).min(limit / 2)
+    }
+}
+
+/// Which cap turned a subscriber away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TurnedAway {
+    /// `max_connections` (as lowered by the connection budget).
+    MaxConnections,
+    /// `max_connections_per_ip`.
+    PerIp,
+    /// `max_connections_per_user`.
+    PerUser,
+}
+
+/// The open streams, in total and per client address, against their caps.
+///
+/// Invariant: `open` and every count in `per_ip` are exactly the live
+/// [`StreamSlot`]s (a slot gives back what it took when dropped), and
+/// `per_ip` holds no zero count, so its size is bounded by the open streams.
+#[derive(Debug)]
+pub(crate) struct StreamSlots {
+    max: usize,
+    /// Per client address (0: no cap).
+    max_per_ip: usize,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open stream's place in [`StreamSlots`]; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    /// The address counted against `max_per_ip`, if one was.
+    ip: Option<IpAddr>,
+}
+
+impl StreamSlots {
+    pub(crate) fn new(max: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            max_per_ip,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes a place for a stream from `peer` (`None`: address unknown,
+    /// counted only in the total).
+    pub(crate) fn take(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<StreamSlot, TurnedAway> {
+        let max = self.max;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .map_err(|_| TurnedAway::MaxConnections)?;
+        // From here on the slot owns one place in `open`: an early return
+        // drops it, which gives the place back.
+        let mut slot = StreamSlot {
+            slots: self.clone(),
+            ip: None,
+        };
+        if let (Some(peer), true) = (peer, self.max_per_ip > 0) {
+            let ip = per_ip_key(peer);
+            let mut per_ip = self.per_ip.lock();
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= self.max_per_ip {
+                // Not zero (the cap is at least 1), so nothing to forget.
+                return Err(TurnedAway::PerIp);
+            }
+            *count += 1;
+            slot.ip = Some(ip);
+        }
+        Ok(slot)
+    }
+
+    /// Open streams holding a slot.
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut per_ip = self.slots.per_ip.lock();
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+        self.slots.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The address a client is counted under: IPv4 as it is (an IPv4-mapped
+/// IPv6 address as its IPv4 one); IPv6 by its /64, since one host commonly
+/// holds a whole /64 and could otherwise take a fresh address per stream.
+fn per_ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
 /// Counters of refused requests, by error code, and of streams sent away.
 #[derive(Debug, Default)]
 pub struct Refusals {
     by_code: [AtomicU64; ErrorCode::ALL.len()],
     /// Subscribers told to come back later: over `max_connections`.
     pub over_capacity: AtomicU64,
+    /// Subscribers told to come back later: over `max_connections_per_ip`.
+    pub over_ip_limit: AtomicU64,
     /// Subscribers told to come back later: over `max_connections_per_user`.
     pub over_user_limit: AtomicU64,
 }
@@ -95,6 +274,16 @@ impl Refusals {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.by_code[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a subscriber told to come back later.
+    pub(crate) fn turned_away(&self, why: TurnedAway) {
+        let counter = match why {
+            TurnedAway::MaxConnections => &self.over_capacity,
+            TurnedAway::PerIp => &self.over_ip_limit,
+            TurnedAway::PerUser => &self.over_user_limit,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `(code, count)` for every code, in declaration order.
@@ -136,5 +325,77 @@ mod tests {
         // Another caller has its own bucket.
         assert_eq!(limit.take(&b), Ok(()));
         assert!(PublishRate::new(0).is_none());
+    }
+
+    #[test]
+    fn the_budget_keeps_a_reserve_below_the_fd_limit() {
+        let budget = ConnectionBudget::new(100_000, Some(20_000));
+        assert_eq!(budget.streams, 19_000, "5 % kept");
+        assert_eq!(budget.unclassified, 500);
+        assert_eq!(budget.connections, 20_000 - 64);
+        // What streams and connections being read can hold leaves room for
+        // other requests.
+        assert!(budget.streams + budget.unclassified + 64 < budget.connections);
+        // A configured cap below the budget stays.
+        assert_eq!(ConnectionBudget::new(100, Some(20_000)).streams, 100);
+        // Small limits: at least 256 kept, but never more than half.
+        assert_eq!(ConnectionBudget::new(100_000, Some(1024)).streams, 768);
+        assert_eq!(ConnectionBudget::new(100_000, Some(256)).streams, 128);
+        let tiny = ConnectionBudget::new(100_000, Some(8));
+        assert!(tiny.streams >= 1 && tiny.unclassified >= 1 && tiny.connections <= 8);
+        // Unknown limit: the configuration alone.
+        assert_eq!(ConnectionBudget::new(100, None).streams, 100);
+    }
+
+    #[test]
+    fn slots_never_exceed_the_cap_and_come_back_when_dropped() {
+        let slots = StreamSlots::new(3, 0);
+        let held: Vec<_> = (0..3).map(|_| slots.take(None).expect("room")).collect();
+        assert_eq!(slots.take(None).map(drop), Err(TurnedAway::MaxConnections));
+        drop(held);
+        assert_eq!(slots.open(), 0);
+        assert!(slots.take(None).is_ok());
+    }
+
+    #[test]
+    fn concurrent_takes_never_overshoot() {
+        let slots = StreamSlots::new(100, 0);
+        let taken: Vec<Vec<StreamSlot>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| (0..100).filter_map(|_| slots.take(None).ok()).collect()))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("no panic"))
+                .collect()
+        });
+        assert_eq!(taken.iter().map(Vec::len).sum::<usize>(), 100);
+        assert_eq!(slots.open(), 100);
+    }
+
+    #[test]
+    fn the_per_ip_cap_counts_each_address_and_forgets_empty_ones() {
+        let slots = StreamSlots::new(100, 2);
+        let a: IpAddr = "127.0.0.2".parse().expect("ip");
+        let b: IpAddr = "127.0.0.3".parse().expect("ip");
+        let first = slots.take(Some(a)).expect("room");
+        let _second = slots.take(Some(a)).expect("room");
+        assert_eq!(slots.take(Some(a)).map(drop), Err(TurnedAway::PerIp));
+        assert_eq!(slots.open(), 2, "a refusal gives its place back");
+        let _other = slots
+            .take(Some(b))
+            .expect("another address has its own count");
+        drop(first);
+        assert!(slots.take(Some(a)).is_ok());
+        // Addresses of one IPv6 /64 share a count; IPv4-mapped is IPv4.
+        let v6a: IpAddr = "2001:db8::1".parse().expect("ip");
+        let v6b: IpAddr = "2001:db8::ffff:1".parse().expect("ip");
+        assert_eq!(per_ip_key(v6a), per_ip_key(v6b));
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().expect("ip");
+        assert_eq!(per_ip_key(mapped), a);
+        let slots = StreamSlots::new(100, 1);
+        let held = slots.take(Some(a)).expect("room");
+        drop(held);
+        assert!(slots.per_ip.lock().is_empty(), "no zero counts kept");
     }
 }

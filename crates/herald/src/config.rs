@@ -141,6 +141,9 @@ pub(crate) struct Config {
     /// Most open streams of one user (token `sub`); over it the same.
     #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_CONNECTIONS_PER_USER)]
     pub max_connections_per_user: usize,
+    /// Most open streams from one client address (IPv6: one /64); over it the same (0: no cap).
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
     /// Publish requests a second per token subject or API key (0: no limit; over it 429).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub publish_rate_per_sec: u32,
@@ -468,6 +471,7 @@ impl From<&Config> for ServerConfig {
             max_data_bytes: config.max_data_bytes,
             max_connections: config.max_connections,
             max_connections_per_user: config.max_connections_per_user,
+            max_connections_per_ip: config.max_connections_per_ip,
             publish_rate_per_sec: config.publish_rate_per_sec,
             allowed_origins: config.allowed_origins.clone(),
             allowed_hosts: config.allowed_hosts.clone(),

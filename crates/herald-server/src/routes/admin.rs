@@ -36,6 +36,9 @@ pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
     let counts = state.hub.counts();
     Json(json!({
         "connections": counts.connections,
+        // The cap in force: `max_connections`, lowered to fit the fd limit.
+        "max_connections": state.budget.streams,
+        "fd_limit": state.budget.fd_limit,
         "users_online": counts.users_online,
         "topics": counts.topics,
         "events_published": state.published.load(Ordering::Relaxed),
@@ -50,6 +53,7 @@ pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
             .collect::<serde_json::Map<_, _>>(),
         "streams_turned_away": {
             "max_connections": state.refusals.over_capacity.load(Ordering::Relaxed),
+            "max_connections_per_ip": state.refusals.over_ip_limit.load(Ordering::Relaxed),
             "max_connections_per_user": state.refusals.over_user_limit.load(Ordering::Relaxed),
         },
     }))

@@ -104,8 +104,10 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "# HELP herald_streams_turned_away_total Subscribers told to come back later, by limit.\n\
          # TYPE herald_streams_turned_away_total counter\n\
          herald_streams_turned_away_total{{limit=\"max_connections\"}} {}\n\
+         herald_streams_turned_away_total{{limit=\"max_connections_per_ip\"}} {}\n\
          herald_streams_turned_away_total{{limit=\"max_connections_per_user\"}} {}\n",
         state.refusals.over_capacity.load(Ordering::Relaxed),
+        state.refusals.over_ip_limit.load(Ordering::Relaxed),
         state.refusals.over_user_limit.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()

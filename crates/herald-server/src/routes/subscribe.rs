@@ -4,55 +4,78 @@
 //! good, so only a request that can never succeed gets a 4xx; a subscriber
 //! over the connection limit gets a 200 that tells it when to come back.
 
-use std::sync::atomic::Ordering;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::{EventId, Filter, Resume, Subscriber, Topic, TopicPattern};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::limits::{StreamSlot, TurnedAway};
 use crate::query::QueryPairs;
 use crate::AppState;
 
 /// Whether a valid subscription request gets a stream now.
 #[derive(Debug)]
+// A return value, used at once and never stored: boxing the subscriber would
+// only add an allocation per subscribe.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Admission {
-    /// Open it.
-    Open(Subscriber),
-    /// Over the connection limit: tell the client to come back later.
-    ComeBackLater,
+    /// Open it; the slot is held for as long as the stream is open.
+    Open(Subscriber, StreamSlot),
+    /// Over a connection limit: tell the client to come back later.
+    ComeBackLater(TurnedAway),
 }
 
 /// Opens an event stream for the caller.
 pub(crate) async fn subscribe(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let version = request.version();
-    match admit(&state, request.uri().query(), request.headers()).await {
-        Ok(Admission::Open(subscriber)) => {
+    // Put there by the accept loop (absent when the router is driven in-process).
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    match admit(&state, request.uri().query(), request.headers(), peer).await {
+        Ok(Admission::Open(subscriber, slot)) => {
             let connection = state.hub.connect(subscriber);
-            let stream = futures_util::stream::unfold(connection, |mut connection| async move {
-                let chunk = connection.next_chunk().await?;
-                Some((Ok::<Bytes, std::convert::Infallible>(chunk), connection))
-            });
+            // The slot lives in the body's state: freed when the stream ends.
+            let stream = futures_util::stream::unfold(
+                (connection, slot),
+                |(mut connection, slot)| async move {
+                    let chunk = connection.next_chunk().await?;
+                    Some((
+                        Ok::<Bytes, std::convert::Infallible>(chunk),
+                        (connection, slot),
+                    ))
+                },
+            );
             let mut response = Response::new(Body::from_stream(stream));
             set_stream_headers(response.headers_mut(), version);
             response
         }
-        Ok(Admission::ComeBackLater) => come_back_later(&state, version),
+        Ok(Admission::ComeBackLater(why)) => {
+            state.refusals.turned_away(why);
+            come_back_later(&state, version)
+        }
         Err(err) => err.into_response(),
     }
 }
 
 /// Validates a subscription request (identity, topics, types, resume point)
-/// and checks the connection limit. No side effects: both the hyper route and
-/// the direct HTTP/1.1 path (`crate::direct`) call it before connecting.
+/// and takes a stream slot under the connection limits (`peer`: the client's
+/// address, for the per-address cap). Its only side effect is the slot, given
+/// back when dropped; a refusal is counted by the caller that answers it.
+/// Both the hyper route and the direct HTTP/1.1 path (`crate::direct`) call
+/// it before connecting.
 pub(crate) async fn admit(
     state: &AppState,
     query: Option<&str>,
     headers: &HeaderMap,
+    peer: Option<IpAddr>,
 ) -> Result<Admission, ApiError> {
     if state.config.dev {
         // The direct HTTP/1.1 path does not go through the router's guard.
@@ -86,25 +109,23 @@ pub(crate) async fn admit(
             .map(String::from)
             .collect::<Vec<_>>()
     });
-    if state.hub.counts().connections >= state.config.max_connections {
-        state.refusals.over_capacity.fetch_add(1, Ordering::Relaxed);
-        return Ok(Admission::ComeBackLater);
-    }
+    // Taken, not checked: concurrent subscribes cannot overshoot the cap.
+    let slot = match state.stream_slots.take(peer) {
+        Ok(slot) => slot,
+        Err(why) => return Ok(Admission::ComeBackLater(why)),
+    };
     if let Some(user) = &access.user {
         if state.hub.user_connections(user) >= state.config.max_connections_per_user {
-            state
-                .refusals
-                .over_user_limit
-                .fetch_add(1, Ordering::Relaxed);
-            return Ok(Admission::ComeBackLater);
+            return Ok(Admission::ComeBackLater(TurnedAway::PerUser));
         }
     }
-    Ok(Admission::Open(Subscriber {
+    let subscriber = Subscriber {
         user: access.user,
         filter: Filter::new(patterns, types),
         resume: resume_point(headers, &query),
         expires_at,
-    }))
+    };
+    Ok(Admission::Open(subscriber, slot))
 }
 
 /// `Last-Event-ID` header, else the `lastEventId` query parameter.
@@ -137,9 +158,10 @@ pub(crate) fn set_stream_headers(headers: &mut HeaderMap, version: Version) {
     }
 }
 
-/// Over the connection limit: a valid, empty stream whose `retry:` (with
+/// Over a connection limit: a valid, empty stream whose `retry:` (with
 /// jitter, so refused clients do not return together) asks the client to
-/// reconnect later.
+/// reconnect later. HTTP/1.1 connections are closed after it: a refused
+/// client's descriptor is what the limit is there to save.
 fn come_back_later(state: &AppState, version: Version) -> Response {
     let base = state.hub.config().retry_ms.max(1000);
     let retry = base + rand_jitter(base);
@@ -149,6 +171,11 @@ fn come_back_later(state: &AppState, version: Version) -> Response {
     ));
     let mut response = (StatusCode::OK, body).into_response();
     set_stream_headers(response.headers_mut(), version);
+    if version == Version::HTTP_11 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 

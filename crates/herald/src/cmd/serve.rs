@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::ArgMatches;
 use herald_core::{EventId, EventLog, Hub, HubConfig};
 use herald_log::{DurableLog, DurableOptions, MemoryLog, Retention};
-use herald_server::{AppState, Auth, AuthConfig, ServerConfig};
+use herald_server::{AppState, Auth, AuthConfig, ConnectionBudget, ServerConfig};
 
 use crate::config::{Config, ConfigError, Validated};
 
@@ -16,6 +16,7 @@ pub(crate) fn run(args: Config, matches: &ArgMatches) -> anyhow::Result<()> {
     // Validate everything before a runtime starts or a port is bound.
     let Validated { config, listen } = Config::load(&args, matches)?;
     init_logging(&config.log);
+    let fd_limit = raise_fd_limit();
     // Event streams and the fan-out on a multi-threaded runtime (a worker per
     // core); the accept loop, publishes and admin requests on a runtime of
     // their own on this thread, so a publish is never queued behind thousands
@@ -35,7 +36,7 @@ pub(crate) fn run(args: Config, matches: &ArgMatches) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the control runtime")?;
-    let result = control.block_on(serve(config, listen, streams.handle().clone()));
+    let result = control.block_on(serve(config, listen, fd_limit, streams.handle().clone()));
     streams.shutdown_timeout(Duration::from_secs(1));
     result
 }
@@ -43,6 +44,7 @@ pub(crate) fn run(args: Config, matches: &ArgMatches) -> anyhow::Result<()> {
 async fn serve(
     config: Config,
     listen: std::net::SocketAddr,
+    fd_limit: Option<usize>,
     streams: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     let (log, trim) = open_log(&config)?;
@@ -71,7 +73,12 @@ async fn serve(
     if let Some(refresher) = auth.background() {
         tokio::spawn(refresher);
     }
-    let state = AppState::new(hub, log, ServerConfig::from(&config), auth);
+    let server_config = ServerConfig {
+        fd_limit,
+        ..ServerConfig::from(&config)
+    };
+    let state = AppState::new(hub, log, server_config, auth);
+    log_budget(&config, &state.budget);
     let shutdown = shutdown_signal()?;
     let listener = bind(listen).await?;
     let local = listener.local_addr().context("reading the bound address")?;
@@ -99,6 +106,59 @@ async fn serve(
         .context("serving")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one (every connection is a
+/// descriptor, and the usual soft default of 1,024 would cap Herald far
+/// below what the machine allows) and returns it; `None` when it cannot be
+/// read, after a warning.
+fn raise_fd_limit() -> Option<usize> {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .ok()
+        .map(|(soft, _)| soft);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            tracing::info!(
+                fd_limit = limit,
+                raised_from = before.map_or_else(|| "unknown".to_owned(), |b| b.to_string()),
+                "open-file limit"
+            );
+            Some(limit)
+        }
+        Err(err) => {
+            tracing::warn!(%err, "the open-file limit could not be read or raised: connections are bounded by --max-connections alone");
+            None
+        }
+    }
+}
+
+/// Says how the descriptors are shared out, and warns when an explicitly
+/// configured `max_connections` does not fit under the limit.
+fn log_budget(config: &Config, budget: &ConnectionBudget) {
+    let Some(fd_limit) = budget.fd_limit else {
+        return;
+    };
+    if budget.streams < config.max_connections {
+        let reserve = ConnectionBudget::reserve(fd_limit);
+        // A value other than the default was asked for by someone.
+        if config.max_connections == ServerConfig::DEFAULT_MAX_CONNECTIONS {
+            tracing::info!(
+                max_connections = budget.streams,
+                fd_limit,
+                reserve,
+                "max_connections lowered to fit the open-file limit (the reserve is kept for publishers, admin and health checks)"
+            );
+        } else {
+            tracing::warn!(
+                configured = config.max_connections,
+                max_connections = budget.streams,
+                fd_limit,
+                reserve,
+                "max_connections is above what the open-file limit allows: lowered (raise the hard limit, e.g. LimitNOFILE= or ulimit -Hn, to allow more)"
+            );
+        }
+    }
 }
 
 /// Retention work the log wants done every second.
