@@ -34,6 +34,9 @@ pub use accept::serve;
 pub use auth::{ApiKeySpec, Auth, AuthConfig, AuthConfigError, MIN_API_KEY_BYTES, TOKEN_COOKIE};
 pub use error::{ApiError, ErrorCode};
 pub use limits::Refusals;
+pub use routes::publish::{
+    MAX_DATA_BYTES_CEILING, MAX_EVENT_TYPE_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_TARGETS_PER_EVENT,
+};
 pub use tls::{check_tls, TlsError, TlsFile, TlsFiles};
 
 /// HTTP-level options (the hub and the log have their own).
@@ -51,6 +54,10 @@ pub struct ServerConfig {
     pub max_connections_per_user: usize,
     /// Publish requests a second per token subject or API key (0: no limit).
     pub publish_rate_per_sec: u32,
+    /// Most `topics` one published event may name (413 `too_many_targets`).
+    pub max_topics_per_event: usize,
+    /// Most `users` one published event may name (413 `too_many_targets`).
+    pub max_users_per_event: usize,
     /// Origins allowed by CORS; `*` allows any origin (echoed exactly).
     pub allowed_origins: Vec<String>,
     /// How long a client may take to send its request headers.
@@ -78,6 +85,11 @@ impl ServerConfig {
     /// Default of [`ServerConfig::max_connections_per_user`]: room for many
     /// tabs and devices, not for a script opening thousands.
     pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
+    /// Default of [`ServerConfig::max_topics_per_event`].
+    pub const DEFAULT_MAX_TOPICS_PER_EVENT: usize = 1_000;
+    /// Default of [`ServerConfig::max_users_per_event`]: a large audience,
+    /// still parsed and stored in a few milliseconds.
+    pub const DEFAULT_MAX_USERS_PER_EVENT: usize = 10_000;
     /// Default of [`ServerConfig::allowed_origins`]: any origin.
     pub const DEFAULT_ALLOWED_ORIGIN: &'static str = "*";
     /// Default of [`ServerConfig::tls_handshake_timeout`], in seconds.
@@ -93,6 +105,8 @@ impl Default for ServerConfig {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             max_connections_per_user: Self::DEFAULT_MAX_CONNECTIONS_PER_USER,
             publish_rate_per_sec: 0,
+            max_topics_per_event: Self::DEFAULT_MAX_TOPICS_PER_EVENT,
+            max_users_per_event: Self::DEFAULT_MAX_USERS_PER_EVENT,
             allowed_origins: vec![Self::DEFAULT_ALLOWED_ORIGIN.into()],
             header_read_timeout: Duration::from_secs(10),
             tls: None,
