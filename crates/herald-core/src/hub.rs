@@ -157,15 +157,17 @@ impl Hub {
         let registry: Arc<dyn Registry> = self.clone();
         let (sender, receiver) = stream_queue(id, self.config.queue_capacity, resuming, registry);
         let filter = Arc::new(subscriber.filter);
-        let close_at = self.config.max_connection_lifetime.map(|life| {
+        // Checked: a deadline past what `Instant` can hold is no deadline
+        // (the stream is never closed for it), not a panic.
+        let close_at = self.config.max_connection_lifetime.and_then(|life| {
             let jitter = life.mul_f64(0.1 * rand::random::<f64>());
-            Instant::now() + life - jitter
+            Instant::now().checked_add(life.saturating_sub(jitter))
         });
         // Wall-clock expiry as a monotonic deadline (the ticker's clock); a
         // token already expired ends at the next tick.
-        let expires_at = subscriber.expires_at.map(|at| {
+        let expires_at = subscriber.expires_at.and_then(|at| {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            Instant::now() + left
+            Instant::now().checked_add(left)
         });
         let entry = Arc::new(Entry {
             id,

@@ -962,3 +962,30 @@ async fn stream_whose_token_expires_is_told_then_closed() {
     );
     assert_eq!(env.hub.counts().connections, 0);
 }
+
+/// A lifetime or a token expiry too far away for `Instant` is no deadline:
+/// the stream opens and delivers (it used to panic on the addition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deadlines_beyond_the_clock_do_not_panic() {
+    let config = HubConfig {
+        max_connection_lifetime: Some(Duration::MAX),
+        ..HubConfig::default()
+    };
+    let env = Env::with(Retention::default(), config, true).await;
+    let far = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2);
+    let conn = env.hub.connect(Subscriber {
+        user: Some(Arc::from("u")),
+        filter: filter(&["a"], None),
+        resume: Resume::Live,
+        expires_at: Some(far),
+    });
+    let mut r = Reader {
+        conn,
+        parser: Parser::new(),
+        events: Vec::new(),
+    };
+    assert!(r.chunk().await.is_some(), "preamble");
+    env.publish(vec![ev(&["a"], None, "delivered")]).await;
+    r.until_data("delivered").await;
+    assert_eq!(env.hub.counts().connections, 1);
+}

@@ -27,3 +27,13 @@ pub use durable::{
 #[cfg(feature = "fault-injection")]
 pub use durable::{FaultyFs, Filesystem, FsOp, StdFs};
 pub use memory::{MemoryLog, Retention};
+
+/// What one event may hold at most, as the durable record format stores it
+/// (`src/durable/record.rs`). The publish route refuses an event over these
+/// before it asks any log, so both backends give the same answer.
+pub mod record_limits {
+    pub use crate::durable::{
+        MAX_BODY, MAX_RECORD_STRING_BYTES, MAX_RECORD_TOPICS, RECORD_FIXED_BYTES,
+        RECORD_STRING_OVERHEAD,
+    };
+}

@@ -48,6 +48,8 @@ pub enum ErrorCode {
     DataTooLarge,
     /// 413: a batch holds more events than one request may.
     BatchTooLarge,
+    /// 413: an event names more topics or users than one event may.
+    TooManyTargets,
     /// 503: the event log cannot take or serve events now; nothing was stored.
     LogUnavailable,
     /// 401: the route needs a token (or an API key) and the request has none.
@@ -72,7 +74,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Every code, in declaration order (for checks that must cover them all,
     /// such as the API reference test).
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 26] = [
         Self::BadJson,
         Self::InvalidField,
         Self::InvalidTopic,
@@ -89,6 +91,7 @@ impl ErrorCode {
         Self::BodyTooLarge,
         Self::DataTooLarge,
         Self::BatchTooLarge,
+        Self::TooManyTargets,
         Self::LogUnavailable,
         Self::TokenMissing,
         Self::TokenExpired,
@@ -119,6 +122,7 @@ impl ErrorCode {
             Self::BodyTooLarge => "body_too_large",
             Self::DataTooLarge => "data_too_large",
             Self::BatchTooLarge => "batch_too_large",
+            Self::TooManyTargets => "too_many_targets",
             Self::LogUnavailable => "log_unavailable",
             Self::TokenMissing => "token_missing",
             Self::TokenExpired => "token_expired",
@@ -147,9 +151,10 @@ impl ErrorCode {
             | Self::InvalidLimit => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BodyTooLarge | Self::DataTooLarge | Self::BatchTooLarge => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            Self::BodyTooLarge
+            | Self::DataTooLarge
+            | Self::BatchTooLarge
+            | Self::TooManyTargets => StatusCode::PAYLOAD_TOO_LARGE,
             Self::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::TokenMissing | Self::TokenExpired | Self::TokenInvalid => {
                 StatusCode::UNAUTHORIZED
@@ -382,6 +387,7 @@ mod tests {
             (BodyTooLarge, "body_too_large", too_large),
             (DataTooLarge, "data_too_large", too_large),
             (BatchTooLarge, "batch_too_large", too_large),
+            (TooManyTargets, "too_many_targets", too_large),
             (
                 LogUnavailable,
                 "log_unavailable",

@@ -34,6 +34,9 @@ pub use accept::serve;
 pub use auth::{ApiKeySpec, Auth, AuthConfig, AuthConfigError, MIN_API_KEY_BYTES, TOKEN_COOKIE};
 pub use error::{ApiError, ErrorCode};
 pub use limits::{ConnectionBudget, Refusals};
+pub use routes::publish::{
+    MAX_DATA_BYTES_CEILING, MAX_EVENT_TYPE_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_TARGETS_PER_EVENT,
+};
 pub use tls::{check_tls, TlsError, TlsFile, TlsFiles};
 
 /// HTTP-level options (the hub and the log have their own).
@@ -57,6 +60,10 @@ pub struct ServerConfig {
     pub fd_limit: Option<usize>,
     /// Publish requests a second per token subject or API key (0: no limit).
     pub publish_rate_per_sec: u32,
+    /// Most `topics` one published event may name (413 `too_many_targets`).
+    pub max_topics_per_event: usize,
+    /// Most `users` one published event may name (413 `too_many_targets`).
+    pub max_users_per_event: usize,
     /// Origins allowed by CORS: `*` allows any origin without credentials;
     /// an origin named is echoed, with credentials (`null` never is).
     pub allowed_origins: Vec<String>,
@@ -92,6 +99,11 @@ impl ServerConfig {
     /// campus behind one NAT address fits, one script cannot take the
     /// whole connection budget.
     pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 10_000;
+    /// Default of [`ServerConfig::max_topics_per_event`].
+    pub const DEFAULT_MAX_TOPICS_PER_EVENT: usize = 1_000;
+    /// Default of [`ServerConfig::max_users_per_event`]: a large audience,
+    /// still parsed and stored in a few milliseconds.
+    pub const DEFAULT_MAX_USERS_PER_EVENT: usize = 10_000;
     /// Default of [`ServerConfig::allowed_origins`]: any origin.
     pub const DEFAULT_ALLOWED_ORIGIN: &'static str = "*";
     /// Default of [`ServerConfig::tls_handshake_timeout`], in seconds.
@@ -109,6 +121,8 @@ impl Default for ServerConfig {
             max_connections_per_ip: Self::DEFAULT_MAX_CONNECTIONS_PER_IP,
             fd_limit: None,
             publish_rate_per_sec: 0,
+            max_topics_per_event: Self::DEFAULT_MAX_TOPICS_PER_EVENT,
+            max_users_per_event: Self::DEFAULT_MAX_USERS_PER_EVENT,
             allowed_origins: vec![Self::DEFAULT_ALLOWED_ORIGIN.into()],
             allowed_hosts: Vec::new(),
             header_read_timeout: Duration::from_secs(10),

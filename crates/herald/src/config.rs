@@ -69,7 +69,7 @@ pub(crate) struct Config {
     /// JWKS document of token keys: a file path or an https:// URL.
     #[arg(long, value_name = "PATH|URL")]
     pub jwks: Option<String>,
-    /// Seconds between JWKS refreshes (an unknown `kid` also refreshes, at most once a second).
+    /// Seconds between JWKS refreshes, 1 to 86400 (an unknown `kid` also refreshes, at most once a second).
     #[arg(long, value_name = "SECS", default_value_t = AuthConfig::DEFAULT_JWKS_REFRESH_SECS)]
     pub jwks_refresh_secs: u64,
     /// PEM CA certificate trusted for the JWKS URL, besides the system's roots.
@@ -81,7 +81,7 @@ pub(crate) struct Config {
     /// Required `iss` of tokens (not checked when unset).
     #[arg(long, value_name = "ISS")]
     pub jwt_issuer: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    /// Clock skew allowed on `exp` and `nbf`, seconds (0 to 3600).
     #[arg(long, value_name = "SECS", default_value_t = AuthConfig::DEFAULT_LEEWAY_SECS)]
     pub jwt_leeway_secs: u64,
     /// A topic or pattern anyone may subscribe to without a token (repeatable).
@@ -105,36 +105,44 @@ pub(crate) struct Config {
     /// Redis URL of the cluster engine (not built yet: refused).
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
-    /// Seconds between heartbeat comments on idle streams.
+    /// Seconds between heartbeat comments on idle streams (1 to 3600).
     #[arg(long, value_name = "SECS", default_value_t = HubConfig::DEFAULT_HEARTBEAT_SECS)]
     pub heartbeat_secs: u64,
-    /// Reconnection delay sent to clients in `retry:`, ms.
+    /// Reconnection delay sent to clients in `retry:`, ms (0 to 86400000, a day).
     #[arg(long, value_name = "MS", default_value_t = HubConfig::DEFAULT_RETRY_MS)]
     pub retry_ms: u64,
-    /// Close streams after about this many seconds (0: never); clients reconnect and resume.
+    /// Close streams after about this many seconds (0: never; at most 31536000, a year); clients reconnect and resume.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub max_connection_lifetime_secs: u64,
-    /// Events queued per stream before it switches to catch-up from the log.
+    /// Events queued per stream before it switches to catch-up from the log (1 to 1000000).
     #[arg(long, value_name = "N", default_value_t = HubConfig::DEFAULT_QUEUE_CAPACITY)]
     pub queue_capacity: usize,
-    /// Events retained for resume.
+    /// Events retained for resume (1 to 1000000000).
     #[arg(long, value_name = "N", default_value_t = Retention::DEFAULT_MAX_EVENTS)]
     pub retention_events: usize,
-    /// Bytes retained for resume (durable log: disk bytes).
+    /// Bytes retained for resume (durable log: disk bytes); 1 to 2^50 (1 PiB).
     #[arg(long, value_name = "BYTES", default_value_t = Retention::DEFAULT_MAX_BYTES)]
     pub retention_bytes: usize,
-    /// Seconds an event is retained.
+    /// Seconds an event is retained (1 to 315360000, ten years).
     #[arg(long, value_name = "SECS", default_value_t = Retention::DEFAULT_MAX_AGE_SECS)]
     pub retention_secs: u64,
-    /// Seconds an idempotency key is remembered.
+    /// Seconds an idempotency key is remembered (0 to 31536000, a year).
     #[arg(long, value_name = "SECS", default_value_t = Retention::DEFAULT_IDEMPOTENCY_WINDOW_SECS)]
     pub idempotency_window_secs: u64,
-    /// Largest publish request body, bytes (413 `body_too_large`).
+    /// Largest publish request body, bytes, 1 to 67108864 (413 `body_too_large`).
     #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
-    /// Largest `data` of one event, bytes (413 `data_too_large`).
+    /// Largest `data` of one event, bytes, 1 to 33554432 (413 `data_too_large`).
     #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::DEFAULT_MAX_DATA_BYTES)]
     pub max_data_bytes: usize,
+    /// Most `topics` of one published event (413 `too_many_targets`); 1 to 65534, with
+    /// `max_users_per_event` at most 65535 together.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_TOPICS_PER_EVENT)]
+    pub max_topics_per_event: usize,
+    /// Most `users` of one published event (413 `too_many_targets`); 1 to 65534, with
+    /// `max_topics_per_event` at most 65535 together.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_USERS_PER_EVENT)]
+    pub max_users_per_event: usize,
     /// Most open streams; over it a subscriber is told to come back later.
     #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -161,7 +169,7 @@ pub(crate) struct Config {
     /// TLS: PEM private key of the certificate (with `--tls-cert`).
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
-    /// Seconds a client gets to complete the TLS handshake.
+    /// Seconds a client gets to complete the TLS handshake (1 to 300).
     #[arg(long, value_name = "SECS",
           default_value_t = ServerConfig::DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS)]
     pub tls_handshake_timeout_secs: u64,
@@ -288,21 +296,7 @@ impl Config {
             })
             .parse()
             .map_err(|_| bad("listen", "must be ADDR:PORT, e.g. 127.0.0.1:8080"))?;
-        if self.heartbeat_secs == 0 {
-            return Err(bad("heartbeat_secs", "must be at least 1"));
-        }
-        if self.queue_capacity == 0 {
-            return Err(bad("queue_capacity", "must be at least 1"));
-        }
-        if self.retention_events == 0 {
-            return Err(bad("retention_events", "must be at least 1"));
-        }
-        if self.max_body_bytes == 0 || self.max_data_bytes == 0 {
-            return Err(bad("max_body_bytes", "limits must be at least 1 byte"));
-        }
-        if self.tls_handshake_timeout_secs == 0 {
-            return Err(bad("tls_handshake_timeout_secs", "must be at least 1"));
-        }
+        self.check_ranges().map_err(|(key, why)| bad(key, &why))?;
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => {
                 return Err(bad(
@@ -352,6 +346,170 @@ impl Config {
             config: self,
             listen,
         })
+    }
+}
+
+/// Seconds in a day, a year and ten years: the bounds of the duration options.
+const DAY_SECS: u64 = 86_400;
+const YEAR_SECS: u64 = 365 * DAY_SECS;
+const TEN_YEARS_SECS: u64 = 10 * YEAR_SECS;
+
+/// An option's allowed values, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bounds {
+    key: &'static str,
+    min: u64,
+    max: u64,
+}
+
+impl Bounds {
+    /// How the README's options table and the error message write the range.
+    fn shown(&self) -> String {
+        format!("{}–{}", self.min, self.max)
+    }
+}
+
+/// Every duration, size and count option's range. The upper bounds are what
+/// keeps the arithmetic done on these values later exact: seconds added to
+/// an `Instant` (a year at most), milliseconds as `u64` and `u32` record
+/// seconds (ten years at most), `retry:` plus its jitter (a day, doubled),
+/// and an event that fits one durable record (the per-event limits).
+const RANGES: &[Bounds] = &[
+    Bounds {
+        key: "jwks_refresh_secs",
+        min: 1,
+        max: DAY_SECS,
+    },
+    Bounds {
+        key: "jwt_leeway_secs",
+        min: 0,
+        max: 3_600,
+    },
+    Bounds {
+        key: "heartbeat_secs",
+        min: 1,
+        max: 3_600,
+    },
+    Bounds {
+        key: "retry_ms",
+        min: 0,
+        max: DAY_SECS * 1_000,
+    },
+    Bounds {
+        key: "max_connection_lifetime_secs",
+        min: 0,
+        max: YEAR_SECS,
+    },
+    Bounds {
+        key: "queue_capacity",
+        min: 1,
+        max: 1_000_000,
+    },
+    Bounds {
+        key: "retention_events",
+        min: 1,
+        max: 1_000_000_000,
+    },
+    Bounds {
+        key: "retention_bytes",
+        min: 1,
+        max: 1 << 50,
+    },
+    Bounds {
+        key: "retention_secs",
+        min: 1,
+        max: TEN_YEARS_SECS,
+    },
+    Bounds {
+        key: "idempotency_window_secs",
+        min: 0,
+        max: YEAR_SECS,
+    },
+    Bounds {
+        key: "max_body_bytes",
+        min: 1,
+        max: 64 << 20,
+    },
+    Bounds {
+        key: "max_data_bytes",
+        min: 1,
+        max: herald_server::MAX_DATA_BYTES_CEILING as u64,
+    },
+    // Each leaves room for at least one of the other kind.
+    Bounds {
+        key: "max_topics_per_event",
+        min: 1,
+        max: herald_server::MAX_TARGETS_PER_EVENT as u64 - 1,
+    },
+    Bounds {
+        key: "max_users_per_event",
+        min: 1,
+        max: herald_server::MAX_TARGETS_PER_EVENT as u64 - 1,
+    },
+    Bounds {
+        key: "tls_handshake_timeout_secs",
+        min: 1,
+        max: 300,
+    },
+];
+
+impl Config {
+    /// The value of the bounded option `key` (one of [`RANGES`]).
+    fn bounded_value(&self, key: &str) -> Option<u64> {
+        let size = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Some(match key {
+            "jwks_refresh_secs" => self.jwks_refresh_secs,
+            "jwt_leeway_secs" => self.jwt_leeway_secs,
+            "heartbeat_secs" => self.heartbeat_secs,
+            "retry_ms" => self.retry_ms,
+            "max_connection_lifetime_secs" => self.max_connection_lifetime_secs,
+            "queue_capacity" => size(self.queue_capacity),
+            "retention_events" => size(self.retention_events),
+            "retention_bytes" => size(self.retention_bytes),
+            "retention_secs" => self.retention_secs,
+            "idempotency_window_secs" => self.idempotency_window_secs,
+            "max_body_bytes" => size(self.max_body_bytes),
+            "max_data_bytes" => size(self.max_data_bytes),
+            "max_topics_per_event" => size(self.max_topics_per_event),
+            "max_users_per_event" => size(self.max_users_per_event),
+            "tls_handshake_timeout_secs" => self.tls_handshake_timeout_secs,
+            _ => return None,
+        })
+    }
+
+    /// Every option within its range ([`RANGES`]), and the per-event target
+    /// limits within what one durable record stores together; else the key
+    /// at fault and why.
+    fn check_ranges(&self) -> Result<(), (&'static str, String)> {
+        for range in RANGES {
+            let Some(value) = self.bounded_value(range.key) else {
+                return Err((range.key, "has no range check (a bug)".to_owned()));
+            };
+            if !(range.min..=range.max).contains(&value) {
+                return Err((
+                    range.key,
+                    format!(
+                        "{value} is out of range: it must be at least {} and at most {} ({})",
+                        range.min,
+                        range.max,
+                        range.shown()
+                    ),
+                ));
+            }
+        }
+        let targets = self.max_topics_per_event + self.max_users_per_event;
+        if targets > herald_server::MAX_TARGETS_PER_EVENT {
+            return Err((
+                "max_users_per_event",
+                format!(
+                    "with `max_topics_per_event` = {} it allows {targets} targets per event; \
+                     together they may be at most {} (what one stored event holds)",
+                    self.max_topics_per_event,
+                    herald_server::MAX_TARGETS_PER_EVENT
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -452,7 +610,7 @@ impl From<&Config> for AuthConfig {
             jwt_secrets: config.jwt_secret.clone(),
             jwt_public_keys: config.jwt_public_key.clone(),
             jwks: config.jwks.clone(),
-            jwks_refresh: Duration::from_secs(config.jwks_refresh_secs.max(1)),
+            jwks_refresh: Duration::from_secs(config.jwks_refresh_secs),
             jwks_ca_file: config.jwks_ca_file.clone(),
             audience: config.jwt_audience.clone(),
             issuer: config.jwt_issuer.clone(),
@@ -473,6 +631,8 @@ impl From<&Config> for ServerConfig {
             max_connections_per_user: config.max_connections_per_user,
             max_connections_per_ip: config.max_connections_per_ip,
             publish_rate_per_sec: config.publish_rate_per_sec,
+            max_topics_per_event: config.max_topics_per_event,
+            max_users_per_event: config.max_users_per_event,
             allowed_origins: config.allowed_origins.clone(),
             allowed_hosts: config.allowed_hosts.clone(),
             tls: config.tls_files(),
@@ -561,6 +721,109 @@ mod tests {
             from_config,
             "README.md's options table (left) and the Config struct (right) must list the same keys, in the same order, with the same defaults"
         );
+    }
+
+    /// `herald serve --dev --memory` with `flags`, loaded and validated as
+    /// the binary does.
+    fn load_with(flags: &[&str]) -> Result<Validated, ConfigError> {
+        let args = ["serve", "--dev", "--memory"].iter().chain(flags);
+        let matches = Config::command()
+            .try_get_matches_from(args)
+            .expect("the flags parse");
+        let config = Config::from_arg_matches(&matches).expect("a config");
+        Config::load(&config, &matches)
+    }
+
+    fn flag_of(key: &str) -> String {
+        let arg = Config::command()
+            .get_arguments()
+            .find(|a| a.get_id() == key)
+            .and_then(|a| a.get_long().map(str::to_owned))
+            .unwrap_or_else(|| panic!("{key} is not an option"));
+        format!("--{arg}")
+    }
+
+    #[test]
+    fn every_range_refuses_the_values_outside_it_and_names_the_option() {
+        for range in RANGES {
+            let flag = flag_of(range.key);
+            for inside in [range.min, range.max] {
+                // The target sum is its own rule, checked below.
+                let other = match range.key {
+                    "max_topics_per_event" => ["--max-users-per-event", "1"],
+                    _ => ["--max-topics-per-event", "1"],
+                };
+                let value = inside.to_string();
+                let loaded = load_with(&[&flag, &value, other[0], other[1]]);
+                assert!(loaded.is_ok(), "{flag} {value}: {:?}", loaded.err());
+            }
+            let mut outside = vec![range.max + 1, u64::MAX];
+            if let Some(below) = range.min.checked_sub(1) {
+                outside.push(below);
+            }
+            for value in outside {
+                let value = value.to_string();
+                let err = load_with(&[&flag, &value]).expect_err(&format!("{flag} {value}"));
+                let message = err.to_string();
+                assert!(
+                    message.contains(&format!("`{}` (from flag {flag})", range.key))
+                        && message.contains(&range.shown()),
+                    "{flag} {value}: {message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_bounded_option_has_a_value_and_its_range_in_the_readme() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+        let config = Config::default();
+        for range in RANGES {
+            assert!(config.bounded_value(range.key).is_some(), "{}", range.key);
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", range.key)))
+                .unwrap_or_else(|| panic!("no README row for {}", range.key));
+            assert!(
+                row.contains(&format!("range {}", range.shown())),
+                "the README row of {} does not give its range {}: {row}",
+                range.key,
+                range.shown()
+            );
+        }
+    }
+
+    #[test]
+    fn the_target_limits_together_fit_one_stored_event() {
+        let most = herald_server::MAX_TARGETS_PER_EVENT.to_string();
+        assert!(load_with(&[
+            "--max-topics-per-event",
+            "1",
+            "--max-users-per-event",
+            "65534"
+        ])
+        .is_ok());
+        let err = load_with(&[
+            "--max-topics-per-event",
+            "2",
+            "--max-users-per-event",
+            "65534",
+        ])
+        .expect_err("65536 targets");
+        let message = err.to_string();
+        assert!(
+            message.contains("`max_users_per_event`")
+                && message.contains("max_topics_per_event")
+                && message.contains(&most),
+            "{message}"
+        );
+        // The server's limits are within what the durable log stores.
+        const {
+            assert!(
+                herald_server::MAX_TARGETS_PER_EVENT
+                    <= herald_log::record_limits::MAX_RECORD_TOPICS
+            )
+        };
     }
 
     #[test]

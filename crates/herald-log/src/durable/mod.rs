@@ -265,6 +265,10 @@ use segment::Segment;
 pub use fault::{FaultyFs, FsOp};
 pub use fs::{Filesystem, StdFs};
 pub use record::FORMAT_VERSION;
+pub use record::{
+    MAX_BODY, MAX_RECORD_STRING_BYTES, MAX_RECORD_TOPICS, RECORD_FIXED_BYTES,
+    RECORD_STRING_OVERHEAD,
+};
 
 /// Events `last_id_for_topic` examines on disk at most before it answers
 /// "none retained" (a topic silent for longer than this is treated as new).

@@ -29,7 +29,17 @@ pub(crate) const CUT_MARK: [u8; RECORD_HEADER] = [0, 0, 0, 0, b'C', b'U', b'T', 
 const MIN_BODY: usize = 8 + 4 + 1 + 2 + 4;
 /// The largest body we write or accept. A length above it is garbage, so
 /// recovery can tell a torn length field from a real (huge) record.
-pub(crate) const MAX_BODY: usize = 64 << 20;
+pub const MAX_BODY: usize = 64 << 20;
+/// Most topics (user topics included) one record holds: the count is a `u16`.
+pub const MAX_RECORD_TOPICS: usize = u16::MAX as usize;
+/// Longest string one record holds (a topic, the event type, the idempotency
+/// key): each is stored after a `u16` length.
+pub const MAX_RECORD_STRING_BYTES: usize = u16::MAX as usize;
+/// Bytes of a record body besides its strings and data, at most: id, time,
+/// flags, retry, topic count, data length.
+pub const RECORD_FIXED_BYTES: usize = MIN_BODY + 8;
+/// Bytes a record spends on each string besides the string: its length.
+pub const RECORD_STRING_OVERHEAD: usize = 2;
 /// Disk reads are done in blocks of this size.
 const READ_BLOCK: usize = 64 * 1024;
 

@@ -15,12 +15,52 @@ use herald_core::{Appended, NewEvent, Topic, RESERVED_EVENT_PREFIX};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::auth::Access;
 use crate::error::{ApiError, ErrorCode};
 use crate::query::QueryPairs;
-use crate::AppState;
+use crate::{AppState, ServerConfig};
 
 /// Most events in one batch.
 const MAX_BATCH: usize = 10_000;
+
+/// Longest event type, in bytes (400 `invalid_event_type` over it).
+pub const MAX_EVENT_TYPE_BYTES: usize = 256;
+/// Longest `idempotency_key`, in bytes (400 `invalid_field` over it).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// Most targets of one event, topics and users together: what the durable
+/// log's record stores (a `u16` count; a test pins it to herald-log's
+/// `record_limits`). `max_topics_per_event` plus `max_users_per_event` may
+/// not exceed it.
+pub const MAX_TARGETS_PER_EVENT: usize = 65_535;
+/// The highest `max_data_bytes` may be set: an event with that much data,
+/// [`MAX_TARGETS_PER_EVENT`] targets of the longest topic, and the longest
+/// type and key still fits one durable record (a test pins it).
+pub const MAX_DATA_BYTES_CEILING: usize = 32 << 20;
+
+/// Bodies over this many bytes are parsed and validated on tokio's blocking
+/// pool: the control runtime has one thread, and a few megabytes of JSON
+/// with hundreds of thousands of targets take it for hundreds of
+/// milliseconds, during which every other publish would wait. Smaller bodies
+/// take microseconds, less than the hand-over to another thread costs.
+const OFF_THREAD_BODY_BYTES: usize = 64 << 10;
+
+/// What one event may carry (the server's configured limits).
+#[derive(Debug, Clone, Copy)]
+struct EventLimits {
+    max_data_bytes: usize,
+    max_topics: usize,
+    max_users: usize,
+}
+
+impl EventLimits {
+    fn of(config: &ServerConfig) -> Self {
+        Self {
+            max_data_bytes: config.max_data_bytes,
+            max_topics: config.max_topics_per_event,
+            max_users: config.max_users_per_event,
+        }
+    }
+}
 
 /// One event as a publisher sends it (docs/api.md field names).
 #[derive(Debug, Deserialize)]
@@ -101,20 +141,19 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
     let (parts, body) = request.into_parts();
     let form = Form::of(&parts.headers);
     let body = read_body(body, state.config.max_body_bytes).await?;
-    let (requests, single) = match form {
-        Form::Text => (vec![simple_form(parts.uri.query(), body)?], true),
-        Form::Json => json_requests(&body)?,
+    let limits = EventLimits::of(&state.config);
+    let query = parts.uri.query().map(str::to_owned);
+    let off_thread = body.len() > OFF_THREAD_BODY_BYTES;
+    let prepare = move || new_events(form, query.as_deref(), body, limits, &access);
+    let (batch, single) = if off_thread {
+        tokio::task::spawn_blocking(prepare).await.map_err(|_| {
+            ApiError::unavailable(
+                "the request could not be processed; the event was not stored, retry later",
+            )
+        })??
+    } else {
+        prepare()?
     };
-    let max_data = state.config.max_data_bytes;
-    let batch = requests
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            validate(r, max_data, form)
-                .and_then(|event| access.check_publish(&event).map(|()| event))
-                .map_err(|e| in_item(e, i, single))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let results = state.log.append(batch).await.map_err(|e| {
         ApiError::unavailable(format!("{e}; the event was not stored, retry later"))
     })?;
@@ -310,11 +349,76 @@ fn simple_form(query: Option<&str>, body: bytes::Bytes) -> Result<PublishRequest
     })
 }
 
+/// The events of a request body, validated and checked against `access`,
+/// and whether the request was a single event (not a batch).
+fn new_events(
+    form: Form,
+    query: Option<&str>,
+    body: bytes::Bytes,
+    limits: EventLimits,
+    access: &Access,
+) -> Result<(Vec<NewEvent>, bool), ApiError> {
+    let (requests, single) = match form {
+        Form::Text => (vec![simple_form(query, body)?], true),
+        Form::Json => json_requests(&body)?,
+    };
+    let batch = requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            validate(r, limits, form)
+                .and_then(|event| access.check_publish(&event).map(|()| event))
+                .map_err(|e| in_item(e, i, single))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((batch, single))
+}
+
+/// 413 `too_many_targets`: `count` targets of one kind over `limit`, the
+/// option that sets it named.
+fn too_many(count: usize, what: &str, limit: usize, option: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::TooManyTargets,
+        format!(
+            "the event has {count} {what}, over the limit of {limit} per event \
+             (`{option}`); split it into several events"
+        ),
+    )
+}
+
 fn validate(
     request: PublishRequest,
-    max_data_bytes: usize,
+    limits: EventLimits,
     form: Form,
 ) -> Result<NewEvent, ApiError> {
+    // Counted as sent, before any is parsed: the refusal costs nothing.
+    if request.topics.len() > limits.max_topics {
+        return Err(too_many(
+            request.topics.len(),
+            "topics",
+            limits.max_topics,
+            "max_topics_per_event",
+        ));
+    }
+    if request.users.len() > limits.max_users {
+        return Err(too_many(
+            request.users.len(),
+            "users",
+            limits.max_users,
+            "max_users_per_event",
+        ));
+    }
+    // The configuration keeps the two limits' sum within the record format;
+    // this holds for a `ServerConfig` built by hand too.
+    let targets = request.topics.len() + request.users.len();
+    if targets > MAX_TARGETS_PER_EVENT {
+        return Err(too_many(
+            targets,
+            "topics and users together",
+            MAX_TARGETS_PER_EVENT,
+            "the event log's record format",
+        ));
+    }
     let mut topics = Vec::with_capacity(request.topics.len() + request.users.len());
     for name in &request.topics {
         let topic = Topic::new(name).map_err(|e| ApiError::invalid_topic(name, e))?;
@@ -333,6 +437,15 @@ fn validate(
         ));
     }
     if let Some(event) = &request.event {
+        if event.len() > MAX_EVENT_TYPE_BYTES {
+            return Err(ApiError::new(
+                ErrorCode::InvalidEventType,
+                format!(
+                    "the event type is {} bytes, over the limit of {MAX_EVENT_TYPE_BYTES}",
+                    event.len()
+                ),
+            ));
+        }
         herald_sse::validate_event_type(event)
             .map_err(|e| ApiError::new(ErrorCode::InvalidEventType, e.to_string()))?;
         if event.starts_with(RESERVED_EVENT_PREFIX) {
@@ -350,20 +463,21 @@ fn validate(
         Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
     };
-    if data.len() > max_data_bytes {
+    if data.len() > limits.max_data_bytes {
         return Err(ApiError::new(
             ErrorCode::DataTooLarge,
             format!(
-                "event data is {} bytes, over the {max_data_bytes}-byte limit",
-                data.len()
+                "event data is {} bytes, over the {}-byte limit",
+                data.len(),
+                limits.max_data_bytes
             ),
         ));
     }
     if let Some(key) = &request.idempotency_key {
-        if key.is_empty() || key.len() > 256 {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
             return Err(ApiError::new(
                 ErrorCode::InvalidField,
-                "idempotency_key must be 1 to 256 bytes",
+                format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
             ));
         }
     }
@@ -388,9 +502,114 @@ fn in_item(err: ApiError, index: usize, single: bool) -> ApiError {
 
 #[cfg(test)]
 mod tests {
+    use herald_core::MAX_TOPIC_BYTES;
     use serde_json::json;
 
     use super::*;
+
+    /// The route's own limits, each at its highest setting.
+    fn widest() -> EventLimits {
+        EventLimits {
+            max_data_bytes: MAX_DATA_BYTES_CEILING,
+            max_topics: 1,
+            max_users: MAX_TARGETS_PER_EVENT - 1,
+        }
+    }
+
+    fn request(topics: usize, users: usize, user_bytes: usize) -> PublishRequest {
+        let name = |prefix: &str, i: usize, len: usize| {
+            let n = format!("{prefix}{i}");
+            format!("{n}{}", "x".repeat(len - n.len()))
+        };
+        PublishRequest {
+            topics: (0..topics).map(|i| name("t", i, MAX_TOPIC_BYTES)).collect(),
+            users: (0..users).map(|i| name("u", i, user_bytes)).collect(),
+            broadcast: false,
+            event: Some("e".repeat(MAX_EVENT_TYPE_BYTES)),
+            data: Some(Value::String("d".repeat(MAX_DATA_BYTES_CEILING))),
+            retry: Some(u64::MAX),
+            idempotency_key: Some("k".repeat(MAX_IDEMPOTENCY_KEY_BYTES)),
+        }
+    }
+
+    /// Compile-time pins: if herald-log's record format shrinks, or a route
+    /// limit grows past it, the tests do not build.
+    #[test]
+    fn the_route_s_limits_are_within_the_record_format() {
+        use herald_log::record_limits as record;
+        const STRING: usize = record::RECORD_STRING_OVERHEAD;
+        const LARGEST: usize = record::RECORD_FIXED_BYTES
+            + MAX_TARGETS_PER_EVENT * (STRING + MAX_TOPIC_BYTES)
+            + (STRING + MAX_EVENT_TYPE_BYTES)
+            + (STRING + MAX_IDEMPOTENCY_KEY_BYTES)
+            + MAX_DATA_BYTES_CEILING;
+        const {
+            assert!(MAX_TARGETS_PER_EVENT <= record::MAX_RECORD_TOPICS);
+            assert!(MAX_TOPIC_BYTES <= record::MAX_RECORD_STRING_BYTES);
+            assert!(MAX_EVENT_TYPE_BYTES <= record::MAX_RECORD_STRING_BYTES);
+            assert!(MAX_IDEMPOTENCY_KEY_BYTES <= record::MAX_RECORD_STRING_BYTES);
+            assert!(LARGEST <= record::MAX_BODY);
+            assert!(
+                ServerConfig::DEFAULT_MAX_TOPICS_PER_EVENT
+                    + ServerConfig::DEFAULT_MAX_USERS_PER_EVENT
+                    <= MAX_TARGETS_PER_EVENT
+            );
+            assert!(ServerConfig::DEFAULT_MAX_DATA_BYTES <= MAX_DATA_BYTES_CEILING);
+        }
+    }
+
+    /// The largest event the route lets through, every field at its limit,
+    /// is stored by the real durable log; one more target is refused first.
+    #[tokio::test]
+    async fn the_largest_event_accepted_is_stored_by_the_durable_log() {
+        use herald_core::EventLog;
+        let user_bytes = herald_core::topic::MAX_USER_ID_BYTES;
+        let event = validate(
+            request(1, MAX_TARGETS_PER_EVENT - 1, user_bytes),
+            widest(),
+            Form::Json,
+        )
+        .expect("every field at its limit is accepted");
+        assert_eq!(event.topics.len(), MAX_TARGETS_PER_EVENT);
+        let dir = std::env::temp_dir().join(format!("herald-largest-event-{}", std::process::id()));
+        let log = herald_log::DurableLog::open(&dir, herald_log::DurableOptions::default())
+            .expect("a durable log");
+        let stored = log.append(vec![event]).await;
+        drop(log);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(stored.is_ok(), "{stored:?}");
+
+        for (topics, users, limits) in [
+            (2, MAX_TARGETS_PER_EVENT - 1, widest()),
+            (
+                2,
+                0,
+                EventLimits {
+                    max_topics: 1,
+                    ..widest()
+                },
+            ),
+            (
+                0,
+                2,
+                EventLimits {
+                    max_users: 1,
+                    ..widest()
+                },
+            ),
+        ] {
+            let err = validate(request(topics, users, 8), limits, Form::Json)
+                .expect_err("over a target limit");
+            assert_eq!(err.code(), ErrorCode::TooManyTargets, "{err}");
+        }
+        let long_type = PublishRequest {
+            event: Some("e".repeat(MAX_EVENT_TYPE_BYTES + 1)),
+            ..request(1, 0, 8)
+        };
+        let err = validate(long_type, widest(), Form::Json).expect_err("a long type");
+        assert_eq!(err.code(), ErrorCode::InvalidEventType);
+        assert!(err.message().contains("256"), "{err}");
+    }
 
     #[test]
     fn rust_escapes_become_json_escapes() {

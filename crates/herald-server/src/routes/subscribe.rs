@@ -164,7 +164,7 @@ pub(crate) fn set_stream_headers(headers: &mut HeaderMap, version: Version) {
 /// client's descriptor is what the limit is there to save.
 fn come_back_later(state: &AppState, version: Version) -> Response {
     let base = state.hub.config().retry_ms.max(1000);
-    let retry = base + rand_jitter(base);
+    let retry = base.saturating_add(rand_jitter(base));
     let body = Body::from(herald_sse::encode_notice(
         Some(retry),
         "over capacity, come back later",
