@@ -50,7 +50,7 @@ pub struct ServerConfig {
     pub max_data_bytes: usize,
     /// Most open streams; over it a subscriber is told to come back later.
     pub max_connections: usize,
-    /// Most open streams of one user; over it the same.
+    /// Most open streams of one user; over it the same. 0: no cap.
     pub max_connections_per_user: usize,
     /// Most open streams from one client address (IPv6: one /64); over it
     /// the same. 0: no cap.
@@ -166,7 +166,11 @@ impl AppState {
     ) -> Arc<Self> {
         let publish_rate = limits::PublishRate::new(config.publish_rate_per_sec);
         let budget = ConnectionBudget::new(config.max_connections, config.fd_limit);
-        let stream_slots = limits::StreamSlots::new(budget.streams, config.max_connections_per_ip);
+        let stream_slots = limits::StreamSlots::new(
+            budget.streams,
+            config.max_connections_per_ip,
+            config.max_connections_per_user,
+        );
         Arc::new(Self {
             hub,
             log,

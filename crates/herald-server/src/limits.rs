@@ -158,63 +158,121 @@ pub(crate) enum TurnedAway {
     PerUser,
 }
 
-/// The open streams, in total and per client address, against their caps.
+/// The open streams, in total, per client address and per user, against
+/// their caps.
 ///
-/// Invariant: `open` and every count in `per_ip` are exactly the live
-/// [`StreamSlot`]s (a slot gives back what it took when dropped), and
-/// `per_ip` holds no zero count, so its size is bounded by the open streams.
+/// Invariant: `open` and every count in `per_ip` and `per_user` are exactly
+/// the live [`StreamSlot`]s (a slot gives back what it took when dropped),
+/// and neither map holds a zero count, so their sizes are bounded by the open
+/// streams.
 #[derive(Debug)]
 pub(crate) struct StreamSlots {
     max: usize,
-    /// Per client address (0: no cap).
-    max_per_ip: usize,
     open: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: KeyedCounts<IpAddr>,
+    per_user: KeyedCounts<Arc<str>>,
+}
+
+/// Counts by key against one cap (0: no cap, nothing counted).
+#[derive(Debug)]
+struct KeyedCounts<K> {
+    max: usize,
+    counts: Mutex<HashMap<K, usize>>,
+}
+
+impl<K: std::hash::Hash + Eq> KeyedCounts<K> {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one more for `key` if that stays within the cap; whether it did.
+    fn try_add(&self, key: &K) -> bool
+    where
+        K: Clone,
+    {
+        let mut counts = self.counts.lock();
+        match counts.get_mut(key) {
+            Some(count) if *count >= self.max => false,
+            Some(count) => {
+                *count += 1;
+                true
+            }
+            None => {
+                counts.insert(key.clone(), 1);
+                true
+            }
+        }
+    }
+
+    /// Gives back one counted for `key`, forgetting the key at zero.
+    fn remove(&self, key: &K) {
+        let mut counts = self.counts.lock();
+        if let Some(count) = counts.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(key);
+            }
+        }
+    }
 }
 
 /// One open stream's place in [`StreamSlots`]; dropping it frees the place.
 #[derive(Debug)]
 pub(crate) struct StreamSlot {
     slots: Arc<StreamSlots>,
-    /// The address counted against `max_per_ip`, if one was.
+    /// The address counted against the per-address cap, if one was.
     ip: Option<IpAddr>,
+    /// The user counted against the per-user cap, if one was.
+    user: Option<Arc<str>>,
 }
 
 impl StreamSlots {
-    pub(crate) fn new(max: usize, max_per_ip: usize) -> Arc<Self> {
+    pub(crate) fn new(max: usize, max_per_ip: usize, max_per_user: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
-            max_per_ip,
             open: AtomicUsize::new(0),
-            per_ip: Mutex::new(HashMap::new()),
+            per_ip: KeyedCounts::new(max_per_ip),
+            per_user: KeyedCounts::new(max_per_user),
         })
     }
 
     /// Takes a place for a stream from `peer` (`None`: address unknown,
-    /// counted only in the total).
-    pub(crate) fn take(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<StreamSlot, TurnedAway> {
+    /// not counted per address) of `user` (`None`: anonymous, not counted
+    /// per user).
+    pub(crate) fn take(
+        self: &Arc<Self>,
+        peer: Option<IpAddr>,
+        user: Option<&Arc<str>>,
+    ) -> Result<StreamSlot, TurnedAway> {
         let max = self.max;
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < max).then_some(open + 1)
             })
             .map_err(|_| TurnedAway::MaxConnections)?;
-        // From here on the slot owns one place in `open`: an early return
-        // drops it, which gives the place back.
+        // From here on the slot owns one place in `open` (and then in each
+        // map it is counted in): an early return drops it, which gives each
+        // place back.
         let mut slot = StreamSlot {
             slots: self.clone(),
             ip: None,
+            user: None,
         };
-        if let (Some(peer), true) = (peer, self.max_per_ip > 0) {
+        if let (Some(peer), true) = (peer, self.per_ip.max > 0) {
             let ip = per_ip_key(peer);
-            let mut per_ip = self.per_ip.lock();
-            let count = per_ip.entry(ip).or_insert(0);
-            if *count >= self.max_per_ip {
-                // Not zero (the cap is at least 1), so nothing to forget.
+            if !self.per_ip.try_add(&ip) {
                 return Err(TurnedAway::PerIp);
             }
-            *count += 1;
             slot.ip = Some(ip);
+        }
+        if let (Some(user), true) = (user, self.per_user.max > 0) {
+            if !self.per_user.try_add(user) {
+                return Err(TurnedAway::PerUser);
+            }
+            slot.user = Some(user.clone());
         }
         Ok(slot)
     }
@@ -228,14 +286,11 @@ impl StreamSlots {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        if let Some(ip) = self.ip {
-            let mut per_ip = self.slots.per_ip.lock();
-            if let Some(count) = per_ip.get_mut(&ip) {
-                *count -= 1;
-                if *count == 0 {
-                    per_ip.remove(&ip);
-                }
-            }
+        if let Some(ip) = &self.ip {
+            self.slots.per_ip.remove(ip);
+        }
+        if let Some(user) = &self.user {
+            self.slots.per_user.remove(user);
         }
         self.slots.open.fetch_sub(1, Ordering::AcqRel);
     }
@@ -349,20 +404,31 @@ mod tests {
 
     #[test]
     fn slots_never_exceed_the_cap_and_come_back_when_dropped() {
-        let slots = StreamSlots::new(3, 0);
-        let held: Vec<_> = (0..3).map(|_| slots.take(None).expect("room")).collect();
-        assert_eq!(slots.take(None).map(drop), Err(TurnedAway::MaxConnections));
+        let slots = StreamSlots::new(3, 0, 0);
+        let held: Vec<_> = (0..3)
+            .map(|_| slots.take(None, None).expect("room"))
+            .collect();
+        assert_eq!(
+            slots.take(None, None).map(drop),
+            Err(TurnedAway::MaxConnections)
+        );
         drop(held);
         assert_eq!(slots.open(), 0);
-        assert!(slots.take(None).is_ok());
+        assert!(slots.take(None, None).is_ok());
     }
 
     #[test]
     fn concurrent_takes_never_overshoot() {
-        let slots = StreamSlots::new(100, 0);
+        let slots = StreamSlots::new(100, 0, 0);
         let taken: Vec<Vec<StreamSlot>> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| (0..100).filter_map(|_| slots.take(None).ok()).collect()))
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..100)
+                            .filter_map(|_| slots.take(None, None).ok())
+                            .collect()
+                    })
+                })
                 .collect();
             workers
                 .into_iter()
@@ -375,27 +441,65 @@ mod tests {
 
     #[test]
     fn the_per_ip_cap_counts_each_address_and_forgets_empty_ones() {
-        let slots = StreamSlots::new(100, 2);
+        let slots = StreamSlots::new(100, 2, 0);
         let a: IpAddr = "127.0.0.2".parse().expect("ip");
         let b: IpAddr = "127.0.0.3".parse().expect("ip");
-        let first = slots.take(Some(a)).expect("room");
-        let _second = slots.take(Some(a)).expect("room");
-        assert_eq!(slots.take(Some(a)).map(drop), Err(TurnedAway::PerIp));
+        let first = slots.take(Some(a), None).expect("room");
+        let _second = slots.take(Some(a), None).expect("room");
+        assert_eq!(slots.take(Some(a), None).map(drop), Err(TurnedAway::PerIp));
         assert_eq!(slots.open(), 2, "a refusal gives its place back");
         let _other = slots
-            .take(Some(b))
+            .take(Some(b), None)
             .expect("another address has its own count");
         drop(first);
-        assert!(slots.take(Some(a)).is_ok());
+        assert!(slots.take(Some(a), None).is_ok());
         // Addresses of one IPv6 /64 share a count; IPv4-mapped is IPv4.
         let v6a: IpAddr = "2001:db8::1".parse().expect("ip");
         let v6b: IpAddr = "2001:db8::ffff:1".parse().expect("ip");
         assert_eq!(per_ip_key(v6a), per_ip_key(v6b));
         let mapped: IpAddr = "::ffff:127.0.0.2".parse().expect("ip");
         assert_eq!(per_ip_key(mapped), a);
-        let slots = StreamSlots::new(100, 1);
-        let held = slots.take(Some(a)).expect("room");
+        let slots = StreamSlots::new(100, 1, 0);
+        let held = slots.take(Some(a), None).expect("room");
         drop(held);
-        assert!(slots.per_ip.lock().is_empty(), "no zero counts kept");
+        assert!(slots.per_ip.counts.lock().is_empty(), "no zero counts kept");
+    }
+
+    #[test]
+    fn the_per_user_cap_is_taken_not_checked() {
+        let slots = StreamSlots::new(1_000, 0, 5);
+        let alice: Arc<str> = Arc::from("alice");
+        let bob: Arc<str> = Arc::from("bob");
+        let taken: Vec<Vec<StreamSlot>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..20)
+                            .filter_map(|_| slots.take(None, Some(&alice)).ok())
+                            .collect()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("no panic"))
+                .collect()
+        });
+        assert_eq!(taken.iter().map(Vec::len).sum::<usize>(), 5);
+        assert_eq!(
+            slots.take(None, Some(&alice)).map(drop),
+            Err(TurnedAway::PerUser)
+        );
+        assert_eq!(slots.open(), 5, "a refusal gives its place back");
+        let _other = slots
+            .take(None, Some(&bob))
+            .expect("another user has its own count");
+        assert!(
+            slots.take(None, None).is_ok(),
+            "anonymous streams are not counted per user"
+        );
+        drop(taken);
+        assert!(slots.take(None, Some(&alice)).is_ok());
+        assert_eq!(slots.per_user.counts.lock().len(), 1, "no zero counts kept");
     }
 }

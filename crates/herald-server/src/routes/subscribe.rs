@@ -109,16 +109,11 @@ pub(crate) async fn admit(
             .map(String::from)
             .collect::<Vec<_>>()
     });
-    // Taken, not checked: concurrent subscribes cannot overshoot the cap.
-    let slot = match state.stream_slots.take(peer) {
+    // Taken, not checked: concurrent subscribes cannot overshoot the caps.
+    let slot = match state.stream_slots.take(peer, access.user.as_ref()) {
         Ok(slot) => slot,
         Err(why) => return Ok(Admission::ComeBackLater(why)),
     };
-    if let Some(user) = &access.user {
-        if state.hub.user_connections(user) >= state.config.max_connections_per_user {
-            return Ok(Admission::ComeBackLater(TurnedAway::PerUser));
-        }
-    }
     let subscriber = Subscriber {
         user: access.user,
         filter: Filter::new(patterns, types),
