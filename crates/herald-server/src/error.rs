@@ -64,12 +64,20 @@ pub enum ErrorCode {
     AdminRequired,
     /// 429: the caller publishes faster than its configured rate.
     RateLimited,
+    /// 400: a request body ended before its declared length, or its framing
+    /// was malformed.
+    BodyIncomplete,
+    /// 408: a request body did not arrive within the body read timeout.
+    BodyTimeout,
+    /// 503: the server is reading as many request body bytes as it allows at
+    /// once; retry shortly.
+    BodyCapacityFull,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (for checks that must cover them all,
     /// such as the API reference test).
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 27] = [
         Self::BadJson,
         Self::InvalidField,
         Self::InvalidTopic,
@@ -94,6 +102,9 @@ impl ErrorCode {
         Self::PublishNotAllowed,
         Self::AdminRequired,
         Self::RateLimited,
+        Self::BodyIncomplete,
+        Self::BodyTimeout,
+        Self::BodyCapacityFull,
     ];
 
     /// The code as clients see it (snake_case).
@@ -123,6 +134,9 @@ impl ErrorCode {
             Self::PublishNotAllowed => "publish_not_allowed",
             Self::AdminRequired => "admin_required",
             Self::RateLimited => "rate_limited",
+            Self::BodyIncomplete => "body_incomplete",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyCapacityFull => "body_capacity_full",
         }
     }
 
@@ -139,13 +153,15 @@ impl ErrorCode {
             | Self::MissingTarget
             | Self::EmptyBatch
             | Self::MissingTopic
-            | Self::InvalidLimit => StatusCode::BAD_REQUEST,
+            | Self::InvalidLimit
+            | Self::BodyIncomplete => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge | Self::DataTooLarge | Self::BatchTooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Self::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LogUnavailable | Self::BodyCapacityFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TokenMissing | Self::TokenExpired | Self::TokenInvalid => {
                 StatusCode::UNAUTHORIZED
             }
@@ -160,9 +176,20 @@ impl ErrorCode {
     /// (a rate-limit refusal may say a longer wait, see [`ApiError::retry_after`]).
     pub const fn retry_after(self) -> Option<u32> {
         match self {
-            Self::LogUnavailable | Self::RateLimited => Some(1),
+            Self::LogUnavailable | Self::RateLimited | Self::BodyCapacityFull => Some(1),
             _ => None,
         }
+    }
+
+    /// Whether the answer closes the connection (`Connection: close` on
+    /// HTTP/1.1; hyper drops the header on HTTP/2, where the stream ends
+    /// alone): set when the request's body was not read to its end, so the
+    /// connection cannot carry another request.
+    pub const fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            Self::BodyIncomplete | Self::BodyTimeout | Self::BodyCapacityFull
+        )
     }
 
     /// The RFC 6750 `error` of the `WWW-Authenticate: Bearer` challenge sent
@@ -314,6 +341,9 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = self.retry_after.or(self.code.retry_after()) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.code.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(error) = self.code.bearer_error() {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -392,6 +422,13 @@ mod tests {
             ),
             (AdminRequired, "admin_required", StatusCode::FORBIDDEN),
             (RateLimited, "rate_limited", StatusCode::TOO_MANY_REQUESTS),
+            (BodyIncomplete, "body_incomplete", bad),
+            (BodyTimeout, "body_timeout", StatusCode::REQUEST_TIMEOUT),
+            (
+                BodyCapacityFull,
+                "body_capacity_full",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
         ] {
             assert_eq!((code.as_str(), code.status()), (text, status));
             assert_eq!(code.to_string(), text);
