@@ -22,7 +22,6 @@
 //! called until its response body is dropped (sent, or its stream reset).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,12 +29,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, Response};
+use axum::routing::future::RouteFuture;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 /// What one connection is doing, as far as its deadlines care.
 #[derive(Debug)]
@@ -115,26 +117,37 @@ impl Drop for InFlight {
 
 /// The router as hyper's service, counting each request in `activity`
 /// until its response body is dropped.
+///
+/// A mapped future, not an `async` block: hyper keeps room for the service's
+/// future in every HTTP/2 stream's task for the stream's whole life, and an
+/// `async` block would hold the request and the router beside the router's
+/// own future (measured: 0.35 KiB more per idle HTTP/2 stream).
 pub(crate) fn tracked(
     app: axum::Router,
     activity: Arc<Activity>,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<TrackedBody>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<TrackedBody>, Infallible>> + Send,
-> + Clone {
-    hyper::service::service_fn(move |request: Request<Incoming>| {
-        let in_flight = activity.begin();
-        let app = app.clone();
-        async move {
-            let response = app.oneshot(request).await?;
-            Ok(response.map(|body| TrackedBody {
-                body,
-                _in_flight: in_flight,
-            }))
-        }
-    })
+) -> TowerToHyperService<
+    impl Service<
+            Request<Incoming>,
+            Response = Response<TrackedBody>,
+            Error = Infallible,
+            Future: Send,
+        > + Clone,
+> {
+    let service = ServiceExt::<Request<Incoming>>::map_future(
+        app,
+        move |response: RouteFuture<Infallible>| {
+            let in_flight = activity.begin();
+            response.map(move |response: Result<Response<Body>, Infallible>| {
+                response.map(|response| {
+                    response.map(|body| TrackedBody {
+                        body,
+                        _in_flight: in_flight,
+                    })
+                })
+            })
+        },
+    );
+    TowerToHyperService::new(service)
 }
 
 /// A response body that ends its request's time in flight when dropped.
