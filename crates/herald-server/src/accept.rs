@@ -53,8 +53,7 @@ use tower::ServiceExt;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::{Builder, Http2Builder};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -62,7 +61,8 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::direct::{self, HeadWas, Sniffed};
-use crate::io::{MovableTcp, Rewind};
+use crate::idle::{self, Activity};
+use crate::io::{MovableTcp, Rewind, WriteDeadline};
 use crate::tls::Tls;
 use crate::tls_stream::{self, TlsStream};
 use crate::AppState;
@@ -125,6 +125,9 @@ struct Builders {
 }
 
 impl Builders {
+    /// `header_read_timeout` bounds HTTP/1.1 heads, the first request's
+    /// included; the HTTP/2 handshake and idle connections are bounded by
+    /// `crate::idle`, which hyper's HTTP/2 has no setting for.
     fn new(header_read_timeout: Duration) -> Self {
         let mut auto = Builder::new(TokioExecutor::new());
         auto.http1()
@@ -436,17 +439,27 @@ impl AcceptedConnection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(
+        let activity = Activity::new();
+        let service = idle::tracked(
             self.app
+                .clone()
                 .map_request(connection_info(self.peer, self.classifying.clone())),
+            activity.clone(),
         );
+        let io = TokioIo::new(WriteDeadline::new(stream, self.state.write_timeout.clone()));
         let connection = self
             .builders
             .auto
-            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+            .serve_connection_with_upgrades(io, service);
         // Boxed: the hyper connection's state is large, and every idle direct
         // stream would otherwise carry room for it in its task.
-        let _ = Box::pin(self.watcher.watch(connection)).await;
+        Box::pin(serve_until_idle(
+            self.watcher,
+            connection,
+            &activity,
+            &self.state.config,
+        ))
+        .await;
     }
 
     /// Serves an HTTP/2-only connection with hyper (TLS, ALPN `h2`).
@@ -454,15 +467,37 @@ impl AcceptedConnection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(
+        let activity = Activity::new();
+        let service = idle::tracked(
             self.app
+                .clone()
                 .map_request(connection_info(self.peer, self.classifying.clone())),
+            activity.clone(),
         );
-        let connection = self
-            .builders
-            .h2_only
-            .serve_connection(TokioIo::new(stream), service);
-        let _ = Box::pin(self.watcher.watch(connection)).await;
+        let io = TokioIo::new(WriteDeadline::new(stream, self.state.write_timeout.clone()));
+        let connection = self.builders.h2_only.serve_connection(io, service);
+        Box::pin(serve_until_idle(
+            self.watcher,
+            connection,
+            &activity,
+            &self.state.config,
+        ))
+        .await;
+    }
+}
+
+/// Drives a hyper connection (graceful on shutdown) until it ends, or until
+/// it has carried no request for too long (see `crate::idle`).
+async fn serve_until_idle<C: GracefulConnection>(
+    watcher: Watcher,
+    connection: C,
+    activity: &Activity,
+    config: &crate::ServerConfig,
+) {
+    let idle = activity.idle_past(config.header_read_timeout, config.idle_timeout);
+    tokio::select! {
+        _ = watcher.watch(connection) => {}
+        () = idle => tracing::debug!("closing a connection that carries no request"),
     }
 }
 

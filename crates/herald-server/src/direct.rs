@@ -24,7 +24,9 @@
 //! is admitted; the stream is closed on an event boundary (the writer yields
 //! whole frames) with the terminating chunk, after which the connection goes
 //! back to hyper for keep-alive requests. Every write is flushed before the
-//! next frame is awaited (TLS buffers records until flushed). A stream
+//! next frame is awaited (TLS buffers records until flushed). A write the
+//! socket takes no byte of within the write timeout ends the stream
+//! (`crate::io::WriteDeadline`). A stream
 //! client has nothing to say after its request: bytes it sends are read and
 //! discarded, and past [`MAX_UNEXPECTED_BYTES`] the connection is closed, so
 //! a client that keeps sending costs a bounded amount of work.
@@ -40,6 +42,7 @@ use tokio::net::TcpStream;
 
 use crate::cors;
 use crate::http1_head::{classify, Head, MAX_HEAD};
+use crate::io::WriteDeadline;
 use crate::limits::StreamSlot;
 use crate::routes::subscribe::{admit, set_stream_headers, Admission};
 use crate::AppState;
@@ -158,13 +161,16 @@ pub(crate) enum HeadWas {
 /// Generic over the socket so TLS shares it; for a `TcpStream` this is the
 /// hot path of fan-out: no copy or allocation beyond the one chunk buffer.
 pub(crate) async fn stream<S>(
-    mut socket: S,
+    socket: S,
     state: Arc<AppState>,
     request: Box<DirectRequest>,
 ) -> io::Result<Option<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // A socket that takes no byte for the write timeout fails the pending
+    // write below, which ends the stream like any socket error.
+    let mut socket = WriteDeadline::new(socket, state.write_timeout.clone());
     // A head that was only peeked at: consume exactly it.
     if request.unread_head > 0 {
         let mut consumed = vec![0u8; request.unread_head];
@@ -218,7 +224,7 @@ where
     }
     drop(connection);
     drop(slot);
-    Ok(Some(socket))
+    Ok(Some(socket.into_inner()))
 }
 
 /// Registers the stream and renders the response head. A plain function, so

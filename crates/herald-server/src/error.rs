@@ -69,12 +69,20 @@ pub enum ErrorCode {
     /// 403: dev mode, and the request names Herald by a host name that is not
     /// a loopback name (DNS rebinding).
     HostNotAllowed,
+    /// 400: a request body ended before its declared length, or its framing
+    /// was malformed.
+    BodyIncomplete,
+    /// 408: a request body did not arrive within the body read timeout.
+    BodyTimeout,
+    /// 503: the server is reading as many request body bytes as it allows at
+    /// once; retry shortly.
+    BodyCapacityFull,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (for checks that must cover them all,
     /// such as the API reference test).
-    pub const ALL: [Self; 26] = [
+    pub const ALL: [Self; 29] = [
         Self::BadJson,
         Self::InvalidField,
         Self::InvalidTopic,
@@ -101,6 +109,9 @@ impl ErrorCode {
         Self::AdminRequired,
         Self::RateLimited,
         Self::HostNotAllowed,
+        Self::BodyIncomplete,
+        Self::BodyTimeout,
+        Self::BodyCapacityFull,
     ];
 
     /// The code as clients see it (snake_case).
@@ -132,6 +143,9 @@ impl ErrorCode {
             Self::AdminRequired => "admin_required",
             Self::RateLimited => "rate_limited",
             Self::HostNotAllowed => "host_not_allowed",
+            Self::BodyIncomplete => "body_incomplete",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyCapacityFull => "body_capacity_full",
         }
     }
 
@@ -148,14 +162,16 @@ impl ErrorCode {
             | Self::MissingTarget
             | Self::EmptyBatch
             | Self::MissingTopic
-            | Self::InvalidLimit => StatusCode::BAD_REQUEST,
+            | Self::InvalidLimit
+            | Self::BodyIncomplete => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge
             | Self::DataTooLarge
             | Self::BatchTooLarge
             | Self::TooManyTargets => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LogUnavailable | Self::BodyCapacityFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TokenMissing | Self::TokenExpired | Self::TokenInvalid => {
                 StatusCode::UNAUTHORIZED
             }
@@ -171,9 +187,20 @@ impl ErrorCode {
     /// (a rate-limit refusal may say a longer wait, see [`ApiError::retry_after`]).
     pub const fn retry_after(self) -> Option<u32> {
         match self {
-            Self::LogUnavailable | Self::RateLimited => Some(1),
+            Self::LogUnavailable | Self::RateLimited | Self::BodyCapacityFull => Some(1),
             _ => None,
         }
+    }
+
+    /// Whether the answer closes the connection (`Connection: close` on
+    /// HTTP/1.1; hyper drops the header on HTTP/2, where the stream ends
+    /// alone): set when the request's body was not read to its end, so the
+    /// connection cannot carry another request.
+    pub const fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            Self::BodyIncomplete | Self::BodyTimeout | Self::BodyCapacityFull
+        )
     }
 
     /// The RFC 6750 `error` of the `WWW-Authenticate: Bearer` challenge sent
@@ -325,6 +352,9 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = self.retry_after.or(self.code.retry_after()) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.code.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(error) = self.code.bearer_error() {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -405,6 +435,13 @@ mod tests {
             (AdminRequired, "admin_required", StatusCode::FORBIDDEN),
             (RateLimited, "rate_limited", StatusCode::TOO_MANY_REQUESTS),
             (HostNotAllowed, "host_not_allowed", StatusCode::FORBIDDEN),
+            (BodyIncomplete, "body_incomplete", bad),
+            (BodyTimeout, "body_timeout", StatusCode::REQUEST_TIMEOUT),
+            (
+                BodyCapacityFull,
+                "body_capacity_full",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
         ] {
             assert_eq!((code.as_str(), code.status()), (text, status));
             assert_eq!(code.to_string(), text);

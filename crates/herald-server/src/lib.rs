@@ -11,10 +11,12 @@
 
 mod accept;
 mod auth;
+mod body;
 mod cors;
 mod direct;
 mod error;
 mod http1_head;
+mod idle;
 mod io;
 mod limits;
 mod query;
@@ -70,8 +72,19 @@ pub struct ServerConfig {
     /// Dev mode: host names answered besides `localhost`, `*.localhost` and
     /// IP addresses (any other `Host` is refused: DNS rebinding).
     pub allowed_hosts: Vec<String>,
-    /// How long a client may take to send its request headers.
+    /// How long a client may take to send its request headers (for
+    /// HTTP/2, its first request's: the preface, SETTINGS and a HEADERS).
     pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight (an HTTP/2
+    /// connection with no open stream) is kept.
+    pub idle_timeout: Duration,
+    /// How long a client may take to send a whole request body.
+    pub body_read_timeout: Duration,
+    /// Most request body bytes held at once by all the bodies being read.
+    pub max_body_bytes_in_flight: usize,
+    /// How long a socket may take no byte of a pending write before its
+    /// connection is closed (minus up to 20 % jitter).
+    pub write_timeout: Duration,
     /// TLS on the listening port: the certificate and key files (reloaded
     /// when they change); `None` serves plain HTTP/1.1 and h2c.
     pub tls: Option<TlsFiles>,
@@ -108,6 +121,18 @@ impl ServerConfig {
     pub const DEFAULT_ALLOWED_ORIGIN: &'static str = "*";
     /// Default of [`ServerConfig::tls_handshake_timeout`], in seconds.
     pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+    /// Default of [`ServerConfig::header_read_timeout`], in seconds.
+    pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+    /// Default of [`ServerConfig::idle_timeout`], in seconds.
+    pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+    /// Default of [`ServerConfig::body_read_timeout`], in seconds: a 4 MiB
+    /// body at 400 KB/s.
+    pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 10;
+    /// Default of [`ServerConfig::max_body_bytes_in_flight`] (64 MiB: 16
+    /// largest bodies at once).
+    pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: usize = 64 << 20;
+    /// Default of [`ServerConfig::write_timeout`], in seconds.
+    pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
 }
 
 impl Default for ServerConfig {
@@ -125,7 +150,11 @@ impl Default for ServerConfig {
             max_users_per_event: Self::DEFAULT_MAX_USERS_PER_EVENT,
             allowed_origins: vec![Self::DEFAULT_ALLOWED_ORIGIN.into()],
             allowed_hosts: Vec::new(),
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(Self::DEFAULT_HEADER_READ_TIMEOUT_SECS),
+            idle_timeout: Duration::from_secs(Self::DEFAULT_IDLE_TIMEOUT_SECS),
+            body_read_timeout: Duration::from_secs(Self::DEFAULT_BODY_READ_TIMEOUT_SECS),
+            max_body_bytes_in_flight: Self::DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+            write_timeout: Duration::from_secs(Self::DEFAULT_WRITE_TIMEOUT_SECS),
             tls: None,
             tls_handshake_timeout: Duration::from_secs(Self::DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
         }
@@ -153,6 +182,10 @@ pub struct AppState {
     stream_slots: Arc<limits::StreamSlots>,
     /// The per-caller publish rate limit, if one is set.
     publish_rate: Option<limits::PublishRate>,
+    /// Request body bytes being read, against `max_body_bytes_in_flight`.
+    bodies: body::BodyBudget,
+    /// Every connection's write deadline, and the count of its closes.
+    write_timeout: Arc<io::WriteTimeout>,
 }
 
 impl AppState {
@@ -171,6 +204,8 @@ impl AppState {
             config.max_connections_per_ip,
             config.max_connections_per_user,
         );
+        let bodies = body::BodyBudget::new(config.max_body_bytes_in_flight);
+        let write_timeout = io::WriteTimeout::new(config.write_timeout);
         Arc::new(Self {
             hub,
             log,
@@ -181,7 +216,15 @@ impl AppState {
             budget,
             stream_slots,
             publish_rate,
+            bodies,
+            write_timeout,
         })
+    }
+
+    /// Connections closed since start because their socket took no byte
+    /// within `write_timeout`.
+    pub fn write_timeouts(&self) -> u64 {
+        self.write_timeout.closed()
     }
 }
 

@@ -43,6 +43,9 @@ impl std::error::Error for ConfigError {}
 const DEFAULT_DATA_DIR: &str = "./herald-data";
 /// The log filter unless told otherwise.
 const DEFAULT_LOG: &str = "info";
+/// Longest connection deadline accepted (header read, idle, body read,
+/// write), in seconds: one day.
+const MAX_DEADLINE_SECS: u64 = 86_400;
 
 /// The options of `herald serve` (flags, TOML keys and `HERALD_*` variables).
 #[derive(Debug, Clone, Serialize, Deserialize, Args)]
@@ -173,6 +176,24 @@ pub(crate) struct Config {
     #[arg(long, value_name = "SECS",
           default_value_t = ServerConfig::DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS)]
     pub tls_handshake_timeout_secs: u64,
+    /// Seconds a client gets to send a request head; for HTTP/2, the preface, SETTINGS and its first request.
+    #[arg(long, value_name = "SECS",
+          default_value_t = ServerConfig::DEFAULT_HEADER_READ_TIMEOUT_SECS)]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection with no request in flight (HTTP/2: no open stream) is kept.
+    #[arg(long, value_name = "SECS", default_value_t = ServerConfig::DEFAULT_IDLE_TIMEOUT_SECS)]
+    pub idle_timeout_secs: u64,
+    /// Seconds a client gets to send a whole request body (408 `body_timeout`).
+    #[arg(long, value_name = "SECS",
+          default_value_t = ServerConfig::DEFAULT_BODY_READ_TIMEOUT_SECS)]
+    pub body_read_timeout_secs: u64,
+    /// Most request body bytes being read at once, all requests together (over it 503 `body_capacity_full`).
+    #[arg(long, value_name = "BYTES",
+          default_value_t = ServerConfig::DEFAULT_MAX_BODY_BYTES_IN_FLIGHT)]
+    pub max_body_bytes_in_flight: usize,
+    /// Seconds a socket may take no byte of a pending write before its stream is closed (minus up to 20 % jitter).
+    #[arg(long, value_name = "SECS", default_value_t = ServerConfig::DEFAULT_WRITE_TIMEOUT_SECS)]
+    pub write_timeout_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax); logs go to stderr.
     #[arg(long, value_name = "FILTER", default_value = DEFAULT_LOG)]
     pub log: String,
@@ -297,6 +318,15 @@ impl Config {
             .parse()
             .map_err(|_| bad("listen", "must be ADDR:PORT, e.g. 127.0.0.1:8080"))?;
         self.check_ranges().map_err(|(key, why)| bad(key, &why))?;
+        if self.max_body_bytes_in_flight < self.max_body_bytes {
+            return Err(bad(
+                "max_body_bytes_in_flight",
+                &format!(
+                    "must be at least `max_body_bytes` ({}), or a largest body could never be read",
+                    self.max_body_bytes
+                ),
+            ));
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => {
                 return Err(bad(
@@ -451,6 +481,26 @@ const RANGES: &[Bounds] = &[
         min: 1,
         max: 300,
     },
+    Bounds {
+        key: "header_read_timeout_secs",
+        min: 1,
+        max: MAX_DEADLINE_SECS,
+    },
+    Bounds {
+        key: "idle_timeout_secs",
+        min: 1,
+        max: MAX_DEADLINE_SECS,
+    },
+    Bounds {
+        key: "body_read_timeout_secs",
+        min: 1,
+        max: MAX_DEADLINE_SECS,
+    },
+    Bounds {
+        key: "write_timeout_secs",
+        min: 1,
+        max: MAX_DEADLINE_SECS,
+    },
 ];
 
 impl Config {
@@ -473,6 +523,10 @@ impl Config {
             "max_topics_per_event" => size(self.max_topics_per_event),
             "max_users_per_event" => size(self.max_users_per_event),
             "tls_handshake_timeout_secs" => self.tls_handshake_timeout_secs,
+            "header_read_timeout_secs" => self.header_read_timeout_secs,
+            "idle_timeout_secs" => self.idle_timeout_secs,
+            "body_read_timeout_secs" => self.body_read_timeout_secs,
+            "write_timeout_secs" => self.write_timeout_secs,
             _ => return None,
         })
     }
@@ -622,6 +676,9 @@ impl From<&Config> for AuthConfig {
 }
 
 impl From<&Config> for ServerConfig {
+    // Every field has an option today; the update keeps a field added
+    // without one at its default.
+    #[allow(clippy::needless_update)]
     fn from(config: &Config) -> Self {
         Self {
             dev: config.dev,
@@ -637,6 +694,11 @@ impl From<&Config> for ServerConfig {
             allowed_hosts: config.allowed_hosts.clone(),
             tls: config.tls_files(),
             tls_handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs),
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            body_read_timeout: Duration::from_secs(config.body_read_timeout_secs),
+            max_body_bytes_in_flight: config.max_body_bytes_in_flight,
+            write_timeout: Duration::from_secs(config.write_timeout_secs),
             ..ServerConfig::default()
         }
     }

@@ -6,7 +6,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -140,7 +139,7 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
     }
     let (parts, body) = request.into_parts();
     let form = Form::of(&parts.headers);
-    let body = read_body(body, state.config.max_body_bytes).await?;
+    let body = crate::body::read(body, &parts.headers, state).await?;
     let limits = EventLimits::of(&state.config);
     let query = parts.uri.query().map(str::to_owned);
     let off_thread = body.len() > OFF_THREAD_BODY_BYTES;
@@ -192,18 +191,6 @@ fn answer(results: &[Appended], single: bool) -> Response {
                 .into_response()
         }
     }
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::BodyTooLarge,
-            format!(
-                "the request body is over the {limit}-byte limit; \
-                 send less data per event, or split the batch"
-            ),
-        )
-    })
 }
 
 /// The JSON body: one object (single) or an array of objects (batch).
