@@ -348,6 +348,8 @@ test('subscribers that stop reading are closed by the write deadline (direct, h2
     const took = Date.now() - flooded;
     assert.equal(closed.connections, 2, 'the stalled direct and h2c streams were closed (the two readers remain)');
     assert.equal(closedTls.connections, 0, 'the stalled TLS stream was closed');
+    assert.equal(closed.write_timeouts, 2, 'both closes are counted in /v1/stats');
+    assert.equal(closedTls.write_timeouts, 1);
 
     // The readers, under the same deadline, stay and keep receiving.
     await sleep(WRITE_SECS * 2 * 1000);

@@ -43,6 +43,7 @@ pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "topics": counts.topics,
         "events_published": state.published.load(Ordering::Relaxed),
         "events_delivered": state.hub.events_delivered(),
+        "write_timeouts": state.write_timeouts(),
         "uptime_s": state.hub.uptime().as_secs(),
         "nodes": ["local"],
         "refusals": state

@@ -86,6 +86,12 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         c.connections_opened.load(Ordering::Relaxed),
     );
     metric(
+        "herald_streams_write_timed_out_total",
+        "counter",
+        "Connections closed because their socket took no byte for write_timeout_secs.",
+        state.write_timeouts(),
+    );
+    metric(
         "herald_uptime_seconds",
         "gauge",
         "Seconds since start.",
