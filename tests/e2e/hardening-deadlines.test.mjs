@@ -144,7 +144,7 @@ test('an HTTP/2 connection with an open stream outlives the idle timeout, and is
 /** `POST /v1/publish` head with `contentLength`, then `sent` bytes of body. */
 function stalledPublish(contentLength, sent) {
   return Buffer.concat([
-    Buffer.from(`POST /v1/publish HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: ${contentLength}\r\n\r\n`),
+    Buffer.from(`POST /v1/publish HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\ncontent-length: ${contentLength}\r\n\r\n`),
     Buffer.alloc(sent, 'x'),
   ]);
 }
@@ -256,7 +256,7 @@ function h2cNeverReads(port, path) {
   windowUpdate.writeUInt32BE(0x7fffffff - 65_535, 0);
   // HPACK: :method GET, :scheme http (static table), :path and :authority as literals.
   const literal = (nameIndex, value) => Buffer.concat([Buffer.from([0x40 | nameIndex, value.length]), Buffer.from(value)]);
-  const headers = Buffer.concat([Buffer.from([0x82, 0x86]), literal(4, path), literal(1, 'x')]);
+  const headers = Buffer.concat([Buffer.from([0x82, 0x86]), literal(4, path), literal(1, 'localhost')]);
   const socket = net.connect({ host: '127.0.0.1', port }, () => {
     socket.write(Buffer.concat([
       PREFACE, frame(0x4, 0, 0, settings), frame(0x8, 0, 0, windowUpdate), frame(0x1, 0x5, 1, headers),
@@ -271,7 +271,7 @@ function h2cNeverReads(port, path) {
 function tlsNeverReads(url, path) {
   const u = new URL(url);
   const socket = tls.connect({ host: u.hostname, port: Number(u.port), rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] }, () => {
-    socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`);
   });
   socket.once('data', () => socket.pause());
   socket.on('error', () => {});

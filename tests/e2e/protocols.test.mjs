@@ -45,13 +45,13 @@ test('HTTP/1.1: after the server ends a stream, the same connection serves the n
   socket.setEncoding('latin1');
   socket.on('data', (c) => { received += c; });
   await new Promise((resolve) => socket.once('connect', resolve));
-  socket.write('GET /v1/events?user=ka HTTP/1.1\r\nHost: x\r\n\r\n');
+  socket.write('GET /v1/events?user=ka HTTP/1.1\r\nHost: localhost\r\n\r\n');
   await waitFor(() => received.includes(':ok\n'), 10_000, 'the stream to open');
   const kicked = await request(server.url, '/v1/users/ka/connections', { method: 'DELETE' });
   assert.equal(kicked.json.closed, 1);
   await waitFor(() => received.includes('\r\n0\r\n\r\n'), 10_000, 'the terminating chunk');
   const before = received.length;
-  socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+  socket.write('GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n');
   await waitFor(() => received.slice(before).includes('"status":"ok"'), 10_000, 'the second response on the same socket');
   assert.match(received.slice(before), /^HTTP\/1\.1 200 OK\r\n/);
   socket.destroy();

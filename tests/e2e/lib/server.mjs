@@ -390,7 +390,7 @@ export function rawTcpSse(url, path, { extraHeaders = '', pauseAfterHead = false
   socket.on('close', () => { h.closed = true; });
   socket.on('error', (err) => { h.error = err; });
   socket.on('connect', () => {
-    socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\n${extraHeaders}\r\n`);
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: localhost\r\n${extraHeaders}\r\n`);
   });
   h.body = () => Buffer.concat(h.bodyChunks);
   h.dechunker = dechunk;
