@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most open streams of one user; over it the same.
     pub max_connections_per_user: usize,
+    /// Most topics and patterns one subscription may name (`?topic=`
+    /// repeated); over it `400 too_many_topics`.
+    pub max_topics_per_subscription: usize,
     /// Publish requests a second per token subject or API key (0: no limit).
     pub publish_rate_per_sec: u32,
     /// Origins allowed by CORS; `*` allows any origin (echoed exactly).
@@ -78,6 +81,12 @@ impl ServerConfig {
     /// Default of [`ServerConfig::max_connections_per_user`]: room for many
     /// tabs and devices, not for a script opening thousands.
     pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
+    /// Default of [`ServerConfig::max_topics_per_subscription`] (as
+    /// Centrifugo's channel limit): wide enough for any page, narrow enough
+    /// that no subscriber costs the others much.
+    pub const DEFAULT_MAX_TOPICS_PER_SUBSCRIPTION: usize = 128;
+    /// The range [`ServerConfig::max_topics_per_subscription`] may be set in.
+    pub const MAX_TOPICS_PER_SUBSCRIPTION_RANGE: std::ops::RangeInclusive<usize> = 1..=100_000;
     /// Default of [`ServerConfig::allowed_origins`]: any origin.
     pub const DEFAULT_ALLOWED_ORIGIN: &'static str = "*";
     /// Default of [`ServerConfig::tls_handshake_timeout`], in seconds.
@@ -92,6 +101,7 @@ impl Default for ServerConfig {
             max_data_bytes: Self::DEFAULT_MAX_DATA_BYTES,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             max_connections_per_user: Self::DEFAULT_MAX_CONNECTIONS_PER_USER,
+            max_topics_per_subscription: Self::DEFAULT_MAX_TOPICS_PER_SUBSCRIPTION,
             publish_rate_per_sec: 0,
             allowed_origins: vec![Self::DEFAULT_ALLOWED_ORIGIN.into()],
             header_read_timeout: Duration::from_secs(10),

@@ -141,6 +141,10 @@ pub(crate) struct Config {
     /// Most open streams of one user (token `sub`); over it the same.
     #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_CONNECTIONS_PER_USER)]
     pub max_connections_per_user: usize,
+    /// Most topics and patterns one subscription may name, 1 to 100000 (over it 400 `too_many_topics`).
+    #[arg(long, value_name = "N",
+          default_value_t = ServerConfig::DEFAULT_MAX_TOPICS_PER_SUBSCRIPTION)]
+    pub max_topics_per_subscription: usize,
     /// Publish requests a second per token subject or API key (0: no limit; over it 429).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub publish_rate_per_sec: u32,
@@ -331,6 +335,17 @@ impl Config {
         if self.max_connections_per_user == 0 {
             return Err(bad("max_connections_per_user", "must be at least 1"));
         }
+        let topics_range = ServerConfig::MAX_TOPICS_PER_SUBSCRIPTION_RANGE;
+        if !topics_range.contains(&self.max_topics_per_subscription) {
+            return Err(bad(
+                "max_topics_per_subscription",
+                &format!(
+                    "must be from {} to {}",
+                    topics_range.start(),
+                    topics_range.end()
+                ),
+            ));
+        }
         if !self.dev && !AuthConfig::from(&self).has_credentials() {
             return Err(ConfigError(
                 "no way to authenticate is configured, so nobody could subscribe to a private \
@@ -464,6 +479,7 @@ impl From<&Config> for ServerConfig {
             max_data_bytes: config.max_data_bytes,
             max_connections: config.max_connections,
             max_connections_per_user: config.max_connections_per_user,
+            max_topics_per_subscription: config.max_topics_per_subscription,
             publish_rate_per_sec: config.publish_rate_per_sec,
             allowed_origins: config.allowed_origins.clone(),
             tls: config.tls_files(),
