@@ -12,7 +12,8 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import http2 from 'node:http2';
-import { startHerald, publish, stats, pollUntil } from './lib/server.mjs';
+import { spawn } from 'node:child_process';
+import { heraldBin, startHerald, publish, stats, pollUntil } from './lib/server.mjs';
 
 const HOLDERS = 40;
 const PATTERNS_PER_HOLDER = 400;
@@ -178,3 +179,23 @@ for (const [name, get] of [['HTTP/1.1 (the direct path)', http1Get], ['HTTP/2 (h
     assert.equal(at.status, 200, '128 topics are within the limit');
   });
 }
+
+/** `herald serve ...args` run to its exit (bounded); {code, stderr}. */
+function serveExit(args, timeoutMs = 20_000) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(heraldBin(), ['serve', '--dev', '--memory', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    proc.stderr.on('data', (c) => { stderr += c; });
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`serve ${args.join(' ')} still running after ${timeoutMs} ms`)); }, timeoutMs);
+    proc.on('exit', (code) => { clearTimeout(timer); resolve({ code, stderr }); });
+  });
+}
+
+test('max_topics_per_subscription outside 1..=100000 stops start-up with exit 64 naming the option', { timeout: 60_000 }, async () => {
+  for (const value of ['0', '100001']) {
+    const r = await serveExit(['--max-topics-per-subscription', value]);
+    assert.equal(r.code, 64, r.stderr);
+    assert.match(r.stderr, /max_topics_per_subscription/);
+    assert.match(r.stderr, /from 1 to 100000/);
+  }
+});
