@@ -15,8 +15,9 @@
 //!   delivery and catch-up deliver the same set to every connection.
 //!
 //! A new kind of pattern (e.g. URI templates) is one new [`TopicPattern`]
-//! variant with its `matches` arm: the filter and the index handle every
-//! non-exact pattern through that method.
+//! variant with its `matches` arm, which the filter asks for every non-exact
+//! pattern; the index (`index.rs`) keys each kind it knows, and its
+//! exhaustive matches make the compiler ask for the new one.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -41,7 +42,8 @@ pub struct Filter {
 const DEFAULT_TYPE: &str = "message";
 
 impl Filter {
-    /// A filter over `patterns` (duplicates removed) and optional `types`.
+    /// A filter over `patterns` (duplicates removed, in one pass through a
+    /// hash set: a subscription may name hundreds) and optional `types`.
     pub fn new(
         patterns: impl IntoIterator<Item = TopicPattern>,
         types: Option<Vec<String>>,
@@ -103,5 +105,24 @@ impl Filter {
     pub fn matches(&self, event: &Event) -> bool {
         self.accepts_type(event.event_type.as_deref())
             && self.matches_targets(event.broadcast, event.topics.iter().map(Topic::as_str))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(spec: &str) -> TopicPattern {
+        TopicPattern::parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"))
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_the_order_kept() {
+        let specs = ["b/*", "a", "b/*", "*", "a", "c", "*", "b/*"];
+        let filter = Filter::new(specs.iter().map(|s| pattern(s)), None);
+        let kept: Vec<String> = filter.patterns().iter().map(|p| p.to_string()).collect();
+        assert_eq!(kept, ["b/*", "a", "*", "c"]);
+        assert_eq!(filter.scanned.len(), 2, "b/* and * once each");
+        assert_eq!(filter.exact.len(), 2);
     }
 }

@@ -2,17 +2,33 @@
 //! without asking every stream.
 //!
 //! The index is an accelerator of [`Filter::matches`], not a rule of its own:
-//! it keys each stream under its patterns (exact topics by name, `*` once,
-//! every other pattern by the pattern itself, asked through
-//! [`TopicPattern::matches`]), so the streams it finds for an event are
-//! exactly those whose filter matches the event's targets; it then applies
-//! the filter's type part. Debug builds assert the whole rule for every
-//! event offered; `tests/live_vs_catch_up.rs` checks that nothing is missed.
+//! it keys each stream under its patterns, so the streams it finds for an
+//! event are exactly those whose filter matches the event's targets; it then
+//! applies the filter's type part. Debug builds assert the whole rule for
+//! every event offered; `tests/live_vs_catch_up.rs` checks that nothing is
+//! missed.
 //!
-//! Invariant: every count (streams, users, topics) is derived from the index
-//! itself, so it is exact the moment a stream is removed.
+//! Every kind of pattern is found by keyed lookups whose number follows the
+//! event's topic, never the number of patterns on the server (one client can
+//! hold hundreds, and many clients can hold different ones):
+//! - an exact topic: one lookup by name;
+//! - `*`: its streams are offered every event, once, not once per topic;
+//! - a prefix (`orders/*`, `orders/4*`; [`TopicPattern::Prefix`] matches by
+//!   plain string prefix, not by segment): streams keyed by the prefix text,
+//!   and the set of distinct prefix lengths kept beside them; a topic is
+//!   looked up once per distinct length up to its own length (at most
+//!   [`crate::topic::MAX_TOPIC_BYTES`] lookups, a handful in practice). Only
+//!   cuts on a character boundary are looked up: a prefix is valid UTF-8, so
+//!   a topic that starts with it has a boundary at its end.
+//!
+//! The matches on [`TopicPattern`] here are exhaustive on purpose: a new kind
+//! of pattern must be given a key, or a scanned list of its own, here.
+//!
+//! Invariant: every count (streams, users, topics, prefix lengths) is derived
+//! from the index itself and no key is left with an empty set, so counts are
+//! exact the moment a stream is removed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -61,8 +77,11 @@ pub(crate) struct Index {
     exact: HashMap<Arc<str>, StreamSet>,
     /// Streams subscribed to `*`: offered each event once, not once per topic.
     everything: StreamSet,
-    /// Streams by every other pattern (prefixes, and any later kind).
-    scanned: HashMap<TopicPattern, StreamSet>,
+    /// Streams by prefix pattern: the prefix text, without the `*`.
+    prefixes: HashMap<Arc<str>, StreamSet>,
+    /// The byte length of every key of `prefixes`, with how many keys have
+    /// it: the cuts of a topic that are worth looking up.
+    prefix_lengths: BTreeMap<usize, usize>,
     /// Streams by user.
     pub(crate) users: HashMap<Arc<str>, StreamSet>,
 }
@@ -79,11 +98,8 @@ impl Index {
             if let Some(set) = self.exact.get(topic.as_str()) {
                 set.values().for_each(|e| e.offer(event));
             }
-            for (pattern, set) in &self.scanned {
-                if pattern.matches(topic.as_str()) {
-                    set.values().for_each(|e| e.offer(event));
-                }
-            }
+            self.prefixes_of(topic.as_str())
+                .for_each(|set| set.values().for_each(|e| e.offer(event)));
         }
         self.everything.values().for_each(|e| e.offer(event));
     }
@@ -93,7 +109,12 @@ impl Index {
             let set = match pattern {
                 TopicPattern::Exact(t) => self.exact.entry(t.as_arc().clone()).or_default(),
                 TopicPattern::All => &mut self.everything,
-                other => self.scanned.entry(other.clone()).or_default(),
+                TopicPattern::Prefix(prefix) => {
+                    if !self.prefixes.contains_key(prefix) {
+                        *self.prefix_lengths.entry(prefix.len()).or_default() += 1;
+                    }
+                    self.prefixes.entry(prefix.clone()).or_default()
+                }
             };
             set.insert(entry.id, entry.clone());
         }
@@ -110,11 +131,17 @@ impl Index {
         let entry = self.streams.remove(&id)?;
         for pattern in entry.filter.patterns() {
             match pattern {
-                TopicPattern::Exact(t) => remove_from(&mut self.exact, t.as_arc(), id),
+                TopicPattern::Exact(t) => {
+                    remove_from(&mut self.exact, t.as_arc(), id);
+                }
                 TopicPattern::All => {
                     self.everything.remove(&id);
                 }
-                other => remove_from(&mut self.scanned, other, id),
+                TopicPattern::Prefix(prefix) => {
+                    if remove_from(&mut self.prefixes, prefix, id) {
+                        forget_length(&mut self.prefix_lengths, prefix.len());
+                    }
+                }
             }
         }
         if let Some(user) = &entry.user {
@@ -125,7 +152,16 @@ impl Index {
 
     /// Distinct subscribed topics and patterns.
     pub(crate) fn topic_count(&self) -> usize {
-        self.exact.len() + self.scanned.len() + usize::from(!self.everything.is_empty())
+        self.exact.len() + self.prefixes.len() + usize::from(!self.everything.is_empty())
+    }
+
+    /// The stream sets of every prefix pattern `topic` starts with: one
+    /// lookup per distinct prefix length that fits in the topic.
+    fn prefixes_of<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a StreamSet> + 'a {
+        self.prefix_lengths
+            .range(..=topic.len())
+            .filter_map(move |(&len, _)| topic.get(..len))
+            .filter_map(|cut| self.prefixes.get(cut))
     }
 
     /// Streams whose subscriptions match `topic` (by the filter's own rule).
@@ -137,14 +173,168 @@ impl Index {
     }
 }
 
-fn remove_from<K>(map: &mut HashMap<K, StreamSet>, key: &K, id: ConnId)
+/// Removes stream `id` from the set under `key`, and the key with its set
+/// when that was the set's last stream; returns whether the key went.
+fn remove_from<K>(map: &mut HashMap<K, StreamSet>, key: &K, id: ConnId) -> bool
 where
     K: std::hash::Hash + Eq,
 {
-    if let Some(set) = map.get_mut(key) {
-        set.remove(&id);
-        if set.is_empty() {
-            map.remove(key);
+    let Some(set) = map.get_mut(key) else {
+        return false;
+    };
+    set.remove(&id);
+    if !set.is_empty() {
+        return false;
+    }
+    map.remove(key);
+    true
+}
+
+/// One fewer prefix of `len` bytes; the length goes when it was the last.
+fn forget_length(lengths: &mut BTreeMap<usize, usize>, len: usize) {
+    if let Some(count) = lengths.get_mut(&len) {
+        *count -= 1;
+        if *count == 0 {
+            lengths.remove(&len);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventId, FrameArena, NewEvent};
+    use crate::stream::{stream_queue, Registry, StreamReceiver, StreamShared};
+    use crate::topic::Topic;
+
+    /// Receivers here are dropped by the test, not by a hub.
+    #[derive(Debug)]
+    struct NoRegistry;
+
+    impl Registry for NoRegistry {
+        fn unregister(&self, _: ConnId, _: &StreamShared) {}
+    }
+
+    fn pattern(spec: &str) -> TopicPattern {
+        TopicPattern::parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"))
+    }
+
+    /// Registers stream `id` subscribed to `specs`; its receiver shows what
+    /// the index offered it.
+    fn subscribe(index: &mut Index, id: ConnId, specs: &[&str]) -> StreamReceiver {
+        let (sender, receiver) = stream_queue(id, 1000, false, Arc::new(NoRegistry));
+        index.insert(Arc::new(Entry {
+            id,
+            user: None,
+            filter: Arc::new(Filter::new(specs.iter().map(|s| pattern(s)), None)),
+            sender,
+            close_at: None,
+            expires_at: None,
+        }));
+        receiver
+    }
+
+    fn event(id: u64, topics: &[&str]) -> Arc<Event> {
+        let new = NewEvent::new(
+            topics
+                .iter()
+                .map(|t| Topic::new(t).unwrap_or_else(|e| panic!("{t}: {e}")))
+                .collect(),
+            "x".to_owned(),
+        );
+        Arc::new(Event::from_new(EventId(id), new, 0, &mut FrameArena::new()))
+    }
+
+    /// How many events the index offered the stream since the last call.
+    fn offered(receiver: &mut StreamReceiver) -> usize {
+        std::iter::from_fn(|| receiver.try_recv()).count()
+    }
+
+    #[test]
+    fn prefixes_match_by_string_prefix_at_any_depth() {
+        let mut index = Index::default();
+        let mut orders = subscribe(&mut index, 1, &["orders/*"]);
+        let mut orders4 = subscribe(&mut index, 2, &["orders/4*"]);
+        let mut ord = subscribe(&mut index, 3, &["ord*"]);
+        let mut unicode = subscribe(&mut index, 4, &["é*"]);
+        let mut deep = subscribe(&mut index, 5, &["orders/42/items/*"]);
+        for (n, (topic, wanted)) in [
+            ("orders/42", [1, 1, 1, 0, 0]),
+            ("orders/42/items/7", [1, 1, 1, 0, 1]),
+            ("orders/5", [1, 0, 1, 0, 0]),
+            ("orders", [0, 0, 1, 0, 0]),
+            ("order", [0, 0, 1, 0, 0]),
+            // A topic as long as the prefix: `ord*` matches `ord` itself.
+            ("ord", [0, 0, 1, 0, 0]),
+            ("or", [0, 0, 0, 0, 0]),
+            ("éa", [0, 0, 0, 1, 0]),
+            // The 1- and 3-byte cuts of this topic are not char boundaries.
+            ("ée/orders", [0, 0, 0, 1, 0]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            index.dispatch(&event(n as u64 + 1, &[topic]));
+            let got = [
+                offered(&mut orders),
+                offered(&mut orders4),
+                offered(&mut ord),
+                offered(&mut unicode),
+                offered(&mut deep),
+            ];
+            assert_eq!(got, wanted, "who got an event on {topic:?}");
+        }
+    }
+
+    #[test]
+    fn an_event_matched_by_several_prefixes_is_offered_once() {
+        let mut index = Index::default();
+        let mut both = subscribe(&mut index, 1, &["a/*", "a/b*", "a/b/c"]);
+        index.dispatch(&event(1, &["a/b/c", "a/bx"]));
+        assert_eq!(offered(&mut both), 1);
+    }
+
+    #[test]
+    fn removal_leaves_no_empty_prefix_or_length() {
+        let mut index = Index::default();
+        let _a = subscribe(&mut index, 1, &["a/*", "a/b*", "news"]);
+        let _b = subscribe(&mut index, 2, &["a/*", "bb/*", "*"]);
+        let _c = subscribe(&mut index, 3, &["a/b*"]);
+        // a/, a/b, bb/, news, *
+        assert_eq!(index.topic_count(), 5);
+        assert_eq!(index.prefix_lengths, BTreeMap::from([(2, 1), (3, 2)]));
+
+        assert!(index.remove(2).is_some());
+        assert_eq!(
+            index.topic_count(),
+            3,
+            "bb/ and * went with their only stream"
+        );
+        assert_eq!(index.prefix_lengths, BTreeMap::from([(2, 1), (3, 1)]));
+        assert_eq!(index.prefixes["a/"].len(), 1);
+
+        assert!(index.remove(1).is_some());
+        assert_eq!(index.topic_count(), 1);
+        assert_eq!(index.prefix_lengths, BTreeMap::from([(3, 1)]));
+        assert!(!index.prefixes.contains_key("a/"));
+
+        assert!(index.remove(3).is_some());
+        assert!(index.remove(3).is_none(), "a second removal is a no-op");
+        assert_eq!(index.topic_count(), 0);
+        assert!(index.prefixes.is_empty() && index.prefix_lengths.is_empty());
+        assert!(index.exact.is_empty() && index.everything.is_empty() && index.streams.is_empty());
+    }
+
+    #[test]
+    fn lookups_follow_the_topic_not_the_number_of_prefixes() {
+        let mut index = Index::default();
+        let specs: Vec<String> = (0..16_000).map(|i| format!("a{i}/*")).collect();
+        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        let _many = subscribe(&mut index, 1, &specs);
+        // `a0/` .. `a15999/`: five distinct lengths (3 to 7 bytes), whatever their number.
+        assert_eq!(index.prefix_lengths.len(), 5);
+        let topic = "a123/x";
+        assert_eq!(index.prefixes_of(topic).count(), 1);
+        assert_eq!(index.prefixes_of("b").count(), 0);
     }
 }

@@ -24,10 +24,17 @@ use herald_log::{MemoryLog, Retention};
 use herald_sse::Parser;
 use proptest::prelude::*;
 
-/// Topics events are published to (chosen so prefixes overlap).
-const TOPICS: &[&str] = &["a", "a/b", "a/c", "ab", "b", "b/a", "user/1", "user/2"];
-/// Subscription patterns besides the exact topics.
-const PATTERNS: &[&str] = &["a*", "a/*", "b/*", "user/*", "*"];
+/// Topics events are published to (chosen so prefixes overlap, at several
+/// depths, and so some cuts of a topic fall inside a multi-byte character).
+const TOPICS: &[&str] = &[
+    "a", "a/b", "a/c", "ab", "b", "b/a", "user/1", "user/2", "a/b/c", "a/b/cd", "a/bc", "a/b/c/d",
+    "é", "é/a", "éa",
+];
+/// Subscription patterns besides the exact topics: prefixes of one to four
+/// segments, ending on a `/` or inside a segment, nested in each other.
+const PATTERNS: &[&str] = &[
+    "a*", "a/*", "b/*", "user/*", "*", "a/b*", "a/b/*", "a/b/c*", "a/b/c/*", "ab*", "é*", "é/*",
+];
 /// Event types (None is dispatched as `message`).
 const TYPES: &[&str] = &["t1", "t2"];
 
@@ -50,7 +57,7 @@ fn sub() -> impl Strategy<Value = Sub> {
     let any_type = prop::sample::select(vec!["message", "t1", "t2"]);
     (
         prop::option::of(prop::sample::select(vec!["1", "2"])),
-        prop::collection::vec(any_pattern, 0..4),
+        prop::collection::vec(any_pattern, 0..6),
         prop::option::of(prop::collection::vec(any_type, 1..3)),
     )
         .prop_filter("a subscription needs a topic or a user", |(user, p, _)| {

@@ -38,6 +38,8 @@ pub enum ErrorCode {
     MissingTopic,
     /// 400: `GET /v1/users` was given a `limit` out of range.
     InvalidLimit,
+    /// 400: a subscription names more topics than `max_topics_per_subscription`.
+    TooManyTopics,
     /// 404: no such route.
     NotFound,
     /// 405: the route exists, the method does not.
@@ -82,7 +84,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Every code, in declaration order (for checks that must cover them all,
     /// such as the API reference test).
-    pub const ALL: [Self; 29] = [
+    pub const ALL: [Self; 30] = [
         Self::BadJson,
         Self::InvalidField,
         Self::InvalidTopic,
@@ -94,6 +96,7 @@ impl ErrorCode {
         Self::EmptyBatch,
         Self::MissingTopic,
         Self::InvalidLimit,
+        Self::TooManyTopics,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::BodyTooLarge,
@@ -128,6 +131,7 @@ impl ErrorCode {
             Self::EmptyBatch => "empty_batch",
             Self::MissingTopic => "missing_topic",
             Self::InvalidLimit => "invalid_limit",
+            Self::TooManyTopics => "too_many_topics",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTooLarge => "body_too_large",
@@ -163,7 +167,8 @@ impl ErrorCode {
             | Self::EmptyBatch
             | Self::MissingTopic
             | Self::InvalidLimit
-            | Self::BodyIncomplete => StatusCode::BAD_REQUEST,
+            | Self::BodyIncomplete
+            | Self::TooManyTopics => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge
@@ -265,6 +270,18 @@ impl ApiError {
         Self::new(
             ErrorCode::InvalidUser,
             format!("user {}: {why}", quoted(user)),
+        )
+    }
+
+    /// 400 `too_many_topics`, naming the limit and the option that sets it.
+    pub(crate) fn too_many_topics(limit: usize) -> Self {
+        Self::new(
+            ErrorCode::TooManyTopics,
+            format!(
+                "a subscription may name at most {limit} topics or patterns \
+                 (`max_topics_per_subscription`); subscribe to a wider pattern \
+                 (`orders/*`) or open several streams"
+            ),
         )
     }
 

@@ -52,7 +52,8 @@ pub struct ServerConfig {
     pub max_data_bytes: usize,
     /// Most open streams; over it a subscriber is told to come back later.
     pub max_connections: usize,
-    /// Most open streams of one user; over it the same. 0: no cap.
+    /// Most open streams of one user; over it the same (0: no cap; the
+    /// binary's configuration requires at least 1).
     pub max_connections_per_user: usize,
     /// Most open streams from one client address (IPv6: one /64); over it
     /// the same. 0: no cap.
@@ -60,6 +61,9 @@ pub struct ServerConfig {
     /// The process's open-file limit, from which the connection budget is
     /// derived (`None`: unknown, `max_connections` alone bounds streams).
     pub fd_limit: Option<usize>,
+    /// Most topics and patterns one subscription may name (`?topic=`
+    /// repeated); over it `400 too_many_topics`.
+    pub max_topics_per_subscription: usize,
     /// Publish requests a second per token subject or API key (0: no limit).
     pub publish_rate_per_sec: u32,
     /// Most `topics` one published event may name (413 `too_many_targets`).
@@ -117,6 +121,12 @@ impl ServerConfig {
     /// Default of [`ServerConfig::max_users_per_event`]: a large audience,
     /// still parsed and stored in a few milliseconds.
     pub const DEFAULT_MAX_USERS_PER_EVENT: usize = 10_000;
+    /// Default of [`ServerConfig::max_topics_per_subscription`] (as
+    /// Centrifugo's channel limit): wide enough for any page, narrow enough
+    /// that no subscriber costs the others much.
+    pub const DEFAULT_MAX_TOPICS_PER_SUBSCRIPTION: usize = 128;
+    /// The range [`ServerConfig::max_topics_per_subscription`] may be set in.
+    pub const MAX_TOPICS_PER_SUBSCRIPTION_RANGE: std::ops::RangeInclusive<usize> = 1..=100_000;
     /// Default of [`ServerConfig::allowed_origins`]: any origin.
     pub const DEFAULT_ALLOWED_ORIGIN: &'static str = "*";
     /// Default of [`ServerConfig::tls_handshake_timeout`], in seconds.
@@ -145,6 +155,7 @@ impl Default for ServerConfig {
             max_connections_per_user: Self::DEFAULT_MAX_CONNECTIONS_PER_USER,
             max_connections_per_ip: Self::DEFAULT_MAX_CONNECTIONS_PER_IP,
             fd_limit: None,
+            max_topics_per_subscription: Self::DEFAULT_MAX_TOPICS_PER_SUBSCRIPTION,
             publish_rate_per_sec: 0,
             max_topics_per_event: Self::DEFAULT_MAX_TOPICS_PER_EVENT,
             max_users_per_event: Self::DEFAULT_MAX_USERS_PER_EVENT,

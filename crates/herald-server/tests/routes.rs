@@ -415,6 +415,43 @@ async fn subscribe_refusals() {
 }
 
 #[tokio::test]
+async fn a_subscription_may_name_at_most_the_configured_number_of_topics() {
+    let app = app();
+    let limit = ServerConfig::DEFAULT_MAX_TOPICS_PER_SUBSCRIPTION;
+    let topics = |n: usize| {
+        (0..n)
+            .map(|i| format!("topic=t{i}/*"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let over_uri = format!("/v1/events?{}", topics(limit + 1));
+    // The status first: an admitted stream's body would never end.
+    let status = send(&app, get(&over_uri)).await.status();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{} topics", limit + 1);
+    let over = answer(&app, get(&over_uri)).await;
+    let message = assert_error(&over, StatusCode::BAD_REQUEST, "too_many_topics");
+    assert!(
+        message.contains(&format!("at most {limit} "))
+            && message.contains("max_topics_per_subscription"),
+        "{message}"
+    );
+    // Repeats count: the cap bounds the request, not the distinct set.
+    let repeated = vec!["topic=a"; limit + 1].join("&");
+    let status = send(&app, get(&format!("/v1/events?{repeated}")))
+        .await
+        .status();
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "{} repeats of one topic",
+        limit + 1
+    );
+    // At the limit, with the personal topic on top, the stream opens.
+    let at = subscribe(&app, &format!("/v1/events?user=u&{}", topics(limit))).await;
+    assert_eq!(at.response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn subscribe_opens_a_stream() {
     let app = app();
     let stream = subscribe(&app, "/v1/events?topic=news&types=a,b").await;

@@ -155,6 +155,10 @@ pub(crate) struct Config {
     /// Most open streams from one client address (IPv6: one /64); over it the same (0: no cap).
     #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_CONNECTIONS_PER_IP)]
     pub max_connections_per_ip: usize,
+    /// Most topics and patterns one subscription may name (over it 400 `too_many_topics`).
+    #[arg(long, value_name = "N",
+          default_value_t = ServerConfig::DEFAULT_MAX_TOPICS_PER_SUBSCRIPTION)]
+    pub max_topics_per_subscription: usize,
     /// Publish requests a second per token subject or API key (0: no limit; over it 429).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub publish_rate_per_sec: u32,
@@ -482,6 +486,11 @@ const RANGES: &[Bounds] = &[
         max: 300,
     },
     Bounds {
+        key: "max_topics_per_subscription",
+        min: *ServerConfig::MAX_TOPICS_PER_SUBSCRIPTION_RANGE.start() as u64,
+        max: *ServerConfig::MAX_TOPICS_PER_SUBSCRIPTION_RANGE.end() as u64,
+    },
+    Bounds {
         key: "header_read_timeout_secs",
         min: 1,
         max: MAX_DEADLINE_SECS,
@@ -523,6 +532,7 @@ impl Config {
             "max_topics_per_event" => size(self.max_topics_per_event),
             "max_users_per_event" => size(self.max_users_per_event),
             "tls_handshake_timeout_secs" => self.tls_handshake_timeout_secs,
+            "max_topics_per_subscription" => size(self.max_topics_per_subscription),
             "header_read_timeout_secs" => self.header_read_timeout_secs,
             "idle_timeout_secs" => self.idle_timeout_secs,
             "body_read_timeout_secs" => self.body_read_timeout_secs,
@@ -687,6 +697,7 @@ impl From<&Config> for ServerConfig {
             max_connections: config.max_connections,
             max_connections_per_user: config.max_connections_per_user,
             max_connections_per_ip: config.max_connections_per_ip,
+            max_topics_per_subscription: config.max_topics_per_subscription,
             publish_rate_per_sec: config.publish_rate_per_sec,
             max_topics_per_event: config.max_topics_per_event,
             max_users_per_event: config.max_users_per_event,

@@ -85,8 +85,14 @@ pub(crate) async fn admit(
         )?;
     }
     let query = QueryPairs::parse(query);
+    let limit = state.config.max_topics_per_subscription;
     let mut patterns = Vec::new();
     for spec in query.all("topic") {
+        // Counted as given (repeats too) and before any is parsed further
+        // than this: the cap bounds the work a request can ask for.
+        if patterns.len() == limit {
+            return Err(ApiError::too_many_topics(limit));
+        }
         let pattern = TopicPattern::parse(spec).map_err(|e| ApiError::invalid_topic(spec, e))?;
         patterns.push(pattern);
     }
