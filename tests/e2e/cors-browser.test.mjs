@@ -11,19 +11,14 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { connect } from 'node:net';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import { startHerald, openES, waitOpen, request, sleep } from './lib/server.mjs';
 import { startSecured, sign, claims, bearer } from './lib/auth.mjs';
+import { launchChromium, noChromium } from './lib/browser.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
 const SECRET = 'cors-test-secret-0123456789abcdef';
-const noChromium = !existsSync(CHROMIUM) && 'no /usr/bin/chromium';
 
+let chromium;
 let browser;
-let profile;
 let site; // the other origin's web server
 let siteOrigin;
 
@@ -35,21 +30,13 @@ before(async () => {
   await new Promise((r) => site.listen(0, '127.0.0.1', r));
   siteOrigin = `http://127.0.0.1:${site.address().port}`;
   if (noChromium) return;
-  profile = mkdtempSync(join(tmpdir(), 'herald-chromium-cors-'));
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  chromium = await launchChromium();
+  browser = chromium.browser;
 });
 
 after(async () => {
-  await browser?.close();
+  await chromium?.close();
   await new Promise((r) => (site ? site.close(r) : r()));
-  if (profile) rmSync(profile, { recursive: true, force: true });
 });
 
 /** The visitor's token: subscribes to `news`, publishes to `news`. */

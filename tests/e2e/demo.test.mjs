@@ -4,38 +4,26 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import { startHerald, publishOk, request, stats, pollUntil } from './lib/server.mjs';
+import { launchChromium, noChromium } from './lib/browser.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
 let server;
+let chromium;
 let browser;
-let profile;
 
 before(async () => {
   server = await startHerald(['--retry-ms', '300']);
-  profile = mkdtempSync(join(tmpdir(), 'herald-chromium-'));
-  // A fresh profile directory each run (playwright passes it as --user-data-dir).
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  if (noChromium) return;
+  chromium = await launchChromium();
+  browser = chromium.browser;
 });
 
 after(async () => {
-  await browser?.close();
+  await chromium?.close();
   await server?.stop();
-  if (profile) rmSync(profile, { recursive: true, force: true });
 });
 
-test('demo page: connect, receive, reconnect after a kick without loss, close', { timeout: 60_000, skip: !existsSync(CHROMIUM) && 'no /usr/bin/chromium' }, async () => {
+test('demo page: connect, receive, reconnect after a kick without loss, close', { timeout: 60_000, skip: noChromium }, async () => {
   const page = await browser.newPage();
   await page.goto(`${server.url}/demo?user=7777`);
   assert.equal(await page.inputValue('#user'), '7777');

@@ -18,10 +18,10 @@ import net from 'node:net';
 import tls from 'node:tls';
 import http2 from 'node:http2';
 import https from 'node:https';
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { selfSignedCert } from './lib/browser.mjs';
 import {
   startHerald, rssKiB, publish, publishOk, stats, sleep, waitFor, rawTcpSse, pollUntil,
 } from './lib/server.mjs';
@@ -314,14 +314,8 @@ test('subscribers that stop reading are closed by the write deadline (direct, h2
   const WRITE_SECS = 2;
   const EVENTS = 60;
   const SIZE = 200_000; // 12 MB in all: more than any socket buffers hold
-  certDir = mkdtempSync(join(tmpdir(), 'wt-deadlines-tls-'));
-  const cert = join(certDir, 'cert.pem');
-  const key = join(certDir, 'key.pem');
-  execFileSync('openssl', [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=herald-e2e',
-    '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
-  ], { stdio: 'ignore' });
+  certDir = mkdtempSync(join(tmpdir(), 'herald-deadlines-tls-'));
+  const { cert, key } = selfSignedCert(certDir);
   const args = ['--write-timeout-secs', String(WRITE_SECS), '--heartbeat-secs', '300'];
   const plain = await start(args);
   const secure = await start([...args, '--tls-cert', cert, '--tls-key', key]);

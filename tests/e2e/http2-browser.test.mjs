@@ -10,53 +10,37 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import { startHerald, publishOk, stats, sleep } from './lib/server.mjs';
+import { launchChromium, noChromium, selfSignedCert } from './lib/browser.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
 const STREAMS = 20;
 /** Chromium's (and every current browser's) HTTP/1.1 connections per origin. */
 const H1_CONNECTIONS_PER_ORIGIN = 6;
-const skip = !existsSync(CHROMIUM) && 'no /usr/bin/chromium';
+const skip = noChromium;
 
 let dir;
 let tlsServer;
 let plainServer;
 let browser;
+let chromium;
 
 before(async () => {
   if (skip) return;
   dir = mkdtempSync(join(tmpdir(), 'herald-h2-browser-'));
-  const cert = join(dir, 'cert.pem');
-  const key = join(dir, 'key.pem');
-  execFileSync('openssl', [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=herald-e2e',
-    '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
-  ], { stdio: 'ignore' });
+  const { cert, key } = selfSignedCert(dir);
   tlsServer = await startHerald(['--tls-cert', cert, '--tls-key', key, '--heartbeat-secs', '300']);
   plainServer = await startHerald(['--heartbeat-secs', '300']);
   assert.match(tlsServer.url, /^https:\/\//);
   assert.match(plainServer.url, /^http:\/\//);
-  // A fresh profile directory (playwright passes it as --user-data-dir).
-  browser = await chromium.launchPersistentContext(join(dir, 'profile'), {
-    executablePath: CHROMIUM,
-    headless: true,
-    ignoreHTTPSErrors: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--ignore-certificate-errors',
-    ],
-  });
+  chromium = await launchChromium({ ignoreCertificates: true });
+  browser = chromium.browser;
 });
 
 after(async () => {
-  await browser?.close();
+  await chromium?.close();
   await tlsServer?.stop();
   await plainServer?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });

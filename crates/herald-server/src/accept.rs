@@ -439,31 +439,21 @@ impl AcceptedConnection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Activity::new();
-        let service = idle::tracked(
-            self.app
-                .clone()
-                .map_request(connection_info(self.peer, self.classifying.clone())),
-            activity.clone(),
-        );
-        let io = TokioIo::new(WriteDeadline::new(stream, self.state.write_timeout.clone()));
-        let connection = self
-            .builders
-            .auto
-            .serve_connection_with_upgrades(io, service);
-        // Boxed: the hyper connection's state is large, and every idle direct
-        // stream would otherwise carry room for it in its task.
-        Box::pin(serve_until_idle(
-            self.watcher,
-            connection,
-            &activity,
-            &self.state.config,
-        ))
-        .await;
+        self.serve_hyper(stream, Protocols::Any).await;
     }
 
     /// Serves an HTTP/2-only connection with hyper (TLS, ALPN `h2`).
     async fn serve_h2<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_hyper(stream, Protocols::Http2).await;
+    }
+
+    /// Serves the connection with hyper: the router told each request's
+    /// peer, counted in flight for the idle deadline, over a socket with the
+    /// write deadline.
+    async fn serve_hyper<S>(self, stream: S, protocols: Protocols)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -475,15 +465,44 @@ impl AcceptedConnection {
             activity.clone(),
         );
         let io = TokioIo::new(WriteDeadline::new(stream, self.state.write_timeout.clone()));
-        let connection = self.builders.h2_only.serve_connection(io, service);
-        Box::pin(serve_until_idle(
-            self.watcher,
-            connection,
-            &activity,
-            &self.state.config,
-        ))
-        .await;
+        let config = &self.state.config;
+        // Boxed: the hyper connection's state is large, and every idle direct
+        // stream would otherwise carry room for it in its task.
+        match protocols {
+            Protocols::Any => {
+                let connection = self
+                    .builders
+                    .auto
+                    .serve_connection_with_upgrades(io, service);
+                Box::pin(serve_until_idle(
+                    self.watcher,
+                    connection,
+                    &activity,
+                    config,
+                ))
+                .await;
+            }
+            Protocols::Http2 => {
+                let connection = self.builders.h2_only.serve_connection(io, service);
+                Box::pin(serve_until_idle(
+                    self.watcher,
+                    connection,
+                    &activity,
+                    config,
+                ))
+                .await;
+            }
+        }
     }
+}
+
+/// Which protocols hyper accepts on a connection.
+#[derive(Debug, Clone, Copy)]
+enum Protocols {
+    /// HTTP/1.1, or HTTP/2 by its preface (h2c).
+    Any,
+    /// HTTP/2 only (ALPN chose it).
+    Http2,
 }
 
 /// Drives a hyper connection (graceful on shutdown) until it ends, or until
