@@ -44,6 +44,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -466,31 +467,17 @@ impl AcceptedConnection {
         );
         let io = TokioIo::new(WriteDeadline::new(stream, self.state.write_timeout.clone()));
         let config = &self.state.config;
-        // Boxed: the hyper connection's state is large, and every idle direct
-        // stream would otherwise carry room for it in its task.
         match protocols {
             Protocols::Any => {
                 let connection = self
                     .builders
                     .auto
                     .serve_connection_with_upgrades(io, service);
-                Box::pin(serve_until_idle(
-                    self.watcher,
-                    connection,
-                    &activity,
-                    config,
-                ))
-                .await;
+                serve_until_idle(self.watcher, connection, &activity, config).await;
             }
             Protocols::Http2 => {
                 let connection = self.builders.h2_only.serve_connection(io, service);
-                Box::pin(serve_until_idle(
-                    self.watcher,
-                    connection,
-                    &activity,
-                    config,
-                ))
-                .await;
+                serve_until_idle(self.watcher, connection, &activity, config).await;
             }
         }
     }
@@ -507,17 +494,22 @@ enum Protocols {
 
 /// Drives a hyper connection (graceful on shutdown) until it ends, or until
 /// it has carried no request for too long (see `crate::idle`).
-async fn serve_until_idle<C: GracefulConnection>(
+///
+/// Boxed: the hyper connection's state is large, and every idle direct
+/// stream would otherwise carry room for it in its task.
+fn serve_until_idle<'a, C: GracefulConnection + 'a>(
     watcher: Watcher,
     connection: C,
-    activity: &Activity,
-    config: &crate::ServerConfig,
-) {
-    let idle = activity.idle_past(config.header_read_timeout, config.idle_timeout);
-    tokio::select! {
-        _ = watcher.watch(connection) => {}
-        () = idle => tracing::debug!("closing a connection that carries no request"),
-    }
+    activity: &'a Activity,
+    config: &'a crate::ServerConfig,
+) -> Pin<Box<impl Future<Output = ()> + 'a>> {
+    Box::pin(async move {
+        let idle = activity.idle_past(config.header_read_timeout, config.idle_timeout);
+        tokio::select! {
+            _ = watcher.watch(connection) => {}
+            () = idle => tracing::debug!("closing a connection that carries no request"),
+        }
+    })
 }
 
 /// What every request hyper hands the router gets from its connection: the

@@ -417,15 +417,18 @@ mod tests {
         assert!(slots.take(None, None).is_ok());
     }
 
-    #[test]
-    fn concurrent_takes_never_overshoot() {
-        let slots = StreamSlots::new(100, 0, 0);
-        let taken: Vec<Vec<StreamSlot>> = std::thread::scope(|s| {
+    /// Eight threads each trying `attempts` takes at once; what each got.
+    fn take_from_8_threads(
+        slots: &Arc<StreamSlots>,
+        attempts: usize,
+        user: Option<&Arc<str>>,
+    ) -> Vec<Vec<StreamSlot>> {
+        std::thread::scope(|s| {
             let workers: Vec<_> = (0..8)
                 .map(|_| {
                     s.spawn(|| {
-                        (0..100)
-                            .filter_map(|_| slots.take(None, None).ok())
+                        (0..attempts)
+                            .filter_map(|_| slots.take(None, user).ok())
                             .collect()
                     })
                 })
@@ -434,7 +437,13 @@ mod tests {
                 .into_iter()
                 .map(|w| w.join().expect("no panic"))
                 .collect()
-        });
+        })
+    }
+
+    #[test]
+    fn concurrent_takes_never_overshoot() {
+        let slots = StreamSlots::new(100, 0, 0);
+        let taken = take_from_8_threads(&slots, 100, None);
         assert_eq!(taken.iter().map(Vec::len).sum::<usize>(), 100);
         assert_eq!(slots.open(), 100);
     }
@@ -470,21 +479,7 @@ mod tests {
         let slots = StreamSlots::new(1_000, 0, 5);
         let alice: Arc<str> = Arc::from("alice");
         let bob: Arc<str> = Arc::from("bob");
-        let taken: Vec<Vec<StreamSlot>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..8)
-                .map(|_| {
-                    s.spawn(|| {
-                        (0..20)
-                            .filter_map(|_| slots.take(None, Some(&alice)).ok())
-                            .collect()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().expect("no panic"))
-                .collect()
-        });
+        let taken = take_from_8_threads(&slots, 20, Some(&alice));
         assert_eq!(taken.iter().map(Vec::len).sum::<usize>(), 5);
         assert_eq!(
             slots.take(None, Some(&alice)).map(drop),
