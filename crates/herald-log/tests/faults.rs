@@ -231,21 +231,36 @@ async fn a_failed_fsync_fails_its_group_and_is_cut_back() {
     check_cut_back(dir.path(), opts, log, &fs, acked, len_before, outcome).await;
 }
 
-#[tokio::test]
-async fn a_failed_rollover_removes_the_new_segment_and_cuts_the_old_one_back() {
+/// A faulty-fs log with 64 KiB segments whose first segment holds 63
+/// records of 1030 bytes: less than one such record of room is left.
+/// Returns the directory, the options, the log, its filesystem, the data of
+/// each record and what was acknowledged.
+async fn nearly_full_segment() -> (
+    tempfile::TempDir,
+    DurableOptions,
+    DurableLog,
+    Arc<FaultyFs>,
+    String,
+    Acked,
+) {
     let dir = tempfile::tempdir().unwrap();
     let opts = DurableOptions {
         segment_bytes: 64 * 1024,
         ..options(Retention::default(), 1000)
     };
     let (log, fs) = open_faulty(dir.path(), opts);
-    // 63 records of 1030 bytes: less than one such record of room is left.
     let data = "x".repeat(1000);
     let mut acked = Acked::default();
     for _ in 0..7 {
         let written = append(&log, (0..9).map(|_| on("a", &data)).collect()).await;
         acked.add(written, std::iter::repeat_n(data.clone(), 9));
     }
+    (dir, opts, log, fs, data, acked)
+}
+
+#[tokio::test]
+async fn a_failed_rollover_removes_the_new_segment_and_cuts_the_old_one_back() {
+    let (dir, opts, log, fs, data, mut acked) = nearly_full_segment().await;
     assert_eq!(segment_files(dir.path()).len(), 1);
     let len_before = active_len(dir.path());
     assert!(65536 - len_before < record_len(1000));
@@ -372,18 +387,7 @@ async fn when_nothing_can_be_written_a_restart_keeps_every_acknowledged_event() 
 
 #[tokio::test]
 async fn a_new_segment_that_cannot_be_removed_is_marked_and_cut_at_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = DurableOptions {
-        segment_bytes: 64 * 1024,
-        ..options(Retention::default(), 1000)
-    };
-    let (log, fs) = open_faulty(dir.path(), opts);
-    let data = "x".repeat(1000);
-    let mut acked = Acked::default();
-    for _ in 0..7 {
-        let written = append(&log, (0..9).map(|_| on("a", &data)).collect()).await;
-        acked.add(written, std::iter::repeat_n(data.clone(), 9));
-    }
+    let (dir, opts, log, fs, data, acked) = nearly_full_segment().await;
     // Four records that need a new segment: its header is written, then
     // half of the records (two complete ones) before the write fails, and
     // removing the segment fails too: the writer marks its first record
