@@ -187,6 +187,10 @@ impl Connection {
             self.start_catch_up();
             return true;
         }
+        if self.queue.is_empty() {
+            // Nothing left to write: this stream is not behind while it waits.
+            self.behind_since(None);
+        }
         let Some(first) = self.queue.recv().await else {
             return false;
         };
@@ -195,20 +199,39 @@ impl Connection {
         }
         let mut events = 0u64;
         let mut taken = 0usize;
+        let mut oldest_ms = None;
         let mut item = Some(first);
         while let Some(outbound) = item.take() {
             taken += 1;
             match outbound {
                 Outbound::Heartbeat => chunk.push(&HEARTBEAT),
-                Outbound::Event(event) => events += u64::from(self.write_event(&event, chunk)),
+                Outbound::Event(event) => {
+                    oldest_ms.get_or_insert(event.stored_at_ms());
+                    events += u64::from(self.write_event(&event, chunk));
+                }
             }
             if chunk.len() < MAX_CHUNK_BYTES {
                 item = self.queue.try_recv();
             }
         }
         self.queue.taken(taken);
+        if oldest_ms.is_some() {
+            self.behind_since(oldest_ms);
+        }
         self.count_delivered(events);
         true
+    }
+
+    /// Records when the oldest event of the write being made was stored
+    /// (`None`: nothing to write), for the hub's lag sampler. A store only
+    /// when it changes: an idle stream costs nothing.
+    fn behind_since(&self, stored_at_ms: Option<u64>) {
+        // 0 means "nothing to write", so a time of 0 (tests) is kept as 1.
+        let value = stored_at_ms.map_or(0, |ms| ms.max(1));
+        let since = &self.queue.shared.writing_since_ms;
+        if since.load(Ordering::Relaxed) != value {
+            since.store(value, Ordering::Relaxed);
+        }
     }
 
     /// Adds `event`'s frame unless it was already written (ids only grow, so
@@ -270,6 +293,9 @@ impl Connection {
         for event in &batch.events {
             events += u64::from(self.write_event(event, chunk));
         }
+        if let Some(oldest) = batch.events.first() {
+            self.behind_since(Some(oldest.stored_at_ms()));
+        }
         self.count_delivered(events);
         let from = batch.scanned_to.map_or(from, Position::After);
         self.mode = if !batch.reached_end {
@@ -297,6 +323,9 @@ impl Connection {
             let shared = &self.queue.shared;
             shared.delivered.fetch_add(events, Ordering::Relaxed);
             shared.wrote_recently.store(true, Ordering::Relaxed);
+            if let Some(last) = self.last_written {
+                shared.written_up_to.store(last.0, Ordering::Relaxed);
+            }
         }
     }
 }

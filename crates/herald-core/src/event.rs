@@ -100,6 +100,10 @@ pub struct Event {
     frame: Bytes,
     /// When it was stored, in seconds since the Unix epoch (retention by age).
     pub stored_at_s: u32,
+    /// The milliseconds past `stored_at_s` (0–999; 0 for an event read back
+    /// from disk, whose record keeps seconds): how old an event is when a
+    /// stream writes it is the delivery lag. In the struct's padding.
+    stored_at_ms_part: u16,
     /// Whether every connection receives it.
     pub broadcast: bool,
 }
@@ -108,7 +112,7 @@ impl Event {
     /// Gives `new` its id and encodes its frame into `arena`. `new` must have
     /// been validated (event type without CR/LF): should the type still be
     /// refused, the event is sent without it rather than dropped.
-    pub fn from_new(id: EventId, new: NewEvent, stored_at_s: u32, arena: &mut FrameArena) -> Self {
+    pub fn from_new(id: EventId, new: NewEvent, stored_at_ms: u64, arena: &mut FrameArena) -> Self {
         let event_type = new.event_type.map(Arc::from);
         Self::from_parts(
             id,
@@ -117,7 +121,7 @@ impl Event {
             event_type,
             &new.data,
             new.retry,
-            stored_at_s,
+            stored_at_ms,
             arena,
         )
     }
@@ -132,7 +136,7 @@ impl Event {
         event_type: Option<Arc<str>>,
         data: &str,
         retry: Option<u64>,
-        stored_at_s: u32,
+        stored_at_ms: u64,
         arena: &mut FrameArena,
     ) -> Self {
         let id_text = id.to_string();
@@ -156,9 +160,18 @@ impl Event {
             topics,
             event_type,
             frame,
-            stored_at_s,
+            // Seconds fit a u32 until 2106; the ranges of the age options
+            // keep every later sum exact.
+            stored_at_s: u32::try_from(stored_at_ms / 1000).unwrap_or(u32::MAX),
+            stored_at_ms_part: (stored_at_ms % 1000) as u16,
             broadcast,
         }
+    }
+
+    /// When it was stored, in milliseconds since the Unix epoch (seconds only
+    /// for an event read back from disk).
+    pub fn stored_at_ms(&self) -> u64 {
+        u64::from(self.stored_at_s) * 1000 + u64::from(self.stored_at_ms_part)
     }
 
     /// The memory this event keeps alive while a log holds it (behind an

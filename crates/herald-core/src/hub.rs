@@ -21,9 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::RwLock;
 
 use crate::connection::{Connection, Resume};
-use crate::event::{Event, EventId};
+use crate::event::{now_ms, Event, EventId};
 use crate::filter::Filter;
 use crate::index::{Entry, Index};
+use crate::lag::{self, DeliveryLag, LagGauge};
 use crate::log::{EventLog, Position};
 use crate::stream::{stream_queue, ConnId, Outbound, Registry, StreamShared};
 
@@ -104,6 +105,11 @@ pub struct Hub {
     /// Where the dispatcher starts: the log head when the hub was made, so an
     /// event stored between then and the dispatcher's first run is delivered.
     dispatch_from: Position,
+    /// When the oldest event the dispatcher is offering now was stored (ms
+    /// since the epoch); 0 while it waits for the log.
+    dispatching_since_ms: AtomicU64,
+    /// The delivery lag at the last sample ([`Hub::run_lag_sampler`]).
+    lag: LagGauge,
 }
 
 /// Who is connecting and what they want.
@@ -135,6 +141,8 @@ impl Hub {
             next_conn_id: AtomicU64::new(1),
             counters: Counters::default(),
             started: Instant::now(),
+            dispatching_since_ms: AtomicU64::new(0),
+            lag: LagGauge::default(),
         })
     }
 
@@ -256,6 +264,10 @@ impl Hub {
                             .values()
                             .for_each(|e| e.sender.force_catch_up());
                     }
+                    if let Some(first) = batch.events.first() {
+                        self.dispatching_since_ms
+                            .store(first.stored_at_ms().max(1), Ordering::Relaxed);
+                    }
                     self.dispatch(&batch.events);
                     if let Some(id) = batch.scanned_to {
                         position = Position::After(id);
@@ -275,10 +287,56 @@ impl Hub {
                 (Position::After(at), Some(newest)) => at >= *newest,
                 (Position::Oldest, Some(_)) => false,
             };
+            self.dispatching_since_ms.store(0, Ordering::Relaxed);
             // Checks the current value first, so an append that raced the
             // read above is not missed.
             if head.wait_for(|newest| !caught_up(newest)).await.is_err() {
                 return;
+            }
+        }
+    }
+
+    /// The delivery lag at the last sample (see [`crate::lag`]).
+    pub fn delivery_lag(&self) -> DeliveryLag {
+        self.lag.load()
+    }
+
+    /// Samples every stream's delivery lag each [`lag::SAMPLE_EVERY`], for
+    /// [`Hub::delivery_lag`]. Runs forever.
+    pub async fn run_lag_sampler(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(lag::SAMPLE_EVERY);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let head = self.log.head();
+        let mut behind = Vec::new();
+        let mut last = Instant::now();
+        loop {
+            interval.tick().await;
+            let dt = last.elapsed();
+            last = Instant::now();
+            let now = now_ms();
+            let head_id = head.borrow().map_or(0, |id| id.0);
+            behind.clear();
+            let streams = {
+                let index = self.index.read();
+                for entry in index.streams.values() {
+                    let lag = lag::sample_stream(entry.sender.shared(), now, head_id, dt);
+                    if lag > 0 {
+                        behind.push(lag);
+                    }
+                }
+                index.streams.len()
+            };
+            let dispatching_since = self.dispatching_since_ms.load(Ordering::Relaxed);
+            let dispatch_ms = match dispatching_since {
+                0 => 0,
+                since => now.saturating_sub(since),
+            };
+            self.lag
+                .store(lag::summarize(&mut behind, streams, dispatch_ms));
+            // A burst of tens of thousands of streams leaves a big buffer:
+            // give it back once it is mostly unused.
+            if behind.capacity() > 4 * streams.max(1024) {
+                behind = Vec::new();
             }
         }
     }

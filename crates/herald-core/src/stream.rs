@@ -16,7 +16,7 @@
 //!   [`Registry`], exactly once.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -57,6 +57,24 @@ pub(crate) struct StreamShared {
     pub(crate) lagged: AtomicU64,
     /// Items in the queue (the bound is enforced with it).
     queued: AtomicUsize,
+    /// When the oldest event of the write in progress was stored (ms since
+    /// the epoch), 0 while the writer waits with nothing to write: its age is
+    /// how far behind this stream is now (see `crate::lag`).
+    pub(crate) writing_since_ms: AtomicU64,
+    /// Id of the last event this stream wrote (0: none yet): how far a
+    /// catching-up stream still has to go is the log head minus this.
+    pub(crate) written_up_to: AtomicU64,
+    /// `delivered` when the lag sampler last looked, and the write rate it
+    /// has measured (events/s, `f32` bits): the sampler's own, per stream.
+    pub(crate) sampled_delivered: AtomicU64,
+    pub(crate) sampled_rate: AtomicU32,
+}
+
+impl StreamShared {
+    /// Items queued now (heartbeats included).
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
 }
 
 /// Where a stream is registered; told when the stream's writer goes away.

@@ -219,9 +219,7 @@ impl EventLog for MemoryLog {
                 if let Some(key) = new.idempotency_key.take() {
                     inner.idempotency.insert(key, id, now);
                 }
-                let event = inner
-                    .names
-                    .new_event(id, new, (now / 1000) as u32, &mut inner.frames);
+                let event = inner.names.new_event(id, new, now, &mut inner.frames);
                 inner.bytes += event_bytes(&event);
                 inner.events.push_back(Arc::new(event));
                 results.push(Appended {

@@ -23,7 +23,8 @@ pub(crate) struct StoredFields<'a> {
     pub event_type: Option<&'a str>,
     pub data: &'a str,
     pub retry: Option<u64>,
-    pub stored_at_s: u32,
+    /// Milliseconds since the Unix epoch (whole seconds when read from disk).
+    pub stored_at_ms: u64,
 }
 
 /// An interning table. A log's writer keeps one for the life of the log; a
@@ -84,17 +85,17 @@ impl Names {
             event_type,
             fields.data,
             fields.retry,
-            fields.stored_at_s,
+            fields.stored_at_ms,
             arena,
         )
     }
 
-    /// The event `new` becomes when stored as `id` at `stored_at_s`.
+    /// The event `new` becomes when stored as `id` at `stored_at_ms`.
     pub(crate) fn new_event(
         &mut self,
         id: EventId,
         new: NewEvent,
-        stored_at_s: u32,
+        stored_at_ms: u64,
         arena: &mut FrameArena,
     ) -> Event {
         let topics = new.topics.into_iter().map(|t| self.topic(t)).collect();
@@ -104,7 +105,7 @@ impl Names {
             event_type: new.event_type.as_deref(),
             data: &new.data,
             retry: new.retry,
-            stored_at_s,
+            stored_at_ms,
         };
         self.event(fields, topics, arena)
     }

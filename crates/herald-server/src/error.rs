@@ -79,12 +79,15 @@ pub enum ErrorCode {
     /// 503: the server is reading as many request body bytes as it allows at
     /// once; retry shortly.
     BodyCapacityFull,
+    /// 503: delivery is further behind than `max_delivery_lag_ms`; nothing
+    /// was stored; retry after `Retry-After`.
+    Overloaded,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (for checks that must cover them all,
     /// such as the API reference test).
-    pub const ALL: [Self; 30] = [
+    pub const ALL: [Self; 31] = [
         Self::BadJson,
         Self::InvalidField,
         Self::InvalidTopic,
@@ -115,6 +118,7 @@ impl ErrorCode {
         Self::BodyIncomplete,
         Self::BodyTimeout,
         Self::BodyCapacityFull,
+        Self::Overloaded,
     ];
 
     /// The code as clients see it (snake_case).
@@ -150,6 +154,7 @@ impl ErrorCode {
             Self::BodyIncomplete => "body_incomplete",
             Self::BodyTimeout => "body_timeout",
             Self::BodyCapacityFull => "body_capacity_full",
+            Self::Overloaded => "overloaded",
         }
     }
 
@@ -175,7 +180,9 @@ impl ErrorCode {
             | Self::DataTooLarge
             | Self::BatchTooLarge
             | Self::TooManyTargets => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::LogUnavailable | Self::BodyCapacityFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LogUnavailable | Self::BodyCapacityFull | Self::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TokenMissing | Self::TokenExpired | Self::TokenInvalid => {
                 StatusCode::UNAUTHORIZED
@@ -192,7 +199,10 @@ impl ErrorCode {
     /// (a rate-limit refusal may say a longer wait, see [`ApiError::retry_after`]).
     pub const fn retry_after(self) -> Option<u32> {
         match self {
-            Self::LogUnavailable | Self::RateLimited | Self::BodyCapacityFull => Some(1),
+            Self::LogUnavailable
+            | Self::RateLimited
+            | Self::BodyCapacityFull
+            | Self::Overloaded => Some(1),
             _ => None,
         }
     }
@@ -459,6 +469,7 @@ mod tests {
                 "body_capacity_full",
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
+            (Overloaded, "overloaded", StatusCode::SERVICE_UNAVAILABLE),
         ] {
             assert_eq!((code.as_str(), code.status()), (text, status));
             assert_eq!(code.to_string(), text);

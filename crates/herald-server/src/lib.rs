@@ -89,6 +89,9 @@ pub struct ServerConfig {
     /// How long a socket may take no byte of a pending write before its
     /// connection is closed (minus up to 20 % jitter).
     pub write_timeout: Duration,
+    /// Publishes are refused (`503 overloaded`) while the delivery lag
+    /// (`herald_core::lag`) is above this; `None`: never.
+    pub max_delivery_lag: Option<Duration>,
     /// TLS on the listening port: the certificate and key files (reloaded
     /// when they change); `None` serves plain HTTP/1.1 and h2c.
     pub tls: Option<TlsFiles>,
@@ -143,6 +146,8 @@ impl ServerConfig {
     pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: usize = 64 << 20;
     /// Default of [`ServerConfig::write_timeout`], in seconds.
     pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
+    /// Default of [`ServerConfig::max_delivery_lag`], in milliseconds.
+    pub const DEFAULT_MAX_DELIVERY_LAG_MS: u64 = 10_000;
 }
 
 impl Default for ServerConfig {
@@ -166,6 +171,7 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(Self::DEFAULT_BODY_READ_TIMEOUT_SECS),
             max_body_bytes_in_flight: Self::DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
             write_timeout: Duration::from_secs(Self::DEFAULT_WRITE_TIMEOUT_SECS),
+            max_delivery_lag: Some(Duration::from_millis(Self::DEFAULT_MAX_DELIVERY_LAG_MS)),
             tls: None,
             tls_handshake_timeout: Duration::from_secs(Self::DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
         }

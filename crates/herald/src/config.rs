@@ -198,6 +198,9 @@ pub(crate) struct Config {
     /// Seconds a socket may take no byte of a pending write before its stream is closed (minus up to 20 % jitter).
     #[arg(long, value_name = "SECS", default_value_t = ServerConfig::DEFAULT_WRITE_TIMEOUT_SECS)]
     pub write_timeout_secs: u64,
+    /// Publishes get 503 `overloaded` while the median stream is more than this many ms behind (0: never).
+    #[arg(long, value_name = "MS", default_value_t = ServerConfig::DEFAULT_MAX_DELIVERY_LAG_MS)]
+    pub max_delivery_lag_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax); logs go to stderr.
     #[arg(long, value_name = "FILTER", default_value = DEFAULT_LOG)]
     pub log: String,
@@ -510,6 +513,11 @@ const RANGES: &[Bounds] = &[
         min: 1,
         max: MAX_DEADLINE_SECS,
     },
+    Bounds {
+        key: "max_delivery_lag_ms",
+        min: 0,
+        max: DAY_SECS * 1_000,
+    },
 ];
 
 impl Config {
@@ -537,6 +545,7 @@ impl Config {
             "idle_timeout_secs" => self.idle_timeout_secs,
             "body_read_timeout_secs" => self.body_read_timeout_secs,
             "write_timeout_secs" => self.write_timeout_secs,
+            "max_delivery_lag_ms" => self.max_delivery_lag_ms,
             _ => return None,
         })
     }
@@ -710,6 +719,8 @@ impl From<&Config> for ServerConfig {
             body_read_timeout: Duration::from_secs(config.body_read_timeout_secs),
             max_body_bytes_in_flight: config.max_body_bytes_in_flight,
             write_timeout: Duration::from_secs(config.write_timeout_secs),
+            max_delivery_lag: (config.max_delivery_lag_ms > 0)
+                .then(|| Duration::from_millis(config.max_delivery_lag_ms)),
             ..ServerConfig::default()
         }
     }

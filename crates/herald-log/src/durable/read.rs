@@ -303,7 +303,7 @@ pub(super) fn event_of(
         event_type: view.event_type,
         data: view.data,
         retry: view.retry,
-        stored_at_s: view.stored_at_s,
+        stored_at_ms: u64::from(view.stored_at_s) * 1000,
     };
     names.event(fields, topics, arena)
 }

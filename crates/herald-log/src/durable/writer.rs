@@ -198,12 +198,8 @@ impl Writer {
                     if self.shared.cache_events > 0 {
                         for (new, result) in req.batch.into_iter().zip(&results) {
                             if !result.duplicate {
-                                let event = self.names.new_event(
-                                    result.id,
-                                    new,
-                                    stored_at_s,
-                                    &mut self.arena,
-                                );
+                                let event =
+                                    self.names.new_event(result.id, new, now, &mut self.arena);
                                 events.push(Arc::new(event));
                             }
                         }

@@ -34,6 +34,7 @@ pub(crate) async fn require_admin(
 /// `GET /v1/stats`.
 pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
     let counts = state.hub.counts();
+    let lag = state.hub.delivery_lag();
     Json(json!({
         "connections": counts.connections,
         // The cap in force: `max_connections`, lowered to fit the fd limit.
@@ -44,6 +45,12 @@ pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "events_published": state.published.load(Ordering::Relaxed),
         "events_delivered": state.hub.events_delivered(),
         "write_timeouts": state.write_timeouts(),
+        "delivery_lag_ms": {
+            "median": lag.median_ms,
+            "max": lag.max_ms,
+            "dispatch": lag.dispatch_ms,
+        },
+        "streams_behind": lag.streams_behind,
         "uptime_s": state.hub.uptime().as_secs(),
         "nodes": ["local"],
         "refusals": state

@@ -116,6 +116,25 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.refusals.over_ip_limit.load(Ordering::Relaxed),
         state.refusals.over_user_limit.load(Ordering::Relaxed),
     );
+    let lag = state.hub.delivery_lag();
+    let _ = write!(
+        out,
+        "# HELP herald_delivery_lag_seconds How far behind streams are: the median stream, the furthest, and the dispatcher.\n\
+         # TYPE herald_delivery_lag_seconds gauge\n\
+         herald_delivery_lag_seconds{{of=\"median\"}} {:.3}\n\
+         herald_delivery_lag_seconds{{of=\"max\"}} {:.3}\n\
+         herald_delivery_lag_seconds{{of=\"dispatch\"}} {:.3}\n",
+        lag.median_ms as f64 / 1000.0,
+        lag.max_ms as f64 / 1000.0,
+        lag.dispatch_ms as f64 / 1000.0,
+    );
+    let _ = write!(
+        out,
+        "# HELP herald_streams_behind Streams with events acknowledged but not yet written.\n\
+         # TYPE herald_streams_behind gauge\n\
+         herald_streams_behind {}\n",
+        lag.streams_behind,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -140,6 +140,8 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
     let (parts, body) = request.into_parts();
     let form = Form::of(&parts.headers);
     let body = crate::body::read(body, &parts.headers, state).await?;
+    // After the body is read, so the connection stays usable for the retry.
+    refuse_if_overloaded(state)?;
     let limits = EventLimits::of(&state.config);
     let query = parts.uri.query().map(str::to_owned);
     let off_thread = body.len() > OFF_THREAD_BODY_BYTES;
@@ -159,6 +161,29 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
     let stored = results.iter().filter(|r| !r.duplicate).count() as u64;
     state.published.fetch_add(stored, Ordering::Relaxed);
     Ok(answer(&results, single))
+}
+
+/// `503 overloaded` while delivery is further behind than the configured
+/// bound: acknowledging more would only lengthen the backlog every stream
+/// has to work through. `Retry-After` is the excess, 1–5 s.
+fn refuse_if_overloaded(state: &AppState) -> Result<(), ApiError> {
+    let Some(bound) = state.config.max_delivery_lag else {
+        return Ok(());
+    };
+    let lag = state.hub.delivery_lag().lag_ms();
+    let bound_ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
+    if lag <= bound_ms {
+        return Ok(());
+    }
+    let wait = (lag - bound_ms).div_ceil(1000).clamp(1, 5) as u32;
+    Err(ApiError::new(
+        ErrorCode::Overloaded,
+        format!(
+            "delivery is {:.1} s behind, over max_delivery_lag_ms ({bound_ms}); nothing was stored, retry after {wait} s",
+            lag as f64 / 1000.0
+        ),
+    )
+    .retry_after(wait))
 }
 
 fn answer(results: &[Appended], single: bool) -> Response {

@@ -51,6 +51,7 @@ async fn serve(
     let hub = Hub::new(log.clone(), HubConfig::from(&config));
     streams.spawn(hub.clone().run_dispatcher());
     streams.spawn(hub.clone().run_housekeeping());
+    streams.spawn(hub.clone().run_lag_sampler());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {

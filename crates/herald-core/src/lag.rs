@@ -1,0 +1,206 @@
+//! Delivery lag: how far behind the streams are, as one number a publish can
+//! be refused on (`max_delivery_lag_ms`) and an operator can watch.
+//!
+//! A stream's lag is the time until everything acknowledged so far that it
+//! has to send is written: the age of the oldest event it is writing now
+//! (its writer records when that event was stored), plus what it still has
+//! to write — its queue, or, catching up, the ids between the log head and
+//! the last one it wrote — at the rate it has been writing. The second part
+//! is what makes the number lead instead of trail: publishers flat out
+//! against 10,000 streams add seconds of backlog per 100 ms while the age of
+//! what is being written grows only as fast as the clock.
+//!
+//! Invariants:
+//! - The server's lag is the **median** stream's (streams with nothing to
+//!   write count as 0), or the dispatcher's when that is further behind. A
+//!   minority of slow readers therefore never moves it: refusing publishes
+//!   because a few clients read slowly would let one client hurt the others
+//!   (those streams catch up from the log, or the write deadline ends them).
+//! - Sampling reads atomics the writers keep anyway; it takes the index's
+//!   read lock once per [`SAMPLE_EVERY`] and never blocks a writer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::stream::StreamShared;
+
+/// How often the hub samples every stream's lag.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// The write rate is an average over about this long: a catching-up stream
+/// writes a page every few hundred milliseconds, so one sample interval
+/// alone often sees no write at all.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// A stream with something to write is assumed to manage at least this many
+/// events a second when it has not been writing (it just woke, or stalls).
+const MIN_RATE_PER_SEC: f32 = 1.0;
+/// No lag is reported above a day (keeps the arithmetic in range).
+const MAX_LAG_MS: u64 = 86_400_000;
+
+/// The last sample, for `/v1/stats`, `/metrics` and the publish route.
+#[derive(Debug, Default)]
+pub(crate) struct LagGauge {
+    median_ms: AtomicU64,
+    max_ms: AtomicU64,
+    dispatch_ms: AtomicU64,
+    streams_behind: AtomicU64,
+}
+
+/// The delivery lag at the last sample, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeliveryLag {
+    /// The median stream's lag (half the streams are at most this far behind).
+    pub median_ms: u64,
+    /// The stream furthest behind (a slow reader, usually).
+    pub max_ms: u64,
+    /// The age of the oldest event the dispatcher has not yet offered to the
+    /// streams (0 when it is caught up with the log).
+    pub dispatch_ms: u64,
+    /// Streams with anything left to write.
+    pub streams_behind: u64,
+}
+
+impl DeliveryLag {
+    /// The server's delivery lag: the median stream's, or the dispatcher's
+    /// when that is further behind (its events have reached no stream yet).
+    pub fn lag_ms(&self) -> u64 {
+        self.median_ms.max(self.dispatch_ms)
+    }
+}
+
+impl LagGauge {
+    pub(crate) fn store(&self, lag: DeliveryLag) {
+        self.median_ms.store(lag.median_ms, Ordering::Relaxed);
+        self.max_ms.store(lag.max_ms, Ordering::Relaxed);
+        self.dispatch_ms.store(lag.dispatch_ms, Ordering::Relaxed);
+        self.streams_behind
+            .store(lag.streams_behind, Ordering::Relaxed);
+    }
+
+    pub(crate) fn load(&self) -> DeliveryLag {
+        DeliveryLag {
+            median_ms: self.median_ms.load(Ordering::Relaxed),
+            max_ms: self.max_ms.load(Ordering::Relaxed),
+            dispatch_ms: self.dispatch_ms.load(Ordering::Relaxed),
+            streams_behind: self.streams_behind.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One stream's lag now, updating its rate estimate (the sampler's own
+/// fields of `shared`). `head` is the newest id in the log.
+pub(crate) fn sample_stream(shared: &StreamShared, now_ms: u64, head: u64, dt: Duration) -> u64 {
+    let delivered = shared.delivered.load(Ordering::Relaxed);
+    let before = shared.sampled_delivered.swap(delivered, Ordering::Relaxed);
+    let rate = f32::from_bits(shared.sampled_rate.load(Ordering::Relaxed));
+    let rate = updated_rate(rate, delivered.saturating_sub(before), dt);
+    shared.sampled_rate.store(rate.to_bits(), Ordering::Relaxed);
+    let since = shared.writing_since_ms.load(Ordering::Relaxed);
+    let age_ms = if since == 0 {
+        0
+    } else {
+        now_ms.saturating_sub(since)
+    };
+    let to_write = if shared.lagging.load(Ordering::Relaxed) {
+        match shared.written_up_to.load(Ordering::Relaxed) {
+            // Resuming, nothing written yet: where it starts is the
+            // writer's; its age will show once it writes.
+            0 => 0,
+            last => head.saturating_sub(last),
+        }
+    } else {
+        shared.queued() as u64
+    };
+    projected_ms(age_ms, to_write, rate)
+}
+
+/// The write rate averaged over about [`RATE_WINDOW`], from the last
+/// estimate and the events written in the `dt` since.
+fn updated_rate(rate: f32, written: u64, dt: Duration) -> f32 {
+    let dt_s = dt.as_secs_f32().max(1e-3);
+    let now = written as f32 / dt_s;
+    let weight = (dt_s / RATE_WINDOW.as_secs_f32()).min(1.0);
+    let rate = if rate.is_finite() { rate } else { 0.0 };
+    rate + (now - rate) * weight
+}
+
+/// A stream's lag: the age of what it writes now plus the time `to_write`
+/// more events take at `rate` a second.
+fn projected_ms(age_ms: u64, to_write: u64, rate: f32) -> u64 {
+    let rate = rate.max(MIN_RATE_PER_SEC);
+    let drain_ms = (to_write as f64 * 1000.0 / f64::from(rate)).min(MAX_LAG_MS as f64) as u64;
+    age_ms.saturating_add(drain_ms).min(MAX_LAG_MS)
+}
+
+/// Median and maximum of per-stream lags, given the non-zero ones in
+/// `behind` (reordered) out of `streams` in all.
+pub(crate) fn summarize(behind: &mut [u64], streams: usize, dispatch_ms: u64) -> DeliveryLag {
+    let zeros = streams.saturating_sub(behind.len());
+    let middle = streams / 2;
+    let median_ms = if streams == 0 || middle < zeros {
+        0
+    } else {
+        let (_, median, _) = behind.select_nth_unstable(middle - zeros);
+        *median
+    };
+    DeliveryLag {
+        median_ms,
+        max_ms: behind.iter().copied().max().unwrap_or(0),
+        dispatch_ms,
+        streams_behind: behind.len() as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_ignores_a_minority_far_behind() {
+        // 10 streams: 4 slow readers 60 s behind, 6 current.
+        let mut behind = vec![60_000; 4];
+        let lag = summarize(&mut behind, 10, 0);
+        assert_eq!(lag.median_ms, 0);
+        assert_eq!(lag.max_ms, 60_000);
+        assert_eq!(lag.streams_behind, 4);
+        // 6 of 10 behind: the median is one of them.
+        let mut behind = vec![5_000, 7_000, 9_000, 60_000, 2_000, 3_000];
+        let lag = summarize(&mut behind, 10, 0);
+        assert_eq!(lag.median_ms, 3_000, "0 0 0 0 2 [3] 5 7 9 60 s");
+        let mut all = vec![1, 2, 3];
+        assert_eq!(summarize(&mut all, 3, 0).median_ms, 2);
+        assert_eq!(summarize(&mut [], 0, 0), DeliveryLag::default());
+    }
+
+    #[test]
+    fn the_lag_is_the_dispatchers_when_it_is_further_behind() {
+        let lag = summarize(&mut [], 10, 1_500);
+        assert_eq!(lag.lag_ms(), 1_500);
+        let lag = summarize(&mut [4_000; 8], 10, 1_500);
+        assert_eq!(lag.lag_ms(), 4_000);
+    }
+
+    #[test]
+    fn a_backlog_counts_at_the_rate_the_stream_writes() {
+        // 3,000 events to go at 300/s: 10 s, on top of what it writes now.
+        assert_eq!(projected_ms(500, 3_000, 300.0), 10_500);
+        // Nothing to write: only the age (a write still in progress).
+        assert_eq!(projected_ms(250, 0, 0.0), 250);
+        // No rate measured yet: at least one event a second is assumed.
+        assert_eq!(projected_ms(0, 2, 0.0), 2_000);
+        assert_eq!(projected_ms(u64::MAX, u64::MAX, 0.0), MAX_LAG_MS);
+    }
+
+    #[test]
+    fn the_rate_follows_writes_over_about_a_second() {
+        let step = Duration::from_millis(100);
+        let mut rate = 0.0;
+        for _ in 0..30 {
+            rate = updated_rate(rate, 100, step); // 1,000 events/s
+        }
+        assert!((rate - 1_000.0).abs() < 50.0, "{rate}");
+        // A stream that stops writing decays instead of dropping to 0 at once.
+        let after = updated_rate(rate, 0, step);
+        assert!(after > 800.0 && after < rate, "{after}");
+        assert_eq!(updated_rate(f32::NAN, 0, step), 0.0);
+    }
+}
