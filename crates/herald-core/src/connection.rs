@@ -261,6 +261,11 @@ impl Connection {
         final_pass: bool,
         chunk: &mut impl ChunkSink,
     ) -> bool {
+        // One page per turn: a stream with megabytes to catch up on whose
+        // socket keeps taking them would otherwise write them all in one
+        // poll, while every other task on its worker (live streams, the
+        // dispatcher) waits — seconds, with thousands catching up at once.
+        tokio::task::yield_now().await;
         let batch = match self
             .log
             .read_after(from, &self.filter, CATCH_UP_BATCH)
@@ -272,7 +277,6 @@ impl Connection {
                 return false;
             }
         };
-        let added_before = chunk.len();
         let gap = match (batch.gap, self.unknown_resume.take()) {
             (Some(gap), raw) => Some((gap, raw.unwrap_or_else(|| describe(from)))),
             (None, Some(raw)) => Some((
@@ -309,10 +313,6 @@ impl Connection {
                 final_pass: true,
             }
         };
-        if chunk.len() == added_before {
-            // Scanning past non-matching events: let other tasks run.
-            tokio::task::yield_now().await;
-        }
         true
     }
 

@@ -49,9 +49,14 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let (log, trim) = open_log(&config)?;
     let hub = Hub::new(log.clone(), HubConfig::from(&config));
-    streams.spawn(hub.clone().run_dispatcher());
+    // The dispatcher and the lag sampler run here, on the control thread,
+    // beside the publishes: an append wakes the dispatcher without waking
+    // another thread, and its offers wake each stream's writer on a streams
+    // worker — one thread wake-up per delivery. On the streams runtime they
+    // waited behind thousands of writers catching up (seconds, in a flood).
+    tokio::spawn(hub.clone().run_dispatcher());
+    tokio::spawn(hub.clone().run_lag_sampler());
     streams.spawn(hub.clone().run_housekeeping());
-    streams.spawn(hub.clone().run_lag_sampler());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
