@@ -333,18 +333,18 @@ impl AcceptedConnection {
             let Ok(stream) = TcpStream::from_std(stream) else {
                 return;
             };
-            let stream = match first {
+            match first {
                 Sniffed::Direct(request) => {
                     self.classifying.done();
                     match direct::stream(stream, self.state.clone(), request).await {
-                        Ok(Some(stream)) => stream,
+                        // With what the client sent during the stream read first.
+                        Ok(Some(rest)) => self.serve_with_hyper(rest).await,
                         // The client left, or the socket failed: nothing more to serve.
-                        _ => return,
+                        _ => {}
                     }
                 }
-                _ => stream,
-            };
-            self.serve_with_hyper(stream).await;
+                _ => self.serve_with_hyper(stream).await,
+            }
         });
     }
 
