@@ -336,11 +336,13 @@ impl AcceptedConnection {
             match first {
                 Sniffed::Direct(request) => {
                     self.classifying.done();
-                    match direct::stream(stream, self.state.clone(), request).await {
-                        // With what the client sent during the stream read first.
-                        Ok(Some(rest)) => self.serve_with_hyper(rest).await,
-                        // The client left, or the socket failed: nothing more to serve.
-                        _ => {}
+                    // `None` or an error: the client left, or the socket
+                    // failed; nothing more to serve. Else hyper reads what
+                    // the client sent during the stream first.
+                    if let Ok(Some(rest)) =
+                        direct::stream(stream, self.state.clone(), request).await
+                    {
+                        self.serve_with_hyper(rest).await;
                     }
                 }
                 _ => self.serve_with_hyper(stream).await,

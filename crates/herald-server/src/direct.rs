@@ -374,7 +374,56 @@ fn chunk_size_line(len: usize, out: &mut [u8; SIZE_LINE_ROOM]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_size_line;
+    use super::{chunk_size_line, Pipelined, DRAIN_BUF, MAX_UNEXPECTED_BYTES, PROBE};
+
+    #[test]
+    fn pipelined_bytes_come_back_in_order_and_their_room_stays_bounded() {
+        let mut probe = [0u8; PROBE];
+        let mut kept = Pipelined::new(Vec::new());
+        assert_eq!(
+            kept.room(&mut probe).len(),
+            PROBE,
+            "nothing kept: the probe"
+        );
+        assert_eq!(kept.buf.capacity(), 0, "nothing allocated before a byte");
+        let mut sent = Vec::new();
+        let mut next = 0u8;
+        // Reads of odd sizes, as a socket gives them, up to past the bound.
+        for read in 0..1_000 {
+            if kept.len() > MAX_UNEXPECTED_BYTES {
+                break;
+            }
+            let room = kept.room(&mut probe);
+            let n = room.len().min(700 + read % 300);
+            for byte in &mut room[..n] {
+                *byte = next;
+                next = next.wrapping_add(1);
+            }
+            sent.extend_from_slice(&room[..n]);
+            kept.took(&probe, n);
+            assert!(
+                kept.buf.capacity() <= kept.len() + DRAIN_BUF,
+                "room beyond one step: {} kept, {} allocated",
+                kept.len(),
+                kept.buf.capacity()
+            );
+        }
+        assert!(
+            kept.len() > MAX_UNEXPECTED_BYTES,
+            "the loop reached the bound"
+        );
+        assert_eq!(kept.into_bytes(), sent);
+    }
+
+    #[test]
+    fn bytes_read_with_the_head_come_first() {
+        let mut probe = [0u8; PROBE];
+        let mut kept = Pipelined::new(b"GET /healthz".to_vec());
+        let room = kept.room(&mut probe);
+        room[..4].copy_from_slice(b" HTT");
+        kept.took(&probe, 4);
+        assert_eq!(kept.into_bytes(), b"GET /healthz HTT");
+    }
 
     #[test]
     fn chunk_sizes_are_lowercase_hex() {
