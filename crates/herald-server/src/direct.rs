@@ -26,10 +26,19 @@
 //! back to hyper for keep-alive requests. Every write is flushed before the
 //! next frame is awaited (TLS buffers records until flushed). A write the
 //! socket takes no byte of within the write timeout ends the stream
-//! (`crate::io::WriteDeadline`). A stream
-//! client has nothing to say after its request: bytes it sends are read and
-//! discarded, and past [`MAX_UNEXPECTED_BYTES`] the connection is closed, so
-//! a client that keeps sending costs a bounded amount of work.
+//! (`crate::io::WriteDeadline`).
+//!
+//! Bytes the client sends after its request (a pipelined request: HTTP/1.1
+//! allows it) cannot be answered while the stream is open, since answers go
+//! out in order and the stream never ends by itself. They are read (the read
+//! is how a client closing is noticed) and kept, in order, and when the
+//! server ends the stream they go to hyper in front of the socket
+//! (`crate::io::Rewind`), so the next request is answered after the
+//! terminating chunk. On TLS the bytes read with the head beyond it are the
+//! first of them. Nothing is allocated for them until a byte arrives (an idle
+//! stream reads into a few bytes of its own task), and past
+//! [`MAX_UNEXPECTED_BYTES`] the connection is closed, so a client that keeps
+//! sending costs a bounded amount of memory and work.
 
 use std::io;
 use std::net::IpAddr;
@@ -42,21 +51,24 @@ use tokio::net::TcpStream;
 
 use crate::cors;
 use crate::http1_head::{classify, Head, MAX_HEAD};
-use crate::io::WriteDeadline;
+use crate::io::{Rewind, WriteDeadline};
 use crate::limits::StreamSlot;
 use crate::routes::subscribe::{admit, set_stream_headers, Admission};
 use crate::AppState;
 
 /// Bytes a stream client may send after its request before the connection
 /// is closed (the client reconnects and resumes if it is a real one). Its
-/// only legitimate use is none, so the bound only has to be far above what
-/// a confused but harmless client sends, and small enough that reading it
-/// costs next to nothing.
+/// only legitimate use is a few pipelined requests, kept until the stream
+/// ends, so the bound only has to be far above what those take, and small
+/// enough that keeping it costs little.
 const MAX_UNEXPECTED_BYTES: usize = 64 << 10;
-/// The read buffer of a stream whose client has sent bytes after its
-/// request: allocated then (idle streams read into 32 bytes), so that
-/// discarding [`MAX_UNEXPECTED_BYTES`] takes a few reads, not thousands.
+/// How much room the kept bytes grow by when full: allocated only once the
+/// client has sent something (idle streams read into [`PROBE`] bytes), so
+/// that reading [`MAX_UNEXPECTED_BYTES`] takes a few reads, not thousands.
 const DRAIN_BUF: usize = 4 << 10;
+/// The read buffer of a stream whose client has sent nothing after its
+/// request: part of the stream's task, so an idle stream allocates none.
+const PROBE: usize = 32;
 
 /// A request the direct path will serve.
 #[derive(Debug)]
@@ -64,6 +76,10 @@ pub(crate) struct DirectRequest {
     /// Bytes of the head still to be read from the socket: all of it when it
     /// was peeked at, none when it was read already (TLS).
     unread_head: usize,
+    /// Bytes read already beyond the head (TLS reads the head in whatever
+    /// pieces records bring, so a pipelined request may come with it);
+    /// empty when the head was peeked at (they are still in the socket).
+    read_past_head: Vec<u8>,
     subscriber: Subscriber,
     headers: HeaderMap,
     /// The stream's place under the connection limits.
@@ -130,6 +146,10 @@ pub(crate) async fn judge(first: &[u8], state: &AppState, was: HeadWas, peer: Ip
                     HeadWas::Peeked => head_len,
                     HeadWas::Read => 0,
                 },
+                read_past_head: match was {
+                    HeadWas::Peeked => Vec::new(),
+                    HeadWas::Read => first.get(head_len..).unwrap_or_default().to_vec(),
+                },
                 subscriber,
                 headers,
                 slot,
@@ -156,37 +176,38 @@ pub(crate) enum HeadWas {
 
 /// Serves the event stream. Returns the socket when the server ended the
 /// stream (kick, lifetime, shutdown) so the caller can keep the connection
-/// alive; `None` when the client went away.
+/// alive, with the bytes the client sent meanwhile (a pipelined request) to
+/// be read first; `None` when the client went away.
 ///
 /// Generic over the socket so TLS shares it; for a `TcpStream` this is the
 /// hot path of fan-out: no copy or allocation beyond the one chunk buffer.
 pub(crate) async fn stream<S>(
     socket: S,
     state: Arc<AppState>,
-    request: Box<DirectRequest>,
-) -> io::Result<Option<S>>
+    mut request: Box<DirectRequest>,
+) -> io::Result<Option<Rewind<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // A socket that takes no byte for the write timeout fails the pending
     // write below, which ends the stream like any socket error.
     let mut socket = WriteDeadline::new(socket, state.write_timeout.clone());
-    // A head that was only peeked at: consume exactly it.
+    // A head that was only peeked at: consume exactly it (what follows it
+    // is read by the loop below, like anything sent later).
     if request.unread_head > 0 {
         let mut consumed = vec![0u8; request.unread_head];
         socket.read_exact(&mut consumed).await?;
         drop(consumed);
     }
+    let mut pipelined = Pipelined::new(std::mem::take(&mut request.read_past_head));
     let (mut connection, head, slot) = start(&state, request);
     socket.write_all(&head).await?;
     socket.flush().await?;
     drop(head);
 
-    // Only read to notice the client closing; SSE clients send nothing more
-    // (what they do send is discarded, up to a bound: see the module doc).
-    let mut probe = [0u8; 32];
-    let mut drain: Option<Box<[u8; DRAIN_BUF]>> = None;
-    let mut unexpected = 0usize;
+    // Read to notice the client closing, and to keep what it sends (see the
+    // module doc).
+    let mut probe = [0u8; PROBE];
     loop {
         // A fresh buffer per write, starting with room for the size line;
         // an idle stream holds only that room.
@@ -206,16 +227,12 @@ where
                 socket.flush().await?;
                 break;
             },
-            read = socket.read(match &mut drain {
-                Some(buf) => &mut buf[..],
-                None => &mut probe[..],
-            }) => match read {
+            read = socket.read(pipelined.room(&mut probe)) => match read {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(n) => {
-                    drain.get_or_insert_with(|| Box::new([0u8; DRAIN_BUF]));
-                    unexpected += n;
-                    if unexpected > MAX_UNEXPECTED_BYTES {
-                        tracing::debug!(unexpected, "stream client kept sending: closed");
+                    pipelined.took(&probe, n);
+                    if pipelined.len() > MAX_UNEXPECTED_BYTES {
+                        tracing::debug!(sent = pipelined.len(), "stream client kept sending: closed");
                         return Ok(None);
                     }
                 }
@@ -224,7 +241,67 @@ where
     }
     drop(connection);
     drop(slot);
-    Ok(Some(socket.into_inner()))
+    Ok(Some(Rewind::new(
+        pipelined.into_bytes(),
+        socket.into_inner(),
+    )))
+}
+
+/// What a stream's client sent after its request, in order, for whoever
+/// serves the connection after the stream.
+///
+/// Invariant: `buf[..kept]` are the bytes received; `buf[kept..]` is zeroed
+/// room the next read goes into. Both are empty until a byte is kept, and
+/// the room is only ever [`DRAIN_BUF`] past what is kept, so the whole is
+/// at most [`MAX_UNEXPECTED_BYTES`] plus one room before the stream is
+/// closed.
+#[derive(Debug)]
+struct Pipelined {
+    buf: Vec<u8>,
+    kept: usize,
+}
+
+impl Pipelined {
+    fn new(already_read: Vec<u8>) -> Self {
+        Self {
+            kept: already_read.len(),
+            buf: already_read,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.kept
+    }
+
+    /// Where the next read goes: `probe` while nothing is kept (an idle
+    /// stream allocates nothing), else the room after what is kept.
+    fn room<'a>(&'a mut self, probe: &'a mut [u8]) -> &'a mut [u8] {
+        if self.kept == 0 {
+            return probe;
+        }
+        if self.buf.len() == self.kept {
+            // Exact: amortised doubling would let a 64 KiB bound hold 128.
+            self.buf.reserve_exact(DRAIN_BUF);
+            self.buf.resize(self.kept + DRAIN_BUF, 0);
+        }
+        &mut self.buf[self.kept..]
+    }
+
+    /// `n` bytes were read into the last [`Self::room`] (`probe` is the
+    /// one that was passed to it).
+    fn took(&mut self, probe: &[u8], n: usize) {
+        if self.kept == 0 {
+            self.buf.clear();
+            self.buf.extend_from_slice(&probe[..n]);
+        }
+        self.kept += n;
+    }
+
+    /// The bytes received, without the room.
+    fn into_bytes(mut self) -> Vec<u8> {
+        self.buf.truncate(self.kept);
+        self.buf
+    }
 }
 
 /// Registers the stream and renders the response head. A plain function, so
@@ -297,7 +374,56 @@ fn chunk_size_line(len: usize, out: &mut [u8; SIZE_LINE_ROOM]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_size_line;
+    use super::{chunk_size_line, Pipelined, DRAIN_BUF, MAX_UNEXPECTED_BYTES, PROBE};
+
+    #[test]
+    fn pipelined_bytes_come_back_in_order_and_their_room_stays_bounded() {
+        let mut probe = [0u8; PROBE];
+        let mut kept = Pipelined::new(Vec::new());
+        assert_eq!(
+            kept.room(&mut probe).len(),
+            PROBE,
+            "nothing kept: the probe"
+        );
+        assert_eq!(kept.buf.capacity(), 0, "nothing allocated before a byte");
+        let mut sent = Vec::new();
+        let mut next = 0u8;
+        // Reads of odd sizes, as a socket gives them, up to past the bound.
+        for read in 0..1_000 {
+            if kept.len() > MAX_UNEXPECTED_BYTES {
+                break;
+            }
+            let room = kept.room(&mut probe);
+            let n = room.len().min(700 + read % 300);
+            for byte in &mut room[..n] {
+                *byte = next;
+                next = next.wrapping_add(1);
+            }
+            sent.extend_from_slice(&room[..n]);
+            kept.took(&probe, n);
+            assert!(
+                kept.buf.capacity() <= kept.len() + DRAIN_BUF,
+                "room beyond one step: {} kept, {} allocated",
+                kept.len(),
+                kept.buf.capacity()
+            );
+        }
+        assert!(
+            kept.len() > MAX_UNEXPECTED_BYTES,
+            "the loop reached the bound"
+        );
+        assert_eq!(kept.into_bytes(), sent);
+    }
+
+    #[test]
+    fn bytes_read_with_the_head_come_first() {
+        let mut probe = [0u8; PROBE];
+        let mut kept = Pipelined::new(b"GET /healthz".to_vec());
+        let room = kept.room(&mut probe);
+        room[..4].copy_from_slice(b" HTT");
+        kept.took(&probe, 4);
+        assert_eq!(kept.into_bytes(), b"GET /healthz HTT");
+    }
 
     #[test]
     fn chunk_sizes_are_lowercase_hex() {
