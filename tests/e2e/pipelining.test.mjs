@@ -160,7 +160,7 @@ for (const scheme of ['http', 'https']) {
     }
   });
 
-  test(`${scheme}: a stream client that sends more than 64 KiB after its GET is disconnected`, { timeout: 30_000 }, async () => {
+  test(`${scheme}: a stream client that sends more than 16 KiB after its GET is disconnected`, { timeout: 30_000 }, async () => {
     const user = `chatty-${scheme}`;
     const c = connect(server().url);
     try {

@@ -59,9 +59,10 @@ use crate::AppState;
 /// Bytes a stream client may send after its request before the connection
 /// is closed (the client reconnects and resumes if it is a real one). Its
 /// only legitimate use is a few pipelined requests, kept until the stream
-/// ends, so the bound only has to be far above what those take, and small
-/// enough that keeping it costs little.
-const MAX_UNEXPECTED_BYTES: usize = 64 << 10;
+/// ends, so the bound only has to be above what those take (a request head
+/// is at most `MAX_HEAD`), and small enough that 19,000 chatty streams keep
+/// a few hundred MB at most, not a gigabyte.
+const MAX_UNEXPECTED_BYTES: usize = 16 << 10;
 /// How much room the kept bytes grow by when full: allocated only once the
 /// client has sent something (idle streams read into [`PROBE`] bytes), so
 /// that reading [`MAX_UNEXPECTED_BYTES`] takes a few reads, not thousands.
