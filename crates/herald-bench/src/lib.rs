@@ -110,7 +110,7 @@ enum BenchCommand {
     Conns(conns::ConnsArgs),
     /// N clients connect at once: subscribes per second, time to first byte.
     Connect(connect::ConnectArgs),
-    /// N subscribers on one topic, one publisher: throughput, loss and latency.
+    /// N subscribers on one topic, P publishers: throughput, loss, latency, backlog.
     Fanout(fanout::FanoutArgs),
     /// N subscribers on personal streams, P publishers each sending to random users.
     Unicast(unicast::UnicastArgs),
