@@ -5,8 +5,9 @@
 //! server's memory per stream), `connect` opens N streams at once, round
 //! after round (subscribes per second and time to first byte of a connect
 //! storm, and of the reconnect after it), `fanout` puts N subscribers on one
-//! topic with one publisher, `unicast` gives N users a personal stream each
-//! and sends every event to one of them, `publish` counts acknowledged
+//! topic with P publishers (one by default), `unicast` gives N users a
+//! personal stream each and sends every event to one of them, `publish`
+//! counts acknowledged
 //! publishes per second. Figures print as a table, or as one JSON object
 //! with `--json`.
 //!
@@ -48,7 +49,9 @@
 //!   a seeded RNG), and keeps one bit per position. Hence, per subscriber:
 //!   *expected* are the events the server acknowledged (2xx) that address it;
 //!   *missing* are expected events never received; a *duplicate* is a position
-//!   received again; *out of order* is a position received after a later one;
+//!   received again; *out of order* is a position received after a later one
+//!   of the same publisher (order is promised per publisher only; fanout's
+//!   publisher k sends the events with seq mod P = k);
 //!   *unexpected* is a bench event not addressed to it; *other events* carry
 //!   no bench data (`herald.*` control events among them). The report sums
 //!   them over the subscribers.
@@ -57,6 +60,11 @@
 //!   order is sequence order, so reordering is well defined.
 //! - Latency is receive time minus the publish timestamp in the data, both
 //!   read from this machine's clock.
+//! - A publish answered `429`/`503` is sent again after its `Retry-After`
+//!   (capped) until `--timeout-secs`, and counted by cause; it is expected
+//!   only once acknowledged. The backlog (deliveries due but not received at
+//!   the last acknowledgement, and `--backlog-after-secs` later) is counted
+//!   from one shared counter of new deliveries, not by scanning subscribers.
 //! - Every loop is bounded in count or in time, and every run by
 //!   `--timeout-secs` (cut off 30 s later whatever happens).
 //! - Whatever the server under test does (a wrong status, bad chunking,

@@ -320,7 +320,8 @@ impl Fleet {
     /// Waits for the deliveries: until every subscriber is done, or nothing
     /// arrived for `quiet` since max(last receive, `publish_end_us`), or
     /// `deadline`. With a `backlog` sample to take, the quiet rule waits
-    /// until it is taken; returns why the wait ended and the deliveries
+    /// until it is taken (at its time, or as soon as nothing is outstanding);
+    /// returns why the wait ended and the deliveries
     /// outstanding at the sample (`None` if the run ended before it without
     /// every delivery in: the backlog then was not measured).
     pub(crate) async fn wait_deliveries(
@@ -338,10 +339,14 @@ impl Fleet {
         // Bounded by `deadline`.
         let reason = loop {
             bar.set_position(s.received.load(Ordering::Relaxed));
-            if let Some(sample) =
-                backlog.filter(|b| sampled.is_none() && s.since_t0_us() >= b.at_us)
-            {
-                sampled = Some(outstanding(sample.due));
+            if let Some(sample) = backlog.filter(|_| sampled.is_none()) {
+                // Publishing is over, so nothing becomes due any more: once
+                // everything due is in, the backlog at the sample is 0
+                // already (no need to wait for it; the quiet rule applies).
+                let left = outstanding(sample.due);
+                if left == 0 || s.since_t0_us() >= sample.at_us {
+                    sampled = Some(left);
+                }
             }
             if s.done.load(Ordering::Relaxed) >= self.n {
                 let connected = s.streams.opened.load(Ordering::Relaxed);
