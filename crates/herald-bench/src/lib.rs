@@ -108,8 +108,10 @@ use crate::tls::TlsArgs;
 /// The flags: one subcommand per measurement.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    // Boxed: the flags of the largest subcommand are hundreds of bytes, and
+    // a front end holds `BenchArgs` in an enum beside much smaller commands.
     #[command(subcommand)]
-    command: BenchCommand,
+    command: Box<BenchCommand>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,7 +189,7 @@ pub fn run_to(args: BenchArgs, report: &mut dyn Write) -> anyhow::Result<()> {
     let limit = Duration::from_secs(args.command.timeout_secs()) + HARD_STOP_GRACE;
     let result = runtime.block_on(async move {
         let run = async move {
-            match args.command {
+            match *args.command {
                 BenchCommand::Conns(args) => conns::run(args, report).await,
                 BenchCommand::Connect(args) => connect::run(args, report).await,
                 BenchCommand::Fanout(args) => fanout::run(args, report).await,
