@@ -504,6 +504,54 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_whole_seconds_capped_with_a_default() {
+        let headers = |value: &str| {
+            let mut h = http::HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(http::header::RETRY_AFTER, v);
+            }
+            h
+        };
+        assert_eq!(retry_after(&headers("1")), Some(Duration::from_secs(1)));
+        assert_eq!(retry_after(&headers(" 3 ")), Some(Duration::from_secs(3)));
+        // The HTTP-date form and nonsense are treated as absent.
+        assert_eq!(retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(retry_after(&headers("-1")), None);
+        assert_eq!(retry_after(&http::HeaderMap::new()), None);
+        assert_eq!(
+            refused_wait(Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            refused_wait(Some(Duration::from_secs(3600))),
+            MAX_RETRY_AFTER
+        );
+        assert_eq!(refused_wait(None), REFUSED_BACKOFF);
+    }
+
+    #[test]
+    fn refusals_are_counted_by_status_and_error_code() {
+        let refusals = Refusals::default();
+        let overloaded = r#"{"error":{"code":"overloaded","message":"behind"}}"#;
+        assert_eq!(
+            refusals.count(StatusCode::SERVICE_UNAVAILABLE, overloaded),
+            1
+        );
+        refusals.count(StatusCode::SERVICE_UNAVAILABLE, overloaded);
+        refusals.count(StatusCode::SERVICE_UNAVAILABLE, "<html>busy</html>");
+        refusals.count(StatusCode::TOO_MANY_REQUESTS, r#"{"error":{}}"#);
+        let counted: Vec<(String, u64)> = refusals.by_cause().into_iter().collect();
+        assert_eq!(
+            counted,
+            [
+                ("429".to_owned(), 1),
+                ("503".to_owned(), 1),
+                ("503 overloaded".to_owned(), 2)
+            ]
+        );
+    }
+
+    #[test]
     fn bad_flags_are_usage_errors() -> anyhow::Result<()> {
         for (url, method) in [("ftp://x/{topic}", "POST"), ("{url}/p", "BAD METHOD")] {
             let mut a = args(url, None);

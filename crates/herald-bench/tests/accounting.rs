@@ -609,6 +609,41 @@ fn refused_publishes_are_retried_after_retry_after_and_counted() {
     assert_counts_what_the_server_did(&report, did, 2, 10, 20);
 }
 
+/// `--publish-secs` ends publishing without an error: the events not sent,
+/// or sent and refused to the end, are not expected; those acknowledged are.
+#[test]
+fn publish_secs_ends_publishing_and_refused_events_are_not_expected() {
+    // Paced at 20/s for 1 s: far fewer than the 1,000 events.
+    let (result, report, did) = bench_refusing(
+        0,
+        "fanout",
+        "/sub?i={i}",
+        "/refuse/pub",
+        "--subscribers 2 --events 1000 --rate 20 --publish-secs 1",
+    );
+    assert!(result.is_ok(), "{result:?} {report}");
+    let published = count(&report, "published");
+    assert!((1..1000).contains(&published), "{report}");
+    assert_eq!(did.publishes, published, "{did:?}");
+    assert_counts_what_the_server_did(&report, did, 2, published, 2 * published);
+
+    // Refused to the end: nothing acknowledged, nothing expected, no error.
+    let (result, report, did) = bench_refusing(
+        u64::MAX,
+        "fanout",
+        "/sub?i={i}",
+        "/refuse/pub",
+        "--subscribers 2 --events 10 --publish-secs 2",
+    );
+    assert!(result.is_ok(), "{result:?} {report}");
+    assert_eq!(did.publishes, 0, "{did:?}");
+    assert_counts_what_the_server_did(&report, did, 2, 0, 0);
+    assert_eq!(
+        report["publish_refused"]["503 overloaded"], did.refused,
+        "{report}"
+    );
+}
+
 /// The library's side of a bad flag (the `herald` binary's exit code 64 is
 /// checked in its smoke tests): a [`UsageError`] naming the flag, and no
 /// report.
