@@ -34,7 +34,9 @@ def num(n):
         return n
 
 
-# figure id -> (label, unit, higher_is_better)
+# Rows: (figure id, label, unit, higher_is_better[, metric]). A figure gives
+# one row, or several (metric: which number of its report the row shows;
+# "main" = the figure's usual one: deliveries/s, or p99 for lat).
 FIGURES = [
     ("conns", f"memory per idle stream, {num(env('CONNS'))} open (KiB, lower is better)", "kib", False),
     ("bbig", f"broadcast {num(env('BBIG_SUBS'))} subs × {num(env('BBIG_EVENTS'))} events flat out: deliveries/s", "rate", True),
@@ -46,7 +48,15 @@ FIGURES = [
     ("unibatch", f"same, Herald with batch publish ({env('BATCH')} events per request)", "rate", True),
     ("durable", f"durable acknowledged publishes/s, embedded log (`process`), {num(env('DURABLE_EVENTS'))} events, {env('DURABLE_CONCURRENCY')} requests in flight", "rate", True),
     ("durablebatch", f"same, {num(env('DURABLE_BATCH_EVENTS'))} events in batches of {env('BATCH')}", "rate", True),
+    ("tpaced", f"p99 publish→receive, {num(env('TPACED_SUBS'))} subs × {env('TPACED_RATE')} events/s, {env('PUBLISHERS')} publishers, text/plain (ms, lower is better)", "ms", False, "p99"),
+    ("tuni", f"unicast {num(env('TUNI_USERS'))} users, {num(env('TUNI_EVENTS'))} events, {env('PUBLISHERS')} publishers, text/plain: events/s delivered", "rate", True),
+    ("tuni", "same: p99 publish→receive (ms, lower is better)", "ms", False, "p99"),
+    ("tflood", f"broadcast flood, {num(env('TFLOOD_SUBS'))} subs, {env('PUBLISHERS')} publishers flat out (≤ {num(env('TFLOOD_EVENTS'))} events, ≤ {env('TFLOOD_PUBLISH_SECS')} s), text/plain: deliveries/s", "rate", True),
+    ("tflood", f"same: deliveries still outstanding {env('TFLOOD_BACKLOG_SECS')} s after the last acknowledged publish (lower is better)", "count", False, "backlog"),
+    ("tflood", "same: drain time, last acknowledged publish → last receive (s, lower is better)", "secs", False, "drain"),
 ]
+FIGURES = [f if len(f) == 5 else (*f, "p99" if f[0] == "lat" else "main") for f in FIGURES]
+FIGURE_IDS = list(dict.fromkeys(f[0] for f in FIGURES))
 
 def first(report, *keys):
     """The first of `keys` present in `report` (field names differ by subcommand)."""
@@ -56,8 +66,9 @@ def first(report, *keys):
     return None
 
 
-def extract(line):
-    """(value, problems) of one run; value None when the run gave no figure."""
+def extract(line, metric="main"):
+    """(value, problems) of one run for one row; value None when the run gave
+    no figure. `metric`: main, p99, backlog or drain (see FIGURES)."""
     report = line.get("report")
     figure = line["figure"]
     if not isinstance(report, dict):
@@ -92,12 +103,18 @@ def extract(line):
     for key, word in (("non_2xx", "refused"), ("errors", "failed requests")):
         if first(report, key):
             problems.append(f"{num(report[key])} {word}")
-    if figure == "lat":
+    if metric == "p99":
         latency = first(report, "latency_ms") or {}
         value = latency.get("p99") if isinstance(latency, dict) else None
         if not latency.get("samples") if isinstance(latency, dict) else True:
             value = None
         return value, problems
+    if metric == "backlog":
+        # Not measured when the run ended first with deliveries missing.
+        value = report.get("outstanding_after")
+        return value, problems if value is not None else problems + ["backlog not measured"]
+    if metric == "drain":
+        return (report.get("drain_secs") if report.get("unique") else None), problems
     value = first(report, "deliveries_per_sec", "delivered_per_sec", "events_per_sec", "publishes_per_sec")
     if not value:
         return None, problems or ["nothing delivered"]
@@ -122,9 +139,27 @@ def flags(problems):
     return ", ".join(out)
 
 
+def refusals(line):
+    """`refused 12 × 503 overloaded`: the publishes the server refused (and
+    the bench retried after Retry-After), which are not a fault."""
+    report = line.get("report")
+    refused = report.get("publish_refused") if isinstance(report, dict) else None
+    if not refused:
+        return None
+    return "refused " + ", ".join(f"{num(n)} × {cause}" for cause, n in sorted(refused.items()))
+
+
 def fmt(value, unit):
     if value is None:
         return "—"
+    if unit == "count":
+        if value >= 1e6:
+            return f"{value / 1e6:.1f} M"
+        if value >= 1e4:
+            return f"{value / 1e3:.0f} k"
+        return f"{value:,.0f}"
+    if unit == "secs":
+        return f"{value:.1f} s" if value >= 10 else f"{value:.2f} s"
     if unit == "kib":
         return f"{value:.1f}"
     if unit == "ms":
@@ -148,7 +183,9 @@ def check(path):
     bad = []
     with open(path) as f:
         for line in map(json.loads, filter(str.strip, f)):
-            value, problems = extract(line)
+            # The figure's first row: its main number.
+            metric = next(m for f, _, _, _, m in FIGURES if f == line["figure"])
+            value, problems = extract(line, metric)
             where = f"run {line['run']} {line['server']} {line['figure']}"
             if value is None:
                 bad.append(f"{where}: no figure ({', '.join(problems) or 'no report'})")
@@ -167,22 +204,26 @@ def main():
         lines = [json.loads(line) for line in f if line.strip()]
     runs = int(env("RUNS", "1"))
     servers = [s for s in SERVERS if s in env("SERVERS", " ".join(SERVERS)).split()]
-    wanted = env("FIGURES", " ".join(f[0] for f in FIGURES)).split()
+    wanted = env("FIGURES", " ".join(FIGURE_IDS)).split()
     figures = [f for f in FIGURES if f[0] in wanted]
 
-    cells = {}  # (figure, server) -> (median or None, problems, values)
-    for figure, _, _, _ in figures:
+    # (figure, metric, server) -> (median or None, problems, values, notes)
+    cells = {}
+    for figure, _, _, _, metric in figures:
         for server in servers:
-            values, problems = [], []
+            values, problems, notes = [], [], []
             for line in lines:
                 if line["figure"] == figure and line["server"] == server:
-                    value, probs = extract(line)
+                    value, probs = extract(line, metric)
                     if value is not None:
                         values.append(value)
                     problems += probs
+                    refused = refusals(line)
+                    if refused:
+                        notes.append(refused)
             if values or problems:
                 median = statistics.median(values) if values else None
-                cells[(figure, server)] = (median, problems, values)
+                cells[(figure, metric, server)] = (median, problems, values, notes)
 
     out = []
     with open(meta_path) as f:
@@ -202,28 +243,30 @@ def main():
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + " --- |" * len(header))
     notes = []
-    for figure, label, unit, higher in figures:
+    for figure, label, unit, higher, metric in figures:
         row = [label]
         for server in servers:
-            cell = cells.get((figure, server))
+            cell = cells.get((figure, metric, server))
             if cell is None:
                 row.append("—")
                 continue
-            median, problems, values = cell
+            median, problems, values, cell_notes = cell
             text = fmt(median, unit) if median is not None else "failed"
             if problems:
                 text += " ⚠ " + flags(problems)
+            if cell_notes and metric == "main":
+                text += " (" + " / ".join(dict.fromkeys(cell_notes)) + ")"
             if median is not None and len(values) < runs:
                 text += f" ({len(values)} of {runs} runs)"
             row.append(text)
-        herald = cells.get((figure, "herald"), (None, [], []))[0]
+        herald = cells.get((figure, metric, "herald"), (None,))[0]
         for _, peers in ratio_cols:
             # Batch publish is Herald's alone: compare with the peers' one
             # event per request.
             peer_figure = figure.removesuffix("batch")
             candidates = []
             for peer in peers:
-                value, problems, _ = cells.get((peer_figure, peer), (None, [], []))
+                value, problems, _, _ = cells.get((peer_figure, metric, peer), (None, [], [], []))
                 if value is not None:
                     candidates.append((bool(problems), -value if higher else value, value))
             if herald is None or not candidates:
@@ -240,7 +283,12 @@ def main():
         "\"best Nchan\" is the better of 1 and 2 workers. Every server gets one event "
         "per publish request; the batch rows (Herald only) are compared with the peers' "
         "row above them. ⚠ marks loss, duplicates, "
-        "reordering or streams that did not open, in any run."
+        "reordering or streams that did not open, in any run. The t* rows (tpaced, tuni, "
+        "tflood) publish the same 100-byte text/plain body to every server but Pushpin "
+        "(its JSON control API), from several publishers, each on its own connection; "
+        "order is checked per publisher. \"refused N × 503 overloaded\" counts publishes "
+        "the server refused and the bench retried after Retry-After (not a fault); a "
+        "backlog is not a fault either."
     )
     out.extend(notes)
 
@@ -248,10 +296,10 @@ def main():
     out.append("\n<details><summary>every run</summary>\n")
     out.append("| figure | server | run | value | subs ok / failed | missing | dup | reordered | p50 / p99 ms | window s |")
     out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for line in sorted(lines, key=lambda l: ([f[0] for f in FIGURES].index(l["figure"]), SERVERS.index(l["server"]), l["run"])):
+    for line in sorted(lines, key=lambda l: (FIGURE_IDS.index(l["figure"]), SERVERS.index(l["server"]), l["run"])):
         report = line.get("report") if isinstance(line.get("report"), dict) else {}
-        value, _ = extract(line)
-        unit = next(u for f, _, u, _ in FIGURES if f == line["figure"])
+        metric, unit = next((m, u) for f, _, u, _, m in FIGURES if f == line["figure"])
+        value, _ = extract(line, metric)
         latency = report.get("latency_ms") or {}
         ok = first(report, "connected", "opened")
         out.append(

@@ -17,9 +17,9 @@ use indicatif::ProgressBar;
 use crate::client::Target;
 use crate::http::Http;
 use crate::progress::{note, Progress};
-use crate::publisher::Publisher;
-use crate::report::{DeliveryReport, DeliveryRunReport, Population, UsersAffected};
-use crate::subs::{stream_targets, Fleet, StopReason};
+use crate::publisher::{PublishJob, Publisher};
+use crate::report::{Backlog, DeliveryReport, DeliveryRunReport, Population, UsersAffected};
+use crate::subs::{stream_targets, BacklogSample, Fleet, StopReason};
 use crate::template::{
     Addressing, DEFAULT_OPEN_CONCURRENCY, DEFAULT_TOPIC_SUBSCRIBE, DEFAULT_USER_SUBSCRIBE,
 };
@@ -49,6 +49,15 @@ pub(crate) struct DeliveryArgs {
     /// many milliseconds (events lost for good).
     #[arg(long, default_value_t = 5000)]
     pub quiet_ms: u64,
+    /// Stop publishing after this many seconds (not an error: the events not
+    /// sent by then are not expected); no limit when absent.
+    #[arg(long, value_name = "SECS")]
+    pub publish_secs: Option<f64>,
+    /// Also count the deliveries still outstanding this many seconds after
+    /// the last acknowledged publish (the backlog a flood leaves); the wait
+    /// for deliveries lasts at least that long. Not measured when absent.
+    #[arg(long, value_name = "SECS")]
+    pub backlog_after_secs: Option<f64>,
 }
 
 /// What sets a fanout run apart from a unicast run.
@@ -114,6 +123,14 @@ pub(crate) async fn run(
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err(usage("--rate must be a positive number"));
     }
+    let positive_secs = |flag: &str, secs: Option<f64>| match secs {
+        Some(s) if !(s.is_finite() && s > 0.0 && s < 1e7) => Err(usage(format!(
+            "{flag} must be a positive number of seconds"
+        ))),
+        _ => Ok(secs.map(Duration::from_secs_f64)),
+    };
+    let publish_for = positive_secs("--publish-secs", args.publish_secs)?;
+    let backlog_after = positive_secs("--backlog-after-secs", args.backlog_after_secs)?;
     let Plan {
         audience,
         expects,
@@ -199,11 +216,12 @@ pub(crate) async fn run(
             Audience::Users { owners, .. } => Some(owners.clone()),
         };
         let publishing = Publishing {
-            publisher,
+            publisher: publisher.clone(),
             owners,
             acked: acked.clone(),
             batch,
             deadline,
+            stop_at: publish_for.map(|secs| Instant::now() + secs),
             bar: bar.clone(),
         };
         publishing.run(args, sends).await
@@ -213,22 +231,31 @@ pub(crate) async fn run(
     bar.finish_and_clear();
     let publish_end_us = shared.since_t0_us();
     let published = acked.count();
+    // What the subscribers still had to receive when the last publish was
+    // acknowledged: the backlog the server built while acknowledging.
+    let due = audience.deliveries(connected, published);
+    let outstanding_at_last_ack = due.saturating_sub(shared.unique.load(Ordering::Relaxed));
 
     // Wait for the deliveries, then stop whoever is still waiting.
-    let bar = progress.bar(audience.deliveries(connected, published), "delivering");
-    let stop_reason = if connected > 0 {
+    let bar = progress.bar(due, "delivering");
+    let backlog_sample = backlog_after.map(|after| BacklogSample {
+        at_us: publish_end_us.saturating_add(u64::try_from(after.as_micros()).unwrap_or(u64::MAX)),
+        due,
+    });
+    let (stop_reason, outstanding_after) = if connected > 0 {
         fleet
             .wait_deliveries(
                 publish_end_us,
                 Duration::from_millis(args.quiet_ms),
                 deadline,
+                backlog_sample,
                 &bar,
             )
             .await
     } else if Instant::now() >= deadline {
-        StopReason::Timeout
+        (StopReason::Timeout, None)
     } else {
-        StopReason::StreamsEnded
+        (StopReason::StreamsEnded, backlog_sample.map(|_| 0))
     };
     bar.finish_and_clear();
     let histogram = fleet.latency()?;
@@ -253,11 +280,15 @@ pub(crate) async fn run(
     );
     let last_receive_us = shared.last_receive_us.load(Ordering::Relaxed);
     delivery.set_times(published, first_publish_us, publish_end_us, last_receive_us);
-    let (population, publishers, seed) = match audience {
-        Audience::Topic => (Population::Subscribers(subscribers), None, None),
-        Audience::Users { seed, .. } => {
-            (Population::Users(subscribers), Some(publishers), Some(seed))
-        }
+    delivery.set_backlog(Backlog {
+        outstanding_at_last_ack,
+        after_secs: args.backlog_after_secs,
+        outstanding_after,
+    });
+    delivery.set_refusals(publisher.refusals());
+    let (population, seed) = match audience {
+        Audience::Topic => (Population::Subscribers(subscribers), None),
+        Audience::Users { seed, .. } => (Population::Users(subscribers), Some(seed)),
     };
     let report = DeliveryRunReport {
         server_api: herald_subscribe && herald_body,
@@ -269,7 +300,7 @@ pub(crate) async fn run(
         retried_opens,
         events: args.events,
         published,
-        publishers,
+        publishers: Some(publishers),
         batch,
         rate: args.rate,
         seed,
@@ -334,14 +365,19 @@ struct Publishing {
     acked: Arc<AckSet>,
     batch: u32,
     deadline: Instant,
+    /// `--publish-secs`: when publishing ends.
+    stop_at: Option<Instant>,
     bar: ProgressBar,
 }
 
 impl Publishing {
     /// One task per publisher with events to send (`sends`, as in [`Plan`]),
-    /// each paced at its share of `--rate`; returns the first error.
+    /// each on its own connection and paced at its share of `--rate`, their
+    /// first requests spread over one period of the whole rate so that they
+    /// take turns; returns the first error.
     async fn run(self, args: &DeliveryArgs, sends: Vec<Vec<u32>>) -> Option<String> {
         let mut sends: Vec<Vec<u32>> = sends.into_iter().filter(|s| !s.is_empty()).collect();
+        let share = |seqs: &[u32]| seqs.len() as f64 / f64::from(args.events);
         if let [seqs] = sends.as_mut_slice() {
             // One publisher runs in this task, not a spawned one: this task
             // is the runtime's `block_on`, on a thread of its own, while a
@@ -349,51 +385,49 @@ impl Publishing {
             // on the workers and each publish would be acknowledged later
             // (measured: a 1,000-subscriber fanout 30-40% slower).
             let seqs = std::mem::take(seqs);
-            let rate = args
-                .rate
-                .map(|rate| rate * seqs.len() as f64 / f64::from(args.events));
-            let result = self
-                .publisher
-                .publish_all(
-                    &seqs,
-                    self.owners.as_deref(),
-                    self.batch,
-                    rate,
-                    args.data_bytes,
-                    &self.acked,
-                    self.deadline,
-                    &self.bar,
-                )
-                .await;
+            let job = PublishJob {
+                seqs: &seqs,
+                owners: self.owners.as_deref(),
+                batch: self.batch,
+                rate: args.rate.map(|rate| rate * share(&seqs)),
+                phase: Duration::ZERO,
+                data_bytes: args.data_bytes,
+                acked: &self.acked,
+                deadline: self.deadline,
+                stop_at: self.stop_at,
+                bar: &self.bar,
+            };
+            let result = self.publisher.publish_all(job).await;
             return result.err().map(|err| {
                 note(&self.bar, &format!("a publisher stopped: {err:#}"));
                 format!("{err:#}")
             });
         }
         let mut tasks = Vec::with_capacity(sends.len());
-        for seqs in sends {
-            let share = seqs.len() as f64 / f64::from(args.events);
-            let rate = args.rate.map(|rate| rate * share);
-            let (publisher, owners, acked, bar) = (
-                self.publisher.clone(),
-                self.owners.clone(),
-                self.acked.clone(),
-                self.bar.clone(),
-            );
-            let (batch, data_bytes, deadline) = (self.batch, args.data_bytes, self.deadline);
+        for (index, seqs) in sends.into_iter().enumerate() {
+            let rate = args.rate.map(|rate| rate * share(&seqs));
+            // Publisher k starts k periods of the whole rate late.
+            let phase = args.rate.map_or(Duration::ZERO, |rate| {
+                Duration::from_secs_f64(index as f64 / rate * f64::from(self.batch.max(1)))
+            });
+            let publisher = self.publisher.with_own_connection();
+            let (owners, acked, bar) = (self.owners.clone(), self.acked.clone(), self.bar.clone());
+            let (batch, data_bytes, deadline, stop_at) =
+                (self.batch, args.data_bytes, self.deadline, self.stop_at);
             tasks.push(tokio::spawn(async move {
-                publisher
-                    .publish_all(
-                        &seqs,
-                        owners.as_deref(),
-                        batch,
-                        rate,
-                        data_bytes,
-                        &acked,
-                        deadline,
-                        &bar,
-                    )
-                    .await
+                let job = PublishJob {
+                    seqs: &seqs,
+                    owners: owners.as_deref(),
+                    batch,
+                    rate,
+                    phase,
+                    data_bytes,
+                    acked: &acked,
+                    deadline,
+                    stop_at,
+                    bar: &bar,
+                };
+                publisher.publish_all(job).await
             }));
         }
         let mut first_error = None;

@@ -43,6 +43,8 @@ pub(crate) enum HttpError {
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub status: StatusCode,
+    /// The response headers (`Retry-After` of a refused publish).
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -64,6 +66,12 @@ impl Http {
     /// The run's TLS settings.
     pub(crate) fn tls(&self) -> &Tls {
         &self.tls
+    }
+
+    /// A client with the same TLS settings and a pool of its own, so that
+    /// its requests never share a connection with this one's.
+    pub(crate) fn with_own_pool(&self) -> Self {
+        Self::new(self.tls.clone())
     }
 
     /// Sends one request and reads the whole answer.
@@ -90,12 +98,17 @@ impl Http {
                 .await
                 .map_err(|e| HttpError::Transport(chain(&e)))?;
             let status = response.status();
+            let headers = response.headers().clone();
             let body = Limited::new(response.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
                 .map_err(|e| HttpError::Transport(format!("reading the answer: {e}")))?
                 .to_bytes();
-            Ok(Reply { status, body })
+            Ok(Reply {
+                status,
+                headers,
+                body,
+            })
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await

@@ -164,7 +164,7 @@ pub(crate) async fn run(args: PublishBenchArgs, out: &mut dyn Write) -> anyhow::
                             .saturating_record_n((us / n.max(1)).max(1), n);
                         bar.inc(n);
                     }
-                    Outcome::Refused(status, text) => {
+                    Outcome::Refused { status, text, .. } => {
                         tally.non_2xx += 1;
                         *tally.statuses.entry(status.as_u16()).or_default() += 1;
                         record_first(&first_error, format!("publish answered {status}: {text}"));

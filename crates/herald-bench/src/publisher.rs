@@ -1,6 +1,16 @@
 //! Publish requests: built from the templates (or Herald's JSON), sent with
 //! the run's HTTP client (`http.rs`), acknowledged by any 2xx.
+//!
+//! A `429` or `503` is the server asking the publisher to slow down, not a
+//! failure: the same events are sent again after the answer's `Retry-After`
+//! (capped), as often as it takes until `--timeout-secs`, and every such
+//! answer is counted by status and error code ([`Refusals`]). An event counts
+//! as published only once a 2xx acknowledged it. Transport errors are
+//! retried a few times only ([`PUBLISH_ATTEMPTS`]).
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -17,8 +27,13 @@ use crate::template::{expand, parse_url, Addressing, Context, PublishTemplateArg
 use crate::tracker::{event_data, AckSet};
 use crate::{epoch_micros, usage};
 
-/// Attempts per publish request answered 429/503 or failed in transport.
+/// Attempts per publish request that failed in transport (no answer).
 const PUBLISH_ATTEMPTS: u32 = 5;
+/// The longest `Retry-After` honoured: a server asking for more is retried
+/// after this, so that a run still ends within its timeout.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The wait before retrying a 429/503 that names no `Retry-After`.
+const REFUSED_BACKOFF: Duration = Duration::from_millis(200);
 
 /// One event to publish.
 #[derive(Debug, Clone)]
@@ -34,16 +49,87 @@ pub(crate) struct Item {
 pub(crate) enum Outcome {
     /// 2xx.
     Acked,
-    /// Any other status, with the start of the body.
-    Refused(StatusCode, String),
+    /// Any other status, with the start of the body and the `Retry-After`
+    /// the answer named (whole seconds; uncapped here).
+    Refused {
+        status: StatusCode,
+        text: String,
+        retry_after: Option<Duration>,
+    },
     /// No answer (connection, timeout).
     Failed(String),
 }
 
+/// The `429`/`503` answers of a run's publishers, by cause, and how long
+/// they waited because of them. Shared by every publisher of the run.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    /// `"503 overloaded"` (status and the JSON error's `code`), or `"503"`
+    /// when the body is not `{"error":{"code":…}}`.
+    by_cause: Mutex<BTreeMap<String, u64>>,
+    waited_us: AtomicU64,
+}
+
+impl Refusals {
+    /// Counts one refusal; returns how many the run has had.
+    fn count(&self, status: StatusCode, body: &str) -> u64 {
+        let code = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+        let cause = match code {
+            Some(code) => format!("{} {code}", status.as_u16()),
+            None => status.as_u16().to_string(),
+        };
+        let mut by_cause = self.by_cause.lock().unwrap_or_else(|e| e.into_inner());
+        *by_cause.entry(cause).or_default() += 1;
+        by_cause.values().sum()
+    }
+
+    fn waited(&self, wait: Duration) {
+        let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        self.waited_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The counts by cause.
+    pub(crate) fn by_cause(&self) -> BTreeMap<String, u64> {
+        self.by_cause
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Seconds the publishers spent waiting before retrying refused
+    /// publishes, summed over publishers.
+    pub(crate) fn waited_secs(&self) -> f64 {
+        self.waited_us.load(Ordering::Relaxed) as f64 / 1e6
+    }
+}
+
+/// `Retry-After` in whole seconds (the HTTP-date form is not used by the
+/// servers measured here, and is treated as absent).
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// How long to wait before sending a refused publish again.
+fn refused_wait(retry_after: Option<Duration>) -> Duration {
+    retry_after.map_or(REFUSED_BACKOFF, |wait| wait.min(MAX_RETRY_AFTER))
+}
+
+/// Whether a publish ended up acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    Acked,
+    /// Still refused (429/503) when `--publish-secs` was over: not published.
+    GaveUp,
+}
+
 /// Builds and sends publish requests.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Publisher {
     http: Http,
+    refusals: Arc<Refusals>,
     method: Method,
     url_template: String,
     /// The URL when the template does not depend on the event.
@@ -96,6 +182,7 @@ impl Publisher {
         )?;
         Ok(Self {
             http,
+            refusals: Arc::default(),
             method,
             fixed_url: (!per_event).then_some(sample_url),
             url_template: args.publish_url.clone(),
@@ -105,6 +192,21 @@ impl Publisher {
             base: base.to_owned(),
             topic: topic.to_owned(),
         })
+    }
+
+    /// The same publisher on a connection pool of its own: one per
+    /// publisher task, so that each keeps its own keep-alive connection.
+    /// The refusal counts stay shared.
+    pub(crate) fn with_own_connection(&self) -> Self {
+        Self {
+            http: self.http.with_own_pool(),
+            ..self.clone()
+        }
+    }
+
+    /// The `429`/`503` answers so far, shared with every copy.
+    pub(crate) fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// URL and body of one request carrying `items` (several only with Herald's JSON).
@@ -169,100 +271,160 @@ impl Publisher {
                 if let Some((cut, _)) = text.char_indices().nth(300) {
                     text.truncate(cut);
                 }
-                Outcome::Refused(reply.status, text)
+                Outcome::Refused {
+                    status: reply.status,
+                    text,
+                    retry_after: retry_after(&reply.headers),
+                }
             }
             Err(err) => Outcome::Failed(format!("{err}")),
         }
     }
 
-    /// Sends one request, retrying 429, 503 and transport errors a few times.
-    /// A transport error may hide a stored publish: the retry may then be
-    /// delivered twice, which the subscribers count as a duplicate.
+    /// Sends one request until it is acknowledged. A 429 or 503 is sent
+    /// again after its `Retry-After` (at most [`MAX_RETRY_AFTER`]; absent:
+    /// [`REFUSED_BACKOFF`]) for as long as it takes, until `deadline` (an
+    /// error) or `stop_at` (gives up: [`Sent::GaveUp`]); a transport error
+    /// is retried [`PUBLISH_ATTEMPTS`] times in all. A transport error may
+    /// hide a stored publish: the retry may then be delivered twice, which
+    /// the subscribers count as a duplicate.
     pub(crate) async fn send_retrying(
         &self,
         items: &[Item],
         deadline: Instant,
+        stop_at: Option<Instant>,
         bar: &ProgressBar,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Sent> {
         let (url, body) = self.build(items)?;
-        let mut attempt = 0;
-        // Bounded: at most PUBLISH_ATTEMPTS rounds.
+        let mut failures = 0;
+        // Bounded: by PUBLISH_ATTEMPTS transport failures, and refusals by
+        // `deadline` (each waits at least REFUSED_BACKOFF).
         loop {
-            attempt += 1;
-            let why = match self.send_once(url.clone(), body.clone()).await {
-                Outcome::Acked => return Ok(()),
-                Outcome::Refused(status, text) => {
-                    let retryable = matches!(status.as_u16(), 429 | 503);
-                    if !retryable || attempt >= PUBLISH_ATTEMPTS {
+            let (why, wait, refused) = match self.send_once(url.clone(), body.clone()).await {
+                Outcome::Acked => return Ok(Sent::Acked),
+                Outcome::Refused {
+                    status,
+                    text,
+                    retry_after,
+                } => {
+                    if !matches!(status.as_u16(), 429 | 503) {
                         bail!("publish answered {status}: {text}");
                     }
-                    format!("{status}")
+                    let first_of_run = self.refusals.count(status, &text) == 1;
+                    if first_of_run {
+                        // Only the first: an overloaded server may refuse
+                        // thousands of times, all counted in the report.
+                        note(
+                            bar,
+                            &format!("publish answered {status} ({text}); retrying"),
+                        );
+                    }
+                    (format!("{status}"), refused_wait(retry_after), true)
                 }
-                Outcome::Failed(err) if attempt < PUBLISH_ATTEMPTS => err,
-                Outcome::Failed(err) => bail!("publishing: {err}"),
+                Outcome::Failed(err) => {
+                    failures += 1;
+                    if failures >= PUBLISH_ATTEMPTS {
+                        bail!("publishing: {err}");
+                    }
+                    note(
+                        bar,
+                        &format!("publish attempt {failures} failed ({err}); retrying"),
+                    );
+                    (err, Duration::from_millis(100 * u64::from(failures)), false)
+                }
             };
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if refused && stop_at.is_some_and(|stop| now + wait >= stop) {
+                return Ok(Sent::GaveUp);
+            }
+            if now + wait >= deadline {
                 bail!("--timeout-secs passed while retrying a publish ({why})");
             }
-            note(
-                bar,
-                &format!("publish attempt {attempt} failed ({why}); retrying"),
-            );
-            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            if refused {
+                self.refusals.waited(wait);
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 
-    /// Publishes `seqs` in order, `batch` per request, paced at `rate` events/s
-    /// if given; marks acknowledged sequence numbers in `acked`. Stops at the
-    /// first request that fails for good, or at `deadline`. Returns how many
-    /// events were acknowledged.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn publish_all(
-        &self,
-        seqs: &[u32],
-        owners: Option<&[u32]>,
-        batch: u32,
-        rate: Option<f64>,
-        data_bytes: usize,
-        acked: &AckSet,
-        deadline: Instant,
-        bar: &ProgressBar,
-    ) -> anyhow::Result<u64> {
-        let batch = batch.max(1) as usize;
-        let mut ticker = rate.map(|rate| {
+    /// Publishes `job.seqs` in order, `job.batch` per request, paced at
+    /// `job.rate` events/s if given (the first request after `job.phase`);
+    /// marks acknowledged sequence numbers in `job.acked`. Stops at the
+    /// first request that fails for good or at `job.deadline` (errors), or
+    /// at `job.stop_at` (done). Returns how many events were acknowledged.
+    pub(crate) async fn publish_all(&self, job: PublishJob<'_>) -> anyhow::Result<u64> {
+        let batch = job.batch.max(1) as usize;
+        let mut ticker = job.rate.map(|rate| {
             let period = Duration::from_secs_f64((batch as f64 / rate).max(1e-6));
-            let mut ticker = tokio::time::interval(period);
+            let start = tokio::time::Instant::now() + job.phase;
+            let mut ticker = tokio::time::interval_at(start, period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             ticker
         });
+        let stopped = || job.stop_at.is_some_and(|stop| Instant::now() >= stop);
         let mut published = 0u64;
         let mut items = Vec::with_capacity(batch);
         // Bounded: one round per chunk of `seqs`.
-        for chunk in seqs.chunks(batch) {
-            if Instant::now() >= deadline {
+        for chunk in job.seqs.chunks(batch) {
+            if stopped() {
+                break;
+            }
+            if Instant::now() >= job.deadline {
                 bail!("--timeout-secs passed after {published} events were published");
             }
             if let Some(ticker) = ticker.as_mut() {
-                tokio::time::timeout_at(deadline.into(), ticker.tick())
+                let until = job.stop_at.map_or(job.deadline, |s| s.min(job.deadline));
+                tokio::time::timeout_at(until.into(), ticker.tick())
                     .await
                     .ok();
+                if stopped() {
+                    break;
+                }
             }
             let ts = epoch_micros();
             items.clear();
             items.extend(chunk.iter().map(|&seq| Item {
                 seq,
-                user: owners.and_then(|o| o.get(seq as usize).copied()),
-                data: event_data(seq, ts, data_bytes),
+                user: job.owners.and_then(|o| o.get(seq as usize).copied()),
+                data: event_data(seq, ts, job.data_bytes),
             }));
-            self.send_retrying(&items, deadline, bar).await?;
+            match self
+                .send_retrying(&items, job.deadline, job.stop_at, job.bar)
+                .await?
+            {
+                Sent::Acked => {}
+                Sent::GaveUp => break,
+            }
             for item in &items {
-                acked.mark(item.seq);
+                job.acked.mark(item.seq);
             }
             published += items.len() as u64;
-            bar.inc(items.len() as u64);
+            job.bar.inc(items.len() as u64);
         }
         Ok(published)
     }
+}
+
+/// What one publisher sends, how fast, and until when.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PublishJob<'a> {
+    /// Sequence numbers, in the order to send them.
+    pub seqs: &'a [u32],
+    /// The user of each event, for unicast.
+    pub owners: Option<&'a [u32]>,
+    pub batch: u32,
+    /// Events per second; flat out when `None`.
+    pub rate: Option<f64>,
+    /// Paced only: the delay before the first request, so that several
+    /// publishers sharing a rate take turns instead of sending together.
+    pub phase: Duration,
+    pub data_bytes: usize,
+    pub acked: &'a AckSet,
+    /// `--timeout-secs`: reaching it is an error.
+    pub deadline: Instant,
+    /// `--publish-secs`: reaching it ends publishing, not an error.
+    pub stop_at: Option<Instant>,
+    pub bar: &'a ProgressBar,
 }
 
 #[cfg(test)]
@@ -339,6 +501,54 @@ mod tests {
         );
         assert!(p.build(&[item(1, Some(1)), item(2, Some(2))]).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_capped_with_a_default() {
+        let headers = |value: &str| {
+            let mut h = http::HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(http::header::RETRY_AFTER, v);
+            }
+            h
+        };
+        assert_eq!(retry_after(&headers("1")), Some(Duration::from_secs(1)));
+        assert_eq!(retry_after(&headers(" 3 ")), Some(Duration::from_secs(3)));
+        // The HTTP-date form and nonsense are treated as absent.
+        assert_eq!(retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(retry_after(&headers("-1")), None);
+        assert_eq!(retry_after(&http::HeaderMap::new()), None);
+        assert_eq!(
+            refused_wait(Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            refused_wait(Some(Duration::from_secs(3600))),
+            MAX_RETRY_AFTER
+        );
+        assert_eq!(refused_wait(None), REFUSED_BACKOFF);
+    }
+
+    #[test]
+    fn refusals_are_counted_by_status_and_error_code() {
+        let refusals = Refusals::default();
+        let overloaded = r#"{"error":{"code":"overloaded","message":"behind"}}"#;
+        assert_eq!(
+            refusals.count(StatusCode::SERVICE_UNAVAILABLE, overloaded),
+            1
+        );
+        refusals.count(StatusCode::SERVICE_UNAVAILABLE, overloaded);
+        refusals.count(StatusCode::SERVICE_UNAVAILABLE, "<html>busy</html>");
+        refusals.count(StatusCode::TOO_MANY_REQUESTS, r#"{"error":{}}"#);
+        let counted: Vec<(String, u64)> = refusals.by_cause().into_iter().collect();
+        assert_eq!(
+            counted,
+            [
+                ("429".to_owned(), 1),
+                ("503".to_owned(), 1),
+                ("503 overloaded".to_owned(), 2)
+            ]
+        );
     }
 
     #[test]

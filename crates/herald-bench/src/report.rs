@@ -6,10 +6,12 @@
 //! addressed differs, so one [`DeliveryRunReport`] serves both, with the
 //! figures only unicast has left out of fanout's JSON.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::publisher::Refusals;
 use crate::subs::StopReason;
 use crate::tracker::{AckSet, SeqTracker};
 use crate::{per_sec, round3, Latency};
@@ -35,7 +37,8 @@ pub(crate) struct DeliveryRunReport {
     pub events: u32,
     /// Events acknowledged (2xx) by the server.
     pub published: u64,
-    /// Publisher tasks; unicast only (fanout has one).
+    /// Publisher tasks, each with its own connection and one request in
+    /// flight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publishers: Option<usize>,
     pub batch: u32,
@@ -130,6 +133,32 @@ pub(crate) struct DeliveryReport {
     pub latency_ms: Latency,
     pub publish_error: Option<String>,
     pub first_subscriber_error: Option<String>,
+    /// Deliveries due but not yet received when the last publish was
+    /// acknowledged.
+    pub outstanding_at_last_ack: u64,
+    /// `--backlog-after-secs`, when given.
+    pub backlog_after_secs: Option<f64>,
+    /// Deliveries still outstanding `backlog_after_secs` after the last
+    /// acknowledgement; `None` when not measured (no flag, or the run ended
+    /// first with deliveries still missing).
+    pub outstanding_after: Option<u64>,
+    /// Last acknowledgement to last receive, seconds (0 when everything
+    /// arrived before the last acknowledgement).
+    pub drain_secs: f64,
+    /// Publish answers `429`/`503`, by status and error code (`"503
+    /// overloaded"`; the status alone when the body is not a JSON error).
+    /// Each was retried after its `Retry-After`.
+    pub publish_refused: BTreeMap<String, u64>,
+    /// Seconds publishers waited before retrying refused publishes, summed.
+    pub publish_retry_wait_secs: f64,
+}
+
+/// The backlog figures of one run, see [`DeliveryReport`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backlog {
+    pub outstanding_at_last_ack: u64,
+    pub after_secs: Option<f64>,
+    pub outstanding_after: Option<u64>,
 }
 
 /// Users with at least one event missing, duplicated or out of order.
@@ -172,7 +201,26 @@ impl DeliveryReport {
             latency_ms,
             publish_error,
             first_subscriber_error,
+            outstanding_at_last_ack: 0,
+            backlog_after_secs: None,
+            outstanding_after: None,
+            drain_secs: 0.0,
+            publish_refused: BTreeMap::new(),
+            publish_retry_wait_secs: 0.0,
         }
+    }
+
+    /// The backlog figures.
+    pub(crate) fn set_backlog(&mut self, backlog: Backlog) {
+        self.outstanding_at_last_ack = backlog.outstanding_at_last_ack;
+        self.backlog_after_secs = backlog.after_secs;
+        self.outstanding_after = backlog.outstanding_after;
+    }
+
+    /// The refused publishes.
+    pub(crate) fn set_refusals(&mut self, refusals: &Refusals) {
+        self.publish_refused = refusals.by_cause();
+        self.publish_retry_wait_secs = round3(refusals.waited_secs());
     }
 
     /// Adds what one subscriber saw; returns the deliveries it expected.
@@ -212,6 +260,7 @@ impl DeliveryReport {
         self.publish_events_per_sec = per_sec(published, publish_secs);
         self.delivery_window_secs = round3(window_secs);
         self.deliveries_per_sec = per_sec(self.unique, window_secs);
+        self.drain_secs = round3(last_receive_us.saturating_sub(publish_end_us) as f64 / 1e6);
     }
 
     /// The table lines from `publish time` on. `unexpected` names the line of
@@ -261,6 +310,29 @@ impl DeliveryReport {
         writeln!(out, "streams ended early      {}", self.disconnected)?;
         writeln!(out, "stopped because          {:?}", self.stop_reason)?;
         writeln!(out, "latency ms               {}", self.latency_ms.line())?;
+        let after = match (self.backlog_after_secs, self.outstanding_after) {
+            (Some(secs), Some(n)) => format!(", {n} at +{secs} s"),
+            (Some(secs), None) => format!(", not measured at +{secs} s (the run ended first)"),
+            (None, _) => String::new(),
+        };
+        writeln!(
+            out,
+            "backlog                  {} outstanding at the last ack{after}; drained {:.3} s after it",
+            self.outstanding_at_last_ack, self.drain_secs
+        )?;
+        if !self.publish_refused.is_empty() {
+            let causes: Vec<String> = self
+                .publish_refused
+                .iter()
+                .map(|(cause, n)| format!("{n} × {cause}"))
+                .collect();
+            writeln!(
+                out,
+                "publishes refused        {} (retried after waiting {:.1} s in all)",
+                causes.join(", "),
+                self.publish_retry_wait_secs
+            )?;
+        }
         if let Some(err) = &self.publish_error {
             writeln!(out, "publish error            {err}")?;
         }
@@ -295,7 +367,7 @@ mod tests {
             retried_opens: 0,
             events: 10,
             published: 10,
-            publishers: unicast.then_some(4),
+            publishers: Some(if unicast { 4 } else { 1 }),
             batch: 1,
             rate: None,
             seed: unicast.then_some(1),
@@ -356,6 +428,12 @@ mod tests {
             "latency_ms",
             "publish_error",
             "first_subscriber_error",
+            "outstanding_at_last_ack",
+            "backlog_after_secs",
+            "outstanding_after",
+            "drain_secs",
+            "publish_refused",
+            "publish_retry_wait_secs",
         ];
         head.iter()
             .chain(&counts)
@@ -377,6 +455,7 @@ mod tests {
             "retried_opens",
             "events",
             "published",
+            "publishers",
             "batch",
             "rate",
             "data_bytes",

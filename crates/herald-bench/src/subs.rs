@@ -223,6 +223,9 @@ pub(crate) struct Shared {
     pub done: AtomicUsize,
     /// Bench events received by everyone (progress).
     pub received: AtomicU64,
+    /// Distinct expected deliveries so far (duplicates and strays left out):
+    /// what the outstanding deliveries of the backlog are counted against.
+    pub unique: AtomicU64,
     pub last_receive_us: AtomicU64,
     latency: Vec<Mutex<Histogram<u64>>>,
 }
@@ -245,6 +248,15 @@ pub(crate) enum StopReason {
     Quiet,
     /// `--timeout-secs` passed.
     Timeout,
+}
+
+/// When to count the deliveries still outstanding, and of how many.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BacklogSample {
+    /// Microseconds since the run's start.
+    pub at_us: u64,
+    /// The deliveries due in all (acknowledged events × their subscribers).
+    pub due: u64,
 }
 
 /// The running subscribers.
@@ -275,6 +287,7 @@ impl Fleet {
             complete: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             received: AtomicU64::new(0),
+            unique: AtomicU64::new(0),
             last_receive_us: AtomicU64::new(0),
             latency,
         });
@@ -305,19 +318,36 @@ impl Fleet {
     }
 
     /// Waits for the deliveries: until every subscriber is done, or nothing
-    /// arrived for `quiet` since max(last receive, `publish_end_us`), or `deadline`.
+    /// arrived for `quiet` since max(last receive, `publish_end_us`), or
+    /// `deadline`. With a `backlog` sample to take, the quiet rule waits
+    /// until it is taken (at its time, or as soon as nothing is outstanding);
+    /// returns why the wait ended and the deliveries
+    /// outstanding at the sample (`None` if the run ended before it without
+    /// every delivery in: the backlog then was not measured).
     pub(crate) async fn wait_deliveries(
         &self,
         publish_end_us: u64,
         quiet: Duration,
         deadline: Instant,
+        backlog: Option<BacklogSample>,
         bar: &ProgressBar,
-    ) -> StopReason {
+    ) -> (StopReason, Option<u64>) {
         let s = &self.shared;
         let quiet_us = u64::try_from(quiet.as_micros()).unwrap_or(u64::MAX);
+        let outstanding = |due: u64| due.saturating_sub(s.unique.load(Ordering::Relaxed));
+        let mut sampled = None;
         // Bounded by `deadline`.
         let reason = loop {
             bar.set_position(s.received.load(Ordering::Relaxed));
+            if let Some(sample) = backlog.filter(|_| sampled.is_none()) {
+                // Publishing is over, so nothing becomes due any more: once
+                // everything due is in, the backlog at the sample is 0
+                // already (no need to wait for it; the quiet rule applies).
+                let left = outstanding(sample.due);
+                if left == 0 || s.since_t0_us() >= sample.at_us {
+                    sampled = Some(left);
+                }
+            }
             if s.done.load(Ordering::Relaxed) >= self.n {
                 let connected = s.streams.opened.load(Ordering::Relaxed);
                 break if s.complete.load(Ordering::Relaxed) >= connected {
@@ -330,7 +360,8 @@ impl Fleet {
                 .last_receive_us
                 .load(Ordering::Relaxed)
                 .max(publish_end_us);
-            if s.since_t0_us().saturating_sub(last) >= quiet_us {
+            let sample_pending = backlog.is_some() && sampled.is_none();
+            if !sample_pending && s.since_t0_us().saturating_sub(last) >= quiet_us {
                 break StopReason::Quiet;
             }
             if Instant::now() >= deadline {
@@ -338,12 +369,19 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        // Every subscriber done (complete, or its stream over): nothing more
+        // can arrive, so what is outstanding now is outstanding at the sample.
+        if let (Some(sample), None, StopReason::Complete | StopReason::StreamsEnded) =
+            (backlog, sampled, reason)
+        {
+            sampled = Some(outstanding(sample.due));
+        }
         if reason == StopReason::Complete {
             let linger = LINGER.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(linger).await;
         }
         bar.set_position(s.received.load(Ordering::Relaxed));
-        reason
+        (reason, sampled)
     }
 
     /// Stops every subscriber and returns the trackers of those that opened.
@@ -475,6 +513,7 @@ async fn subscriber(
     loop {
         if !parsed.is_empty() {
             let now = epoch_micros();
+            let mut new_deliveries = 0u64;
             for event in parsed.drain(..) {
                 let bench = if event.event.starts_with("herald.") {
                     None
@@ -483,11 +522,14 @@ async fn subscriber(
                 };
                 match bench {
                     Some((seq, ts)) => {
-                        tracker.record(seq);
+                        new_deliveries += u64::from(tracker.record(seq));
                         latencies.push(now.saturating_sub(ts));
                     }
                     None => tracker.record_other(),
                 }
+            }
+            if new_deliveries > 0 {
+                shared.unique.fetch_add(new_deliveries, Ordering::Relaxed);
             }
             if !latencies.is_empty() {
                 let mut histogram = shard.lock().unwrap_or_else(|e| e.into_inner());

@@ -6,6 +6,13 @@
 //! else. Every subscriber knows the sequence numbers addressed to it, in
 //! publish order, and keeps one bit per position: missing, duplicate and
 //! out-of-order deliveries are counted exactly.
+//!
+//! Order is promised per publisher only: two publishers' requests race, so a
+//! server may rightly deliver publisher 1's event 5 before publisher 0's
+//! event 4. Each subscriber therefore checks order per *lane*, one lane per
+//! publisher whose events it expects (fanout with N publishers: event `seq`
+//! is publisher `seq % N`'s; unicast: all of one user's events go through
+//! one publisher, so one lane).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,25 +60,48 @@ pub(crate) fn parse_data(data: &str) -> Option<(u32, u64)> {
 /// The sequence numbers one subscriber should receive, in publish order.
 #[derive(Debug, Clone)]
 pub(crate) enum Expect {
-    /// `0..n`, in order (fanout: everyone gets everything).
-    All(u32),
-    /// These, ascending (unicast: the events addressed to one user).
+    /// `0..events` (fanout: everyone gets everything), sent by `publishers`
+    /// publishers: event `seq` by publisher `seq % publishers`, each in
+    /// ascending order.
+    All { events: u32, publishers: u32 },
+    /// These, ascending, all sent by one publisher (unicast: the events
+    /// addressed to one user).
     List(Vec<u32>),
 }
 
 impl Expect {
+    /// Every event, from one publisher.
+    #[cfg(test)]
+    pub(crate) fn all(events: u32) -> Self {
+        Expect::All {
+            events,
+            publishers: 1,
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
-            Expect::All(n) => *n as usize,
+            Expect::All { events, .. } => *events as usize,
             Expect::List(list) => list.len(),
         }
     }
 
-    /// Position of `seq` in the expected order, `None` if not addressed here.
-    fn position(&self, seq: u32) -> Option<usize> {
+    /// Publishers whose order is checked separately (at least 1).
+    fn lanes(&self) -> usize {
         match self {
-            Expect::All(n) => (seq < *n).then_some(seq as usize),
-            Expect::List(list) => list.binary_search(&seq).ok(),
+            Expect::All { publishers, .. } => (*publishers).max(1) as usize,
+            Expect::List(_) => 1,
+        }
+    }
+
+    /// Position of `seq` in the expected order and the lane (publisher) it
+    /// comes through, `None` if not addressed here.
+    fn position(&self, seq: u32) -> Option<(usize, usize)> {
+        match self {
+            Expect::All { events, .. } => {
+                (seq < *events).then(|| (seq as usize, seq as usize % self.lanes()))
+            }
+            Expect::List(list) => list.binary_search(&seq).ok().map(|pos| (pos, 0)),
         }
     }
 }
@@ -84,7 +114,8 @@ pub(crate) struct SubResult {
     /// Distinct expected events received.
     pub unique: u64,
     pub duplicates: u64,
-    /// Expected events that arrived after one published later.
+    /// Expected events that arrived after one published later by the same
+    /// publisher.
     pub out_of_order: u64,
     /// Bench events not addressed to this subscriber (or past `--events`).
     pub unexpected: u64,
@@ -99,7 +130,8 @@ pub(crate) struct SubResult {
 pub(crate) struct SeqTracker {
     expect: Expect,
     seen: Vec<u64>,
-    max_pos: Option<usize>,
+    /// Per lane (publisher), the highest position received so far.
+    max_pos: Vec<Option<usize>>,
     pub result: SubResult,
 }
 
@@ -107,35 +139,38 @@ impl SeqTracker {
     pub(crate) fn new(expect: Expect) -> Self {
         Self {
             seen: vec![0; expect.len().div_ceil(64)],
+            max_pos: vec![None; expect.lanes()],
             expect,
-            max_pos: None,
             result: SubResult::default(),
         }
     }
 
-    /// Records one bench event.
-    pub(crate) fn record(&mut self, seq: u32) {
+    /// Records one bench event; true when it is an expected one not seen
+    /// before (what the run's outstanding count goes down by).
+    pub(crate) fn record(&mut self, seq: u32) -> bool {
         let r = &mut self.result;
         r.received += 1;
-        let Some(pos) = self.expect.position(seq) else {
+        let Some((pos, lane)) = self.expect.position(seq) else {
             r.unexpected += 1;
-            return;
+            return false;
         };
         let (word, bit) = (pos / 64, 1u64 << (pos % 64));
-        let Some(slot) = self.seen.get_mut(word) else {
+        let (Some(slot), Some(max_pos)) = (self.seen.get_mut(word), self.max_pos.get_mut(lane))
+        else {
             r.unexpected += 1;
-            return;
+            return false;
         };
         if *slot & bit != 0 {
             r.duplicates += 1;
-            return;
+            return false;
         }
         *slot |= bit;
         r.unique += 1;
-        match self.max_pos {
+        match *max_pos {
             Some(max) if pos < max => r.out_of_order += 1,
-            _ => self.max_pos = Some(pos),
+            _ => *max_pos = Some(pos),
         }
+        true
     }
 
     /// Records an event that is not a bench event.
@@ -152,11 +187,11 @@ impl SeqTracker {
     /// them that never arrived.
     pub(crate) fn missing(&self, acked: &AckSet) -> (u64, u64) {
         match &self.expect {
-            Expect::All(n) => {
+            Expect::All { events, .. } => {
                 let (mut expected, mut missing) = (0, 0);
                 for (i, seen) in self.seen.iter().enumerate() {
                     let mut acked_word = acked.word(i);
-                    let bits_left = (*n as usize).saturating_sub(i * 64);
+                    let bits_left = (*events as usize).saturating_sub(i * 64);
                     if bits_left < 64 {
                         acked_word &= (1u64 << bits_left) - 1;
                     }
@@ -274,7 +309,7 @@ mod tests {
 
     #[test]
     fn perfect_stream() {
-        let t = run(Expect::All(5), &[0, 1, 2, 3, 4]);
+        let t = run(Expect::all(5), &[0, 1, 2, 3, 4]);
         assert!(t.complete());
         assert_eq!(t.missing(&all_acked(5)), (5, 0));
         assert_eq!(
@@ -290,7 +325,7 @@ mod tests {
     #[test]
     fn counts_missing_duplicates_and_reordering() {
         // 3 dropped, 5 duplicated, 7 and 8 swapped (the misbehaving server's pattern).
-        let t = run(Expect::All(10), &[0, 1, 2, 4, 5, 5, 6, 8, 7, 9]);
+        let t = run(Expect::all(10), &[0, 1, 2, 4, 5, 5, 6, 8, 7, 9]);
         assert!(!t.complete());
         assert_eq!(t.missing(&all_acked(10)), (10, 1));
         assert_eq!(counts(&t), (10, 9, 1, 1, 0));
@@ -298,9 +333,29 @@ mod tests {
 
     #[test]
     fn out_of_range_is_unexpected_and_order_is_against_the_highest_seen() {
-        let t = run(Expect::All(100), &[0, 2, 1, 2, 99, 100, 50]);
+        let t = run(Expect::all(100), &[0, 2, 1, 2, 99, 100, 50]);
         assert_eq!(counts(&t), (7, 5, 1, 2, 1));
         assert_eq!(t.missing(&all_acked(100)), (100, 95));
+    }
+
+    #[test]
+    fn order_is_checked_per_publisher() {
+        // Three publishers: lanes {0,3,6,9}, {1,4,7}, {2,5,8}. Lanes
+        // interleave freely; 9 before 6 is the one reordering (lane 0),
+        // and 4 after 7 the other (lane 1).
+        let three = Expect::All {
+            events: 10,
+            publishers: 3,
+        };
+        let t = run(three.clone(), &[1, 0, 2, 7, 3, 5, 4, 9, 6, 8]);
+        assert_eq!(counts(&t), (10, 10, 0, 2, 0));
+        assert_eq!(t.missing(&all_acked(10)), (10, 0));
+        // Published order within every lane, lanes far apart: none.
+        let t = run(three, &[2, 5, 8, 0, 3, 6, 9, 1, 4, 7]);
+        assert_eq!(counts(&t), (10, 10, 0, 0, 0));
+        // With one publisher the same arrival is full of reordering.
+        let t = run(Expect::all(10), &[2, 5, 8, 0, 3, 6, 9, 1, 4, 7]);
+        assert_eq!(counts(&t).3, 6);
     }
 
     #[test]
@@ -319,7 +374,7 @@ mod tests {
             acked.mark(seq);
         }
         assert_eq!(acked.count(), 4);
-        let fan = run(Expect::All(130), &[0, 5]);
+        let fan = run(Expect::all(130), &[0, 5]);
         assert_eq!(fan.missing(&acked), (4, 3));
         let user = run(Expect::List(vec![1, 2, 129]), &[2]);
         assert_eq!(user.missing(&acked), (2, 2));
