@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use crate::event::{Event, EventId};
 use crate::filter::Filter;
 use crate::log::{EventLog, Gap, Position};
-use crate::stream::{Outbound, StreamReceiver};
+use crate::stream::{Outbound, StreamReceiver, WriteThrough};
 
 /// Events read from the log per catch-up step. Small on purpose: the chunk it
 /// makes is held per connection until the socket takes it, and when thousands
@@ -78,6 +78,9 @@ pub struct Connection {
     expires_at: Option<SystemTime>,
     /// Whether `herald.expired` has been sent (it is the stream's last frame).
     expiry_told: bool,
+    /// Whether the dispatcher may write to the socket while this writer is
+    /// parked ([`Connection::write_through`]).
+    write_through: bool,
 }
 
 impl Connection {
@@ -121,6 +124,54 @@ impl Connection {
             unknown_resume,
             expires_at,
             expiry_told: false,
+            write_through: false,
+        }
+    }
+
+    /// Lets the dispatcher write events to the socket through `to` while
+    /// this writer waits with nothing queued (see `crate::stream`): an event
+    /// for one user then costs no wake-up of this writer. The caller writes
+    /// every chunk this connection returns before asking for the next, which
+    /// is what makes "parked" mean "everything written".
+    pub fn write_through(&mut self, to: Box<dyn WriteThrough>) {
+        self.queue.shared.write_through.lock().to = Some(to);
+        self.write_through = true;
+    }
+
+    /// Ends [`Connection::write_through`]: once this returns, the dispatcher
+    /// writes nothing more to the socket. Call it before the socket is
+    /// written to by anyone else, or handed on.
+    pub fn end_write_through(&mut self) {
+        if self.write_through {
+            let mut slot = self.queue.shared.write_through.lock();
+            slot.to = None;
+            slot.parked = false;
+            self.write_through = false;
+        }
+    }
+
+    /// Parks (the queue is empty and everything is written) or wakes this
+    /// writer for the dispatcher's write-through. On waking it takes over
+    /// the last id the dispatcher wrote.
+    fn park(&mut self, parked: bool) {
+        if !self.write_through {
+            return;
+        }
+        // Once `parked` is false (under the lock) the dispatcher writes no
+        // more, so what it wrote is final when the lock is released.
+        self.queue.shared.write_through.lock().parked = parked;
+        if !parked {
+            self.take_over_written();
+        }
+    }
+
+    /// Takes over the last id the dispatcher wrote through, if it is newer
+    /// than the last this writer wrote (a wait cut short by the caller skips
+    /// [`Connection::park`]'s wake, so catch-up takes it over too).
+    fn take_over_written(&mut self) {
+        let written = self.queue.shared.written_up_to.load(Ordering::Relaxed);
+        if written > 0 && self.last_written.is_none_or(|last| last.0 < written) {
+            self.last_written = Some(EventId(written));
         }
     }
 
@@ -190,8 +241,11 @@ impl Connection {
         if self.queue.is_empty() {
             // Nothing left to write: this stream is not behind while it waits.
             self.behind_since(None);
+            self.park(true);
         }
-        let Some(first) = self.queue.recv().await else {
+        let first = self.queue.recv().await;
+        self.park(false);
+        let Some(first) = first else {
             return false;
         };
         if self.queue.shared.closed.load(Ordering::SeqCst) {
@@ -246,6 +300,10 @@ impl Connection {
     }
 
     fn start_catch_up(&mut self) {
+        if self.write_through {
+            self.queue.shared.write_through.lock().parked = false;
+            self.take_over_written();
+        }
         let from = self.last_written.map_or(Position::Oldest, Position::After);
         self.queue.shared.lagged.fetch_add(1, Ordering::Relaxed);
         self.mode = Mode::CatchUp {

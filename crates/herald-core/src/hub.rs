@@ -30,6 +30,12 @@ use crate::stream::{stream_queue, ConnId, Outbound, Registry, StreamShared};
 
 /// How many events the log tail reads per step.
 const TAIL_BATCH: usize = 1024;
+/// Parked streams the dispatcher writes an event to itself, at most: an
+/// event for a user or a small group reaches its sockets without waking a
+/// writer on another thread (the tail latency of unicast under load is that
+/// wake-up), while a broadcast's thousands of writes stay spread over the
+/// streams runtime's workers.
+const WRITE_THROUGHS_PER_EVENT: u32 = 4;
 
 /// Tunables of the hub.
 #[derive(Debug, Clone)]
@@ -239,7 +245,7 @@ impl Hub {
         // One lock per batch, not per event.
         let index = self.index.read();
         for event in events {
-            index.dispatch(event);
+            index.dispatch(event, WRITE_THROUGHS_PER_EVENT);
         }
     }
 

@@ -52,7 +52,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     /// Offers `event`, found through one of this stream's patterns.
-    fn offer(&self, event: &Arc<Event>) {
+    fn offer(&self, event: &Arc<Event>, write_throughs: &mut u32) {
         if !self.filter.accepts_type(event.event_type.as_deref()) {
             return;
         }
@@ -62,7 +62,7 @@ impl Entry {
             event.id,
             self.id
         );
-        self.sender.offer(event);
+        self.sender.offer(event, write_throughs);
     }
 }
 
@@ -88,20 +88,25 @@ pub(crate) struct Index {
 
 impl Index {
     /// Offers `event` to every stream whose filter matches it, once each
-    /// (the stream's dedupe stamp absorbs a second matching pattern).
-    pub(crate) fn dispatch(&self, event: &Arc<Event>) {
+    /// (the stream's dedupe stamp absorbs a second matching pattern), the
+    /// first `write_throughs` parked ones straight to their sockets (see
+    /// `crate::stream`).
+    pub(crate) fn dispatch(&self, event: &Arc<Event>, write_throughs: u32) {
+        let mut left = write_throughs;
+        let mut offer = |e: &Arc<Entry>| e.offer(event, &mut left);
         if event.broadcast {
-            self.streams.values().for_each(|e| e.offer(event));
+            self.streams.values().for_each(offer);
             return;
         }
         for topic in &event.topics {
             if let Some(set) = self.exact.get(topic.as_str()) {
-                set.values().for_each(|e| e.offer(event));
+                set.values().for_each(&mut offer);
             }
-            self.prefixes_of(topic.as_str())
-                .for_each(|set| set.values().for_each(|e| e.offer(event)));
+            for set in self.prefixes_of(topic.as_str()) {
+                set.values().for_each(&mut offer);
+            }
         }
-        self.everything.values().for_each(|e| e.offer(event));
+        self.everything.values().for_each(offer);
     }
 
     pub(crate) fn insert(&mut self, entry: Arc<Entry>) {
@@ -274,7 +279,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            index.dispatch(&event(n as u64 + 1, &[topic]));
+            index.dispatch(&event(n as u64 + 1, &[topic]), 0);
             let got = [
                 offered(&mut orders),
                 offered(&mut orders4),
@@ -290,7 +295,7 @@ mod tests {
     fn an_event_matched_by_several_prefixes_is_offered_once() {
         let mut index = Index::default();
         let mut both = subscribe(&mut index, 1, &["a/*", "a/b*", "a/b/c"]);
-        index.dispatch(&event(1, &["a/b/c", "a/bx"]));
+        index.dispatch(&event(1, &["a/b/c", "a/bx"]), 0);
         assert_eq!(offered(&mut both), 1);
     }
 

@@ -35,5 +35,5 @@ pub use filter::Filter;
 pub use hub::{Hub, HubConfig, HubCounts, Subscriber};
 pub use lag::DeliveryLag;
 pub use log::{Appended, EventLog, Gap, LogError, Position, ReadBatch};
-pub use stream::ConnId;
+pub use stream::{ConnId, WriteThrough};
 pub use topic::{Topic, TopicError, TopicPattern, MAX_TOPIC_BYTES};

@@ -14,11 +14,21 @@
 //!   order from a single task, so "the id last offered" is a complete dedupe.
 //! - Dropping the [`StreamReceiver`] unregisters the stream from its
 //!   [`Registry`], exactly once.
+//! - *Write-through*: a stream whose writer registered a [`WriteThrough`]
+//!   and is parked — in live mode, waiting on an empty queue, everything it
+//!   was given written — may be handed an event by the dispatcher straight
+//!   to its socket, instead of through the queue and a wake-up of its writer
+//!   on another thread. Only then: with anything queued, or the writer awake
+//!   (draining, writing, catching up), events go through the queue, so a
+//!   stream's events reach its socket in id order either way. The slot's
+//!   lock is held for the whole write and by the writer when it parks and
+//!   wakes; the dispatcher only ever `try_lock`s it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::event::Event;
@@ -33,6 +43,23 @@ pub(crate) enum Outbound {
     Event(Arc<Event>),
     /// A heartbeat comment.
     Heartbeat,
+}
+
+/// Writes one event's frame straight to a stream's socket, now, without
+/// blocking: the HTTP layer's framing (a chunk) included. `false` means
+/// nothing was written (the socket was full, the frame too big, the peer
+/// gone): the event then goes through the queue as usual.
+pub trait WriteThrough: Send + Sync + fmt::Debug {
+    /// Writes `frame` whole, or nothing.
+    fn try_write_frame(&self, frame: &[u8]) -> bool;
+}
+
+/// Whether the dispatcher may write to a stream's socket itself.
+#[derive(Debug, Default)]
+pub(crate) struct WriteThroughSlot {
+    pub(crate) to: Option<Box<dyn WriteThrough>>,
+    /// The writer is waiting on an empty queue with everything written.
+    pub(crate) parked: bool,
 }
 
 /// State shared between the hub and one stream's writer.
@@ -68,6 +95,8 @@ pub(crate) struct StreamShared {
     /// has measured (events/s, `f32` bits): the sampler's own, per stream.
     pub(crate) sampled_delivered: AtomicU64,
     pub(crate) sampled_rate: AtomicU32,
+    /// The dispatcher's way to the socket, while the writer is parked.
+    pub(crate) write_through: Mutex<WriteThroughSlot>,
 }
 
 impl StreamShared {
@@ -133,18 +162,48 @@ impl StreamSender {
     }
 
     /// Queues `event` unless it was already offered or the stream is
-    /// lagging; a full queue switches the stream to catch-up. The caller has
-    /// decided that the stream's filter matches `event`.
-    pub(crate) fn offer(&self, event: &Arc<Event>) {
+    /// lagging; a full queue switches the stream to catch-up. With
+    /// `write_throughs` left and the writer parked, writes it to the socket
+    /// instead (see the module doc), using one. The caller has decided that
+    /// the stream's filter matches `event`.
+    pub(crate) fn offer(&self, event: &Arc<Event>, write_throughs: &mut u32) {
         let id = event.id.0;
         if self.shared.last_offered.swap(id, Ordering::Relaxed) == id
             || self.shared.lagging.load(Ordering::SeqCst)
         {
             return;
         }
+        if *write_throughs > 0
+            && self.shared.queued.load(Ordering::Relaxed) == 0
+            && self.write_through(event)
+        {
+            *write_throughs -= 1;
+            return;
+        }
         if !self.push(Outbound::Event(event.clone())) {
             self.shared.lagging.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Writes `event` to the socket if the writer is parked; true if done.
+    fn write_through(&self, event: &Event) -> bool {
+        let Some(slot) = self.shared.write_through.try_lock() else {
+            return false;
+        };
+        let (true, Some(to)) = (slot.parked, &slot.to) else {
+            return false;
+        };
+        if !to.try_write_frame(event.frame()) {
+            return false;
+        }
+        // Under the lock: the writer reads `written_up_to` when it wakes.
+        let shared = &self.shared;
+        shared
+            .written_up_to
+            .fetch_max(event.id.0, Ordering::Relaxed);
+        shared.delivered.fetch_add(1, Ordering::Relaxed);
+        shared.wrote_recently.store(true, Ordering::Relaxed);
+        true
     }
 
     /// Queues `item` unless the queue is full; false if it was.
@@ -196,6 +255,8 @@ impl StreamReceiver {
 
 impl Drop for StreamReceiver {
     fn drop(&mut self) {
+        // No write to the socket once its writer is gone.
+        self.shared.write_through.lock().to = None;
         self.registry.unregister(self.id, &self.shared);
     }
 }

@@ -66,6 +66,7 @@ use crate::idle::{self, Activity};
 use crate::io::{MovableTcp, Rewind, WriteDeadline};
 use crate::tls::Tls;
 use crate::tls_stream::{self, TlsStream};
+use crate::write_through::{SharedTcp, TcpWriteThrough};
 use crate::AppState;
 
 /// How long in-flight requests get to finish after shutdown is asked for.
@@ -336,12 +337,16 @@ impl AcceptedConnection {
             match first {
                 Sniffed::Direct(request) => {
                     self.classifying.done();
+                    // The dispatcher may write to the socket too, while the
+                    // stream's writer waits (`write_through`).
+                    let socket = Arc::new(stream);
+                    let to = Box::new(TcpWriteThrough(socket.clone()));
+                    let served =
+                        direct::stream(SharedTcp(socket), self.state.clone(), request, Some(to));
                     // `None` or an error: the client left, or the socket
                     // failed; nothing more to serve. Else hyper reads what
                     // the client sent during the stream first.
-                    if let Ok(Some(rest)) =
-                        direct::stream(stream, self.state.clone(), request).await
-                    {
+                    if let Ok(Some(rest)) = served.await {
                         self.serve_with_hyper(rest).await;
                     }
                 }
@@ -393,7 +398,7 @@ impl AcceptedConnection {
                 // the next await: kept as a local, it had room of its own in
                 // the task of every idle TLS stream (24 bytes, which moved
                 // the task to a larger allocation class: 0.12 KiB a stream).
-                let hyper = Box::pin(direct::stream(tls, self.state.clone(), request))
+                let hyper = Box::pin(direct::stream(tls, self.state.clone(), request, None))
                     .await
                     .ok()
                     .flatten()

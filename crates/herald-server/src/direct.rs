@@ -45,7 +45,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, Version};
-use herald_core::{Connection, Subscriber};
+use herald_core::{Connection, Subscriber, WriteThrough};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -182,10 +182,16 @@ pub(crate) enum HeadWas {
 ///
 /// Generic over the socket so TLS shares it; for a `TcpStream` this is the
 /// hot path of fan-out: no copy or allocation beyond the one chunk buffer.
+///
+/// With `write_through` (plain TCP: `crate::write_through`), the dispatcher
+/// may write events to the socket itself while this writer waits; it is
+/// given to the connection once the response head is out, and taken back
+/// before the stream's last chunk.
 pub(crate) async fn stream<S>(
     socket: S,
     state: Arc<AppState>,
     mut request: Box<DirectRequest>,
+    write_through: Option<Box<dyn WriteThrough>>,
 ) -> io::Result<Option<Rewind<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -205,6 +211,9 @@ where
     socket.write_all(&head).await?;
     socket.flush().await?;
     drop(head);
+    if let Some(to) = write_through {
+        connection.write_through(to);
+    }
 
     // Read to notice the client closing, and to keep what it sends (see the
     // module doc).
@@ -224,6 +233,7 @@ where
                 socket.write_all(frame_chunk(&mut chunk)).await?;
                 socket.flush().await?;
             } else {
+                connection.end_write_through();
                 socket.write_all(b"0\r\n\r\n").await?;
                 socket.flush().await?;
                 break;
@@ -362,6 +372,21 @@ fn frame_chunk(chunk: &mut Vec<u8>) -> &[u8] {
 }
 
 /// Writes `len` in hex followed by CRLF into `out`; returns the length used.
+/// `frame` as one HTTP/1.1 chunk in `out` (at least 20 bytes longer than
+/// the frame); returns its length, 0 if `out` is too small.
+pub(crate) fn encode_chunk(frame: &[u8], out: &mut [u8]) -> usize {
+    let mut size = [0u8; SIZE_LINE_ROOM];
+    let size_len = chunk_size_line(frame.len(), &mut size);
+    let len = size_len + frame.len() + 2;
+    let Some(out) = out.get_mut(..len) else {
+        return 0;
+    };
+    out[..size_len].copy_from_slice(&size[..size_len]);
+    out[size_len..len - 2].copy_from_slice(frame);
+    out[len - 2..].copy_from_slice(b"\r\n");
+    len
+}
+
 fn chunk_size_line(len: usize, out: &mut [u8; SIZE_LINE_ROOM]) -> usize {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;

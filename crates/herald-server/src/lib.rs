@@ -23,6 +23,7 @@ mod query;
 mod routes;
 mod tls;
 mod tls_stream;
+mod write_through;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
