@@ -157,9 +157,18 @@ impl Connection {
         if !self.write_through {
             return;
         }
+        let shared = &self.queue.shared;
+        let mut slot = shared.write_through.lock();
+        if parked {
+            // The dispatcher writes only events after this (a catch-up may
+            // have written some it has yet to dispatch).
+            let last = self.last_written.map_or(0, |id| id.0);
+            shared.written_up_to.fetch_max(last, Ordering::Relaxed);
+        }
         // Once `parked` is false (under the lock) the dispatcher writes no
         // more, so what it wrote is final when the lock is released.
-        self.queue.shared.write_through.lock().parked = parked;
+        slot.parked = parked;
+        drop(slot);
         if !parked {
             self.take_over_written();
         }

@@ -193,11 +193,16 @@ impl StreamSender {
         let (true, Some(to)) = (slot.parked, &slot.to) else {
             return false;
         };
+        let shared = &self.shared;
+        if event.id.0 <= shared.written_up_to.load(Ordering::Relaxed) {
+            // Written already (by a catch-up read ahead of the dispatcher),
+            // or from before the stream began: nothing to do.
+            return true;
+        }
         if !to.try_write_frame(event.frame()) {
             return false;
         }
         // Under the lock: the writer reads `written_up_to` when it wakes.
-        let shared = &self.shared;
         shared
             .written_up_to
             .fetch_max(event.id.0, Ordering::Relaxed);

@@ -989,3 +989,120 @@ async fn deadlines_beyond_the_clock_do_not_panic() {
     r.until_data("delivered").await;
     assert_eq!(env.hub.counts().connections, 1);
 }
+
+// ---------------------------------------------------------------------------
+// Write-through
+// ---------------------------------------------------------------------------
+
+/// A socket both the stream's writer and the dispatcher's write-through
+/// write to, in the order the writes happen; the write-through refuses
+/// every `refuse_every`-th frame (a full socket), sending it the queue's way.
+#[derive(Debug, Default)]
+struct SharedSocket {
+    bytes: parking_lot::Mutex<Vec<u8>>,
+    through: std::sync::atomic::AtomicUsize,
+    tried: std::sync::atomic::AtomicUsize,
+    refuse_every: usize,
+}
+
+#[derive(Debug)]
+struct Through(Arc<SharedSocket>);
+
+impl herald_core::WriteThrough for Through {
+    fn try_write_frame(&self, frame: &[u8]) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tried = self.0.tried.fetch_add(1, Relaxed) + 1;
+        if self.0.refuse_every > 0 && tried.is_multiple_of(self.0.refuse_every) {
+            return false;
+        }
+        self.0.bytes.lock().extend_from_slice(frame);
+        self.0.through.fetch_add(1, Relaxed);
+        true
+    }
+}
+
+/// Publishers racing a writer that keeps parking and waking (and, with a
+/// small queue, lagging into catch-up): whoever writes each event, the
+/// stream carries every event once, in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn written_through_or_queued_every_event_arrives_once_in_order() {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (queue_capacity, refuse_every) in [(256, 0), (256, 3), (2, 5)] {
+        let env = Env::new(HubConfig {
+            queue_capacity,
+            ..HubConfig::default()
+        })
+        .await;
+        let socket = Arc::new(SharedSocket {
+            refuse_every,
+            ..SharedSocket::default()
+        });
+        let mut conn = env.hub.connect(Subscriber {
+            user: Some(Arc::from("u")),
+            filter: filter(&["user/u"], None),
+            resume: Resume::Live,
+            expires_at: None,
+        });
+        conn.write_through(Box::new(Through(socket.clone())));
+        // The writer: every chunk goes to the socket before the next is asked
+        // for, as the direct path does; it sometimes dawdles between chunks.
+        let writer_socket = socket.clone();
+        let writer = tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Some(chunk) = conn.next_chunk().await {
+                writer_socket.bytes.lock().extend_from_slice(&chunk);
+                n += 1;
+                if n.is_multiple_of(7) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        const PER_PUBLISHER: usize = 1500;
+        let publishers: Vec<_> = (0..3)
+            .map(|p| {
+                let log = env.log.clone();
+                tokio::spawn(async move {
+                    for i in 0..PER_PUBLISHER {
+                        publish(&log, vec![on("user/u", &format!("{p}-{i}"))]).await;
+                        if i % 50 == 0 {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        } else if i % 5 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.await.unwrap();
+        }
+        let total = 3 * PER_PUBLISHER;
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + LONG;
+        while events.len() < total && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            events.clear();
+            Parser::new().feed_into(&socket.bytes.lock(), &mut events);
+        }
+        writer.abort();
+        let ids: Vec<u64> = events
+            .iter()
+            .filter(|e| !e.event.starts_with("herald."))
+            .map(|e| e.id.parse().unwrap())
+            .collect();
+        assert_eq!(
+            ids.len(),
+            total,
+            "queue {queue_capacity}, refusing every {refuse_every}: every event once"
+        );
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "in id order");
+        let through = socket.through.load(Relaxed);
+        assert!(through > 0, "some events were written through");
+        if refuse_every > 0 {
+            assert!(
+                through < total,
+                "and some through the writer ({through} of {total} through)"
+            );
+        }
+    }
+}
