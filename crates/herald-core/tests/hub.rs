@@ -203,6 +203,14 @@ impl Reader {
             .await;
     }
 
+    /// Lets the writer look for more and wait with nothing to write, as a
+    /// server's writer does right after every write.
+    async fn wait_for_more(&mut self) {
+        if let Ok(Some(bytes)) = timeout(Duration::from_millis(50), self.conn.next_chunk()).await {
+            self.parser.feed_into(&bytes, &mut self.events);
+        }
+    }
+
     /// Reads until the stream ends (at most [`STEP`] in all, 100 chunks).
     async fn until_closed(&mut self) {
         let result = timeout(STEP, async {
@@ -1105,4 +1113,69 @@ async fn written_through_or_queued_every_event_arrives_once_in_order() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Delivery lag
+// ---------------------------------------------------------------------------
+
+/// Samples until `done` holds for the hub's delivery lag (at most [`STEP`]).
+async fn lag_until(hub: &Hub, what: &str, done: impl Fn(&herald_core::DeliveryLag) -> bool) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let lag = hub.delivery_lag();
+        if done(&lag) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: last {lag:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The lag is the median stream's: one stream that stops reading shows in
+/// the maximum, not in the lag; once most streams are behind, it is theirs;
+/// and it falls back to 0 when they have written everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_delivery_lag_is_the_median_streams_and_falls_back() {
+    let env = Env::new(HubConfig::default()).await;
+    let sampler = tokio::spawn(env.hub.clone().run_lag_sampler());
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        readers.push(env.live(&["news"]).await);
+    }
+    for i in 0..50 {
+        env.publish(vec![on("news", &format!("{i}"))]).await;
+    }
+    // Streams 0 and 1 read everything; stream 2 reads nothing.
+    for reader in &mut readers[..2] {
+        reader.until_count(50).await;
+        reader.wait_for_more().await;
+    }
+    lag_until(&env.hub, "one stream behind", |lag| {
+        lag.streams_behind == 1 && lag.max_ms > 0 && lag.lag_ms() == 0
+    })
+    .await;
+    // Now only stream 0 reads: two of three behind.
+    for i in 50..100 {
+        env.publish(vec![on("news", &format!("{i}"))]).await;
+    }
+    readers[0].until_count(100).await;
+    readers[0].wait_for_more().await;
+    lag_until(&env.hub, "most streams behind", |lag| {
+        lag.streams_behind == 2 && lag.median_ms > 0 && lag.lag_ms() == lag.median_ms
+    })
+    .await;
+    // Everyone reads: nothing is behind.
+    for reader in &mut readers[1..] {
+        reader.until_count(100).await;
+        reader.wait_for_more().await;
+    }
+    lag_until(&env.hub, "caught up", |lag| {
+        lag.streams_behind == 0 && lag.lag_ms() == 0
+    })
+    .await;
+    sampler.abort();
 }
