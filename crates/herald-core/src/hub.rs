@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::RwLock;
+use tokio::runtime::Handle;
 
 use crate::connection::{Connection, Resume};
 use crate::event::{now_ms, Event, EventId};
@@ -36,6 +37,9 @@ const TAIL_BATCH: usize = 1024;
 /// wake-up), while a broadcast's thousands of writes stay spread over the
 /// streams runtime's workers.
 const WRITE_THROUGHS_PER_EVENT: u32 = 4;
+/// Events for more candidate streams than this are offered on the streams
+/// runtime when the dispatcher is given it ([`Hub::run_dispatcher_with`]).
+const MAX_INLINE_FAN_OUT: usize = 64;
 
 /// Tunables of the hub.
 #[derive(Debug, Clone)]
@@ -249,8 +253,53 @@ impl Hub {
         }
     }
 
+    /// Dispatches `events` in order: those for a few streams here, runs of
+    /// those for many on `fan_out` (awaited, so the order holds), when given.
+    async fn dispatch_split(self: &Arc<Self>, events: &[Arc<Event>], fan_out: Option<&Handle>) {
+        let Some(fan_out) = fan_out else {
+            self.dispatch(events);
+            return;
+        };
+        let mut start = 0;
+        while start < events.len() {
+            let (small, large) = {
+                let index = self.index.read();
+                let many = |e: &Arc<Event>| index.candidates(e) > MAX_INLINE_FAN_OUT;
+                let small = events[start..].iter().take_while(|e| !many(e)).count();
+                let large = events[start + small..]
+                    .iter()
+                    .take_while(|e| many(e))
+                    .count();
+                (small, large)
+            };
+            self.dispatch(&events[start..start + small]);
+            start += small;
+            if large > 0 {
+                let hub = self.clone();
+                let run = events[start..start + large].to_vec();
+                // Only a panic fails it, and then nothing more is dispatched
+                // there; the streams catch up from the log when they resume.
+                if let Err(err) = fan_out.spawn(async move { hub.dispatch(&run) }).await {
+                    tracing::error!(%err, "a fan-out task failed");
+                }
+                start += large;
+            }
+        }
+    }
+
     /// Tails the log and dispatches every new event, forever. Run it once per hub.
     pub async fn run_dispatcher(self: Arc<Self>) {
+        self.run_dispatcher_with(None).await;
+    }
+
+    /// [`Hub::run_dispatcher`], offering each event for more than a few
+    /// hundred streams on `fan_out` (the runtime the streams' writers run
+    /// on) instead of on the dispatcher's own thread: the writers it wakes
+    /// land on that runtime's local queues, and the dispatcher's thread
+    /// (shared with publishes) is not held for the tens of milliseconds such
+    /// an event takes to offer. Events for a few streams are offered here,
+    /// most written through to their sockets at once.
+    pub async fn run_dispatcher_with(self: Arc<Self>, fan_out: Option<Handle>) {
         let mut head = self.log.head();
         let everything = Filter::everything();
         let mut position = self.dispatch_from;
@@ -274,7 +323,7 @@ impl Hub {
                         self.dispatching_since_ms
                             .store(first.stored_at_ms().max(1), Ordering::Relaxed);
                     }
-                    self.dispatch(&batch.events);
+                    self.dispatch_split(&batch.events, fan_out.as_ref()).await;
                     if let Some(id) = batch.scanned_to {
                         position = Position::After(id);
                     }

@@ -155,6 +155,24 @@ impl Index {
         Some(entry)
     }
 
+    /// At least how many streams `event` is offered to (an upper bound of
+    /// its recipients; a stream matched twice is counted twice): a few hash
+    /// lookups, for deciding where to dispatch it.
+    pub(crate) fn candidates(&self, event: &Event) -> usize {
+        if event.broadcast {
+            return self.streams.len();
+        }
+        let mut n = self.everything.len();
+        for topic in &event.topics {
+            n += self.exact.get(topic.as_str()).map_or(0, HashMap::len);
+            n += self
+                .prefixes_of(topic.as_str())
+                .map(HashMap::len)
+                .sum::<usize>();
+        }
+        n
+    }
+
     /// Distinct subscribed topics and patterns.
     pub(crate) fn topic_count(&self) -> usize {
         self.exact.len() + self.prefixes.len() + usize::from(!self.everything.is_empty())

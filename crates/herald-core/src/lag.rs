@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::stream::StreamShared;
 
 /// How often the hub samples every stream's lag.
-pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// The write rate is an average over about this long: a catching-up stream
 /// writes a page every few hundred milliseconds, so one sample interval
 /// alone often sees no write at all.

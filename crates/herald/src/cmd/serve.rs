@@ -51,10 +51,12 @@ async fn serve(
     let hub = Hub::new(log.clone(), HubConfig::from(&config));
     // The dispatcher and the lag sampler run here, on the control thread,
     // beside the publishes: an append wakes the dispatcher without waking
-    // another thread, and its offers wake each stream's writer on a streams
-    // worker — one thread wake-up per delivery. On the streams runtime they
-    // waited behind thousands of writers catching up (seconds, in a flood).
-    tokio::spawn(hub.clone().run_dispatcher());
+    // another thread, and an event for a user is written through to its
+    // socket from here, waking no other thread at all. Events for many
+    // streams are offered on the streams runtime. On the streams runtime the
+    // dispatcher waited behind thousands of writers catching up (seconds, in
+    // a flood).
+    tokio::spawn(hub.clone().run_dispatcher_with(Some(streams.clone())));
     tokio::spawn(hub.clone().run_lag_sampler());
     streams.spawn(hub.clone().run_housekeeping());
     tokio::spawn(async move {
