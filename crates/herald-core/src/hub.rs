@@ -2,10 +2,12 @@
 //!
 //! Invariants:
 //! - Events reach streams only through [`Hub::run_dispatcher`], which tails
-//!   the event log and dispatches in id order from a single task; each
+//!   the event log and dispatches in id order from a single task (a run of
+//!   events it hands to the streams runtime is awaited before the next); each
 //!   stream's dedupe stamp (`crate::stream`) relies on that.
 //! - Dispatch never waits: each event is offered to each matching stream's
-//!   queue, whose bound is a per-stream counter (`crate::stream`). A full
+//!   queue, whose bound is a per-stream counter (`crate::stream`), or written
+//!   through to a parked stream's socket without blocking. A full
 //!   queue marks the stream *lagging*; the hub then skips it, and its writer
 //!   catches up from the log (see [`crate::connection`]). Publishers and other
 //!   streams are never blocked, and nothing is dropped silently.
