@@ -244,14 +244,14 @@ impl Hub {
     /// Offers each event, in order, to every stream it matches, once each.
     /// Private: only the dispatcher, a single task reading the log in id
     /// order, may call it (the dedupe stamp relies on that order).
-    fn dispatch(&self, events: &[Arc<Event>]) {
+    fn dispatch(&self, events: &[Arc<Event>], write_throughs: u32) {
         self.counters
             .dispatched
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         // One lock per batch, not per event.
         let index = self.index.read();
         for event in events {
-            index.dispatch(event, WRITE_THROUGHS_PER_EVENT);
+            index.dispatch(event, write_throughs);
         }
     }
 
@@ -259,7 +259,7 @@ impl Hub {
     /// those for many on `fan_out` (awaited, so the order holds), when given.
     async fn dispatch_split(self: &Arc<Self>, events: &[Arc<Event>], fan_out: Option<&Handle>) {
         let Some(fan_out) = fan_out else {
-            self.dispatch(events);
+            self.dispatch(events, WRITE_THROUGHS_PER_EVENT);
             return;
         };
         let mut start = 0;
@@ -274,14 +274,16 @@ impl Hub {
                     .count();
                 (small, large)
             };
-            self.dispatch(&events[start..start + small]);
+            self.dispatch(&events[start..start + small], WRITE_THROUGHS_PER_EVENT);
             start += small;
             if large > 0 {
                 let hub = self.clone();
                 let run = events[start..start + large].to_vec();
-                // Only a panic fails it, and then nothing more is dispatched
-                // there; the streams catch up from the log when they resume.
-                if let Err(err) = fan_out.spawn(async move { hub.dispatch(&run) }).await {
+                // No write-through: these writes belong to the streams'
+                // writers, spread over the workers. Only a panic fails it,
+                // and then nothing more is dispatched there; the streams
+                // catch up from the log when they resume.
+                if let Err(err) = fan_out.spawn(async move { hub.dispatch(&run, 0) }).await {
                     tracing::error!(%err, "a fan-out task failed");
                 }
                 start += large;
@@ -364,7 +366,7 @@ impl Hub {
         let mut interval = tokio::time::interval(lag::SAMPLE_EVERY);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let head = self.log.head();
-        let mut behind = Vec::new();
+        let mut sample = lag::Sample::default();
         let mut last = Instant::now();
         loop {
             interval.tick().await;
@@ -372,14 +374,11 @@ impl Hub {
             last = Instant::now();
             let now = now_ms();
             let head_id = head.borrow().map_or(0, |id| id.0);
-            behind.clear();
+            sample.clear();
             let streams = {
                 let index = self.index.read();
                 for entry in index.streams.values() {
-                    let lag = lag::sample_stream(entry.sender.shared(), now, head_id, dt);
-                    if lag > 0 {
-                        behind.push(lag);
-                    }
+                    sample.add(lag::sample_stream(entry.sender.shared(), now, head_id, dt));
                 }
                 index.streams.len()
             };
@@ -388,12 +387,11 @@ impl Hub {
                 0 => 0,
                 since => now.saturating_sub(since),
             };
-            self.lag
-                .store(lag::summarize(&mut behind, streams, dispatch_ms));
+            self.lag.store(sample.summarize(dispatch_ms));
             // A burst of tens of thousands of streams leaves a big buffer:
             // give it back once it is mostly unused.
-            if behind.capacity() > 4 * streams.max(1024) {
-                behind = Vec::new();
+            if sample.behind.capacity() > 4 * streams.max(1024) {
+                sample = lag::Sample::default();
             }
         }
     }

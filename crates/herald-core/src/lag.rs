@@ -11,11 +11,15 @@
 //! what is being written grows only as fast as the clock.
 //!
 //! Invariants:
-//! - The server's lag is the **median** stream's (streams with nothing to
-//!   write count as 0), or the dispatcher's when that is further behind. A
-//!   minority of slow readers therefore never moves it: refusing publishes
-//!   because a few clients read slowly would let one client hurt the others
-//!   (those streams catch up from the log, or the write deadline ends them).
+//! - The server's lag is the **median** stream's (the lower median: streams
+//!   with nothing to write count as 0), or the dispatcher's when that is
+//!   further behind. A stream whose socket has taken nothing for
+//!   [`STALLED_AFTER`] (its writer is stuck in a write: the reader stopped)
+//!   is left out of the median and shows only in the maximum. So neither a
+//!   minority of slow readers nor a lone stalled one moves it: refusing
+//!   publishes because a few clients read slowly would let one client hurt
+//!   the others (those streams catch up from the log, or the write deadline
+//!   ends them).
 //! - Sampling reads atomics the writers keep anyway; it takes the index's
 //!   read lock once per [`SAMPLE_EVERY`] and never blocks a writer.
 
@@ -35,6 +39,16 @@ const RATE_WINDOW: Duration = Duration::from_secs(1);
 const MIN_RATE_PER_SEC: f32 = 1.0;
 /// No lag is reported above a day (keeps the arithmetic in range).
 const MAX_LAG_MS: u64 = 86_400_000;
+/// A stream with something to write that has written nothing for this long
+/// is stalled on its reader, not on the server.
+pub const STALLED_AFTER: Duration = Duration::from_secs(2);
+
+/// One stream's lag, and whether it is stalled on its reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamLag {
+    pub(crate) ms: u64,
+    pub(crate) stalled: bool,
+}
 
 /// The last sample, for `/v1/stats`, `/metrics` and the publish route.
 #[derive(Debug, Default)]
@@ -88,9 +102,17 @@ impl LagGauge {
 
 /// One stream's lag now, updating its rate estimate (the sampler's own
 /// fields of `shared`). `head` is the newest id in the log.
-pub(crate) fn sample_stream(shared: &StreamShared, now_ms: u64, head: u64, dt: Duration) -> u64 {
+pub(crate) fn sample_stream(
+    shared: &StreamShared,
+    now_ms: u64,
+    head: u64,
+    dt: Duration,
+) -> StreamLag {
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let before = shared.sampled_delivered.swap(delivered, Ordering::Relaxed);
+    if delivered != before {
+        shared.sampled_progress_ms.store(now_ms, Ordering::Relaxed);
+    }
     let rate = f32::from_bits(shared.sampled_rate.load(Ordering::Relaxed));
     let rate = updated_rate(rate, delivered.saturating_sub(before), dt);
     shared.sampled_rate.store(rate.to_bits(), Ordering::Relaxed);
@@ -110,7 +132,15 @@ pub(crate) fn sample_stream(shared: &StreamShared, now_ms: u64, head: u64, dt: D
     } else {
         shared.queued() as u64
     };
-    projected_ms(age_ms, to_write, rate)
+    let ms = projected_ms(age_ms, to_write, rate);
+    let progress = shared.sampled_progress_ms.load(Ordering::Relaxed);
+    let stalled_after = STALLED_AFTER.as_millis() as u64;
+    StreamLag {
+        ms,
+        stalled: ms > 0
+            && age_ms > stalled_after
+            && now_ms.saturating_sub(progress) > stalled_after,
+    }
 }
 
 /// The write rate averaged over about [`RATE_WINDOW`], from the last
@@ -131,22 +161,54 @@ fn projected_ms(age_ms: u64, to_write: u64, rate: f32) -> u64 {
     age_ms.saturating_add(drain_ms).min(MAX_LAG_MS)
 }
 
-/// Median and maximum of per-stream lags, given the non-zero ones in
-/// `behind` (reordered) out of `streams` in all.
-pub(crate) fn summarize(behind: &mut [u64], streams: usize, dispatch_ms: u64) -> DeliveryLag {
-    let zeros = streams.saturating_sub(behind.len());
-    let middle = streams / 2;
-    let median_ms = if streams == 0 || middle < zeros {
-        0
-    } else {
-        let (_, median, _) = behind.select_nth_unstable(middle - zeros);
-        *median
-    };
-    DeliveryLag {
-        median_ms,
-        max_ms: behind.iter().copied().max().unwrap_or(0),
-        dispatch_ms,
-        streams_behind: behind.len() as u64,
+/// The lags of one sample: the non-zero lags of streams that are not
+/// stalled (reordered by [`Sample::summarize`]), how many streams are not
+/// stalled, and the stalled ones' count and maximum.
+#[derive(Debug, Default)]
+pub(crate) struct Sample {
+    pub(crate) behind: Vec<u64>,
+    pub(crate) counted: usize,
+    pub(crate) stalled: u64,
+    pub(crate) stalled_max_ms: u64,
+}
+
+impl Sample {
+    pub(crate) fn clear(&mut self) {
+        self.behind.clear();
+        self.counted = 0;
+        self.stalled = 0;
+        self.stalled_max_ms = 0;
+    }
+
+    pub(crate) fn add(&mut self, lag: StreamLag) {
+        if lag.stalled {
+            self.stalled += 1;
+            self.stalled_max_ms = self.stalled_max_ms.max(lag.ms);
+            return;
+        }
+        self.counted += 1;
+        if lag.ms > 0 {
+            self.behind.push(lag.ms);
+        }
+    }
+
+    /// The lower median of the counted streams' lags, and the maximum of all.
+    pub(crate) fn summarize(&mut self, dispatch_ms: u64) -> DeliveryLag {
+        let zeros = self.counted.saturating_sub(self.behind.len());
+        let middle = self.counted.saturating_sub(1) / 2;
+        let median_ms = if self.counted == 0 || middle < zeros {
+            0
+        } else {
+            let (_, median, _) = self.behind.select_nth_unstable(middle - zeros);
+            *median
+        };
+        let counted_max = self.behind.iter().copied().max().unwrap_or(0);
+        DeliveryLag {
+            median_ms,
+            max_ms: counted_max.max(self.stalled_max_ms),
+            dispatch_ms,
+            streams_behind: self.behind.len() as u64 + self.stalled,
+        }
     }
 }
 
@@ -154,28 +216,58 @@ pub(crate) fn summarize(behind: &mut [u64], streams: usize, dispatch_ms: u64) ->
 mod tests {
     use super::*;
 
+    fn sample(lags: &[u64], stalled: &[u64]) -> Sample {
+        let mut sample = Sample::default();
+        for &ms in lags {
+            sample.add(StreamLag { ms, stalled: false });
+        }
+        for &ms in stalled {
+            sample.add(StreamLag { ms, stalled: true });
+        }
+        sample
+    }
+
     #[test]
     fn the_median_ignores_a_minority_far_behind() {
         // 10 streams: 4 slow readers 60 s behind, 6 current.
-        let mut behind = vec![60_000; 4];
-        let lag = summarize(&mut behind, 10, 0);
+        let lag = sample(&[60_000, 60_000, 60_000, 60_000, 0, 0, 0, 0, 0, 0], &[]).summarize(0);
         assert_eq!(lag.median_ms, 0);
         assert_eq!(lag.max_ms, 60_000);
         assert_eq!(lag.streams_behind, 4);
         // 6 of 10 behind: the median is one of them.
-        let mut behind = vec![5_000, 7_000, 9_000, 60_000, 2_000, 3_000];
-        let lag = summarize(&mut behind, 10, 0);
-        assert_eq!(lag.median_ms, 3_000, "0 0 0 0 2 [3] 5 7 9 60 s");
-        let mut all = vec![1, 2, 3];
-        assert_eq!(summarize(&mut all, 3, 0).median_ms, 2);
-        assert_eq!(summarize(&mut [], 0, 0), DeliveryLag::default());
+        let lags = [5_000, 7_000, 9_000, 60_000, 2_000, 3_000, 0, 0, 0, 0];
+        let lag = sample(&lags, &[]).summarize(0);
+        assert_eq!(lag.median_ms, 2_000, "0 0 0 0 [2] 3 5 7 9 60 s");
+        assert_eq!(sample(&[1, 2, 3], &[]).summarize(0).median_ms, 2);
+        // Half behind is not a majority.
+        assert_eq!(sample(&[0, 9_000], &[]).summarize(0).median_ms, 0);
+        assert_eq!(Sample::default().summarize(0), DeliveryLag::default());
+    }
+
+    #[test]
+    fn stalled_streams_show_in_the_maximum_only() {
+        // A lone stalled reader: nothing counted, the lag is 0.
+        let lag = sample(&[], &[40_000]).summarize(0);
+        assert_eq!(
+            (lag.median_ms, lag.max_ms, lag.streams_behind),
+            (0, 40_000, 1)
+        );
+        // Three stalled, two current: the current ones decide.
+        let lag = sample(&[0, 0], &[40_000, 50_000, 60_000]).summarize(0);
+        assert_eq!((lag.median_ms, lag.max_ms), (0, 60_000));
+        let lag = sample(&[3_000, 4_000], &[60_000]).summarize(0);
+        assert_eq!(lag.median_ms, 3_000);
     }
 
     #[test]
     fn the_lag_is_the_dispatchers_when_it_is_further_behind() {
-        let lag = summarize(&mut [], 10, 1_500);
+        let lag = sample(&[0; 10], &[]).summarize(1_500);
         assert_eq!(lag.lag_ms(), 1_500);
-        let lag = summarize(&mut [4_000; 8], 10, 1_500);
+        let lag = sample(
+            &[4_000, 4_000, 4_000, 4_000, 4_000, 4_000, 4_000, 4_000, 0, 0],
+            &[],
+        )
+        .summarize(1_500);
         assert_eq!(lag.lag_ms(), 4_000);
     }
 

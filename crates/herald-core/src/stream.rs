@@ -95,6 +95,8 @@ pub(crate) struct StreamShared {
     /// has measured (events/s, `f32` bits): the sampler's own, per stream.
     pub(crate) sampled_delivered: AtomicU64,
     pub(crate) sampled_rate: AtomicU32,
+    /// When the sampler last saw `delivered` move (ms since the epoch).
+    pub(crate) sampled_progress_ms: AtomicU64,
     /// The dispatcher's way to the socket, while the writer is parked.
     pub(crate) write_through: Mutex<WriteThroughSlot>,
 }
