@@ -103,7 +103,7 @@ impl WriteThrough for TcpWriteThrough {
             // out on its own write).
             Ok(0) | Err(_) => false,
             Ok(_) => {
-                tracing::debug!(
+                tracing::info!(
                     "a write-through was cut short; closing the stream so its client resumes"
                 );
                 let _ = socket2::SockRef::from(&*self.0).shutdown(Shutdown::Both);
