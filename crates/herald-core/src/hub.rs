@@ -2,8 +2,7 @@
 //!
 //! Invariants:
 //! - Events reach streams only through [`Hub::run_dispatcher`], which tails
-//!   the event log and dispatches in id order from a single task (a run of
-//!   events it hands to the streams runtime is awaited before the next); each
+//!   the event log and dispatches in id order from a single task; each
 //!   stream's dedupe stamp (`crate::stream`) relies on that.
 //! - Dispatch never waits: each event is offered to each matching stream's
 //!   queue, whose bound is a per-stream counter (`crate::stream`), or written
@@ -21,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::RwLock;
-use tokio::runtime::Handle;
 
 use crate::connection::{Connection, Resume};
 use crate::event::{now_ms, Event, EventId};
@@ -39,9 +37,9 @@ const TAIL_BATCH: usize = 1024;
 /// wake-up), while a broadcast's thousands of writes stay spread over the
 /// streams runtime's workers.
 const WRITE_THROUGHS_PER_EVENT: u32 = 4;
-/// Events for more candidate streams than this are offered on the streams
-/// runtime when the dispatcher is given it ([`Hub::run_dispatcher_with`]).
-const MAX_INLINE_FAN_OUT: usize = 64;
+/// After an event for more candidate streams than this, the dispatcher lets
+/// other tasks on its thread run.
+const MAX_UNYIELDING_FAN_OUT: usize = 64;
 
 /// Tunables of the hub.
 #[derive(Debug, Clone)]
@@ -255,55 +253,36 @@ impl Hub {
         }
     }
 
-    /// Dispatches `events` in order: those for a few streams here, runs of
-    /// those for many on `fan_out` (awaited, so the order holds), when given.
-    async fn dispatch_split(self: &Arc<Self>, events: &[Arc<Event>], fan_out: Option<&Handle>) {
-        let Some(fan_out) = fan_out else {
-            self.dispatch(events, WRITE_THROUGHS_PER_EVENT);
-            return;
-        };
+    /// [`Hub::dispatch`], one event at a time, letting the thread's other
+    /// tasks run after each event for many streams: the dispatcher shares
+    /// its thread with publishes and admin requests, and offering an event
+    /// to 10,000 streams takes milliseconds.
+    async fn dispatch_yielding(&self, events: &[Arc<Event>]) {
         let mut start = 0;
         while start < events.len() {
-            let (small, large) = {
+            let (end, many) = {
                 let index = self.index.read();
-                let many = |e: &Arc<Event>| index.candidates(e) > MAX_INLINE_FAN_OUT;
-                let small = events[start..].iter().take_while(|e| !many(e)).count();
-                let large = events[start + small..]
-                    .iter()
-                    .take_while(|e| many(e))
-                    .count();
-                (small, large)
-            };
-            self.dispatch(&events[start..start + small], WRITE_THROUGHS_PER_EVENT);
-            start += small;
-            if large > 0 {
-                let hub = self.clone();
-                let run = events[start..start + large].to_vec();
-                // No write-through: these writes belong to the streams'
-                // writers, spread over the workers. Only a panic fails it,
-                // and then nothing more is dispatched there; the streams
-                // catch up from the log when they resume.
-                if let Err(err) = fan_out.spawn(async move { hub.dispatch(&run, 0) }).await {
-                    tracing::error!(%err, "a fan-out task failed");
+                let mut end = start;
+                let mut many = false;
+                while end < events.len() && !many {
+                    many = index.candidates(&events[end]) > MAX_UNYIELDING_FAN_OUT;
+                    end += 1;
                 }
-                start += large;
+                (end, many)
+            };
+            self.dispatch(&events[start..end], WRITE_THROUGHS_PER_EVENT);
+            if many {
+                tokio::task::yield_now().await;
             }
+            start = end;
         }
     }
 
-    /// Tails the log and dispatches every new event, forever. Run it once per hub.
+    /// Tails the log and dispatches every new event, forever. Run it once
+    /// per hub, on the thread publishes run on: an append then wakes it
+    /// without waking another thread, and an event for a user is written
+    /// through to its socket from there (see `crate::stream`).
     pub async fn run_dispatcher(self: Arc<Self>) {
-        self.run_dispatcher_with(None).await;
-    }
-
-    /// [`Hub::run_dispatcher`], offering each event for more than a few
-    /// hundred streams on `fan_out` (the runtime the streams' writers run
-    /// on) instead of on the dispatcher's own thread: the writers it wakes
-    /// land on that runtime's local queues, and the dispatcher's thread
-    /// (shared with publishes) is not held for the tens of milliseconds such
-    /// an event takes to offer. Events for a few streams are offered here,
-    /// most written through to their sockets at once.
-    pub async fn run_dispatcher_with(self: Arc<Self>, fan_out: Option<Handle>) {
         let mut head = self.log.head();
         let everything = Filter::everything();
         let mut position = self.dispatch_from;
@@ -327,7 +306,7 @@ impl Hub {
                         self.dispatching_since_ms
                             .store(first.stored_at_ms().max(1), Ordering::Relaxed);
                     }
-                    self.dispatch_split(&batch.events, fan_out.as_ref()).await;
+                    self.dispatch_yielding(&batch.events).await;
                     if let Some(id) = batch.scanned_to {
                         position = Position::After(id);
                     }
