@@ -34,8 +34,8 @@ const TAIL_BATCH: usize = 1024;
 /// Parked streams the dispatcher writes an event to itself, at most: an
 /// event for a user or a small group reaches its sockets without waking a
 /// writer on another thread (the tail latency of unicast under load is that
-/// wake-up), while a broadcast's thousands of writes stay spread over the
-/// streams runtime's workers.
+/// wake-up), while a broadcast's thousands of writes stay with the streams'
+/// writers, spread over the streams runtime's workers.
 const WRITE_THROUGHS_PER_EVENT: u32 = 4;
 /// After an event for more candidate streams than this, the dispatcher lets
 /// other tasks on its thread run.
