@@ -37,7 +37,7 @@ const TAIL_BATCH: usize = 1024;
 /// wake-up), while a broadcast's thousands of writes stay with the streams'
 /// writers, spread over the streams runtime's workers.
 const WRITE_THROUGHS_PER_EVENT: u32 = 4;
-/// After an event offered to more streams than this, the dispatcher lets
+/// After an event for more candidate streams than this, the dispatcher lets
 /// other tasks on its thread run.
 const MAX_UNYIELDING_FAN_OUT: usize = 64;
 
@@ -239,31 +239,42 @@ impl Hub {
         open + closed.load(Ordering::Relaxed)
     }
 
-    /// Offers each event, in order, to every stream it matches, once each,
-    /// letting the thread's other tasks run after each event offered to
-    /// many streams: the dispatcher shares its thread with publishes and
-    /// admin requests, and offering an event to 10,000 streams takes
-    /// milliseconds. Private: only the dispatcher, a single task reading the
-    /// log in id order, may call it (the dedupe stamp relies on that order).
-    async fn dispatch(&self, events: &[Arc<Event>]) {
+    /// Offers each event, in order, to every stream it matches, once each.
+    /// Private: only the dispatcher, a single task reading the log in id
+    /// order, may call it (the dedupe stamp relies on that order).
+    fn dispatch(&self, events: &[Arc<Event>], write_throughs: u32) {
         self.counters
             .dispatched
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        let mut next = 0;
-        while next < events.len() {
-            let mut many = false;
-            {
-                // One lock per run of events, not per event.
+        // One lock per batch, not per event.
+        let index = self.index.read();
+        for event in events {
+            index.dispatch(event, write_throughs);
+        }
+    }
+
+    /// [`Hub::dispatch`], one event at a time, letting the thread's other
+    /// tasks run after each event for many streams: the dispatcher shares
+    /// its thread with publishes and admin requests, and offering an event
+    /// to 10,000 streams takes milliseconds.
+    async fn dispatch_yielding(&self, events: &[Arc<Event>]) {
+        let mut start = 0;
+        while start < events.len() {
+            let (end, many) = {
                 let index = self.index.read();
-                while next < events.len() && !many {
-                    many = index.dispatch(&events[next], WRITE_THROUGHS_PER_EVENT)
-                        > MAX_UNYIELDING_FAN_OUT;
-                    next += 1;
+                let mut end = start;
+                let mut many = false;
+                while end < events.len() && !many {
+                    many = index.candidates(&events[end]) > MAX_UNYIELDING_FAN_OUT;
+                    end += 1;
                 }
-            }
+                (end, many)
+            };
+            self.dispatch(&events[start..end], WRITE_THROUGHS_PER_EVENT);
             if many {
                 tokio::task::yield_now().await;
             }
+            start = end;
         }
     }
 
@@ -295,7 +306,7 @@ impl Hub {
                         self.dispatching_since_ms
                             .store(first.stored_at_ms().max(1), Ordering::Relaxed);
                     }
-                    self.dispatch(&batch.events).await;
+                    self.dispatch_yielding(&batch.events).await;
                     if let Some(id) = batch.scanned_to {
                         position = Position::After(id);
                     }

@@ -90,18 +90,13 @@ impl Index {
     /// Offers `event` to every stream whose filter matches it, once each
     /// (the stream's dedupe stamp absorbs a second matching pattern), the
     /// first `write_throughs` parked ones straight to their sockets (see
-    /// `crate::stream`). Returns how many offers were made (a stream matched
-    /// twice counts twice).
-    pub(crate) fn dispatch(&self, event: &Arc<Event>, write_throughs: u32) -> usize {
+    /// `crate::stream`).
+    pub(crate) fn dispatch(&self, event: &Arc<Event>, write_throughs: u32) {
         let mut left = write_throughs;
-        let mut offers = 0;
-        let mut offer = |e: &Arc<Entry>| {
-            offers += 1;
-            e.offer(event, &mut left);
-        };
+        let mut offer = |e: &Arc<Entry>| e.offer(event, &mut left);
         if event.broadcast {
             self.streams.values().for_each(offer);
-            return offers;
+            return;
         }
         for topic in &event.topics {
             if let Some(set) = self.exact.get(topic.as_str()) {
@@ -112,7 +107,6 @@ impl Index {
             }
         }
         self.everything.values().for_each(offer);
-        offers
     }
 
     pub(crate) fn insert(&mut self, entry: Arc<Entry>) {
@@ -159,6 +153,24 @@ impl Index {
             remove_from(&mut self.users, user, id);
         }
         Some(entry)
+    }
+
+    /// At least how many streams `event` is offered to (an upper bound of
+    /// its recipients; a stream matched twice is counted twice): a few hash
+    /// lookups, for deciding where to dispatch it.
+    pub(crate) fn candidates(&self, event: &Event) -> usize {
+        if event.broadcast {
+            return self.streams.len();
+        }
+        let mut n = self.everything.len();
+        for topic in &event.topics {
+            n += self.exact.get(topic.as_str()).map_or(0, HashMap::len);
+            n += self
+                .prefixes_of(topic.as_str())
+                .map(HashMap::len)
+                .sum::<usize>();
+        }
+        n
     }
 
     /// Distinct subscribed topics and patterns.
