@@ -36,18 +36,22 @@ test('a flood against 10,000 streams is refused with 503 overloaded, loses nothi
   ]);
   const { url } = herald;
 
-  // Watch the lag while the load runs, and publish to a topic nobody
-  // subscribes to while it is over the bound: that answer is checked whole.
+  // Watch the lag while the load runs, and keep publishing to a topic
+  // nobody subscribes to until one is refused: that answer is checked whole.
+  // (Probing only when a stats read showed the lag over the bound raced with
+  // the lag falling back: the publishers pause for Retry-After once refused,
+  // so the lag swings across the bound.)
   let watching = true;
   let highest = 0;
   let refused = null;
   let probesStored = 0;
+  let probesUnanswered = 0; // timed out: stored or not, we cannot tell
   const watcher = (async () => {
     while (watching) {
       const s = await stats(url).catch(() => null);
       const median = s?.delivery_lag_ms?.median ?? 0;
       highest = Math.max(highest, median);
-      if (median > BOUND_MS && !refused) {
+      if (!refused) {
         const r = await fetch(`${url}/v1/publish?topic=elsewhere`, {
           method: 'POST',
           headers: { 'content-type': 'text/plain' },
@@ -59,6 +63,8 @@ test('a flood against 10,000 streams is refused with 503 overloaded, loses nothi
         } else if (r) {
           if (r.status === 201) probesStored += 1;
           await r.arrayBuffer();
+        } else {
+          probesUnanswered += 1;
         }
       }
       await sleep(100);
@@ -101,7 +107,10 @@ test('a flood against 10,000 streams is refused with 503 overloaded, loses nothi
   assert.ok(s.delivery_lag_ms.median <= BOUND_MS, `lag back under the bound: ${JSON.stringify(s.delivery_lag_ms)}`);
   assert.ok(s.refusals.overloaded >= overloaded, `stats count the refusals: ${JSON.stringify(s.refusals)}`);
   // Nothing was stored for a refused publish.
-  assert.equal(s.events_published, EVENTS + probesStored);
+  assert.ok(
+    s.events_published >= EVENTS + probesStored && s.events_published <= EVENTS + probesStored + probesUnanswered,
+    `stored ${s.events_published}: the flood's ${EVENTS} and ${probesStored} probes (${probesUnanswered} unanswered)`,
+  );
 
   // A publish is accepted again.
   const ok = await fetch(`${url}/v1/publish?topic=elsewhere`, {
