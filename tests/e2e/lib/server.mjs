@@ -29,7 +29,8 @@ process.on('exit', () => {
 
 /**
  * Starts `herald serve --dev --memory --listen 127.0.0.1:0 ...extraArgs` (no
- * `--dev` with `{dev: false}`, no `--memory` when extraArgs has `--data-dir`,
+ * `--dev` with `{dev: false}`, no `--memory` when extraArgs has `--data-dir`
+ * or `--redis`,
  * no default `--listen` when it has one) and
  * waits (up to 20 s) for the `herald listening on http(s)://...` line on stdout
  * (https with `--tls-cert`/`--tls-key`).
@@ -40,8 +41,8 @@ export async function startHerald(extraArgs = [], { env = {}, startTimeoutMs = 2
   if (!existsSync(bin)) {
     throw new Error(`herald binary not found at ${bin}: run \`cargo build --release -p herald\` or set HERALD_BIN`);
   }
-  // In memory unless the test gives a data directory; port 0 unless it gives --listen.
-  const storage = extraArgs.includes('--data-dir') ? [] : ['--memory'];
+  // In memory unless the test gives a data directory or Redis; port 0 unless it gives --listen.
+  const storage = extraArgs.includes('--data-dir') || extraArgs.includes('--redis') ? [] : ['--memory'];
   const listen = extraArgs.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
   const args = ['serve', ...(dev ? ['--dev'] : []), ...storage, ...listen, ...extraArgs];
   const proc = spawn(bin, args, {
