@@ -118,7 +118,7 @@ pub(crate) async fn run(args: ConnectArgs, out: &mut dyn Write) -> anyhow::Resul
     let targets = stream_targets(
         subscribe,
         template,
-        &common.url,
+        &common.node_urls(),
         &args.topic,
         args.clients,
         &tls,

@@ -74,7 +74,7 @@ pub(crate) async fn run(args: ConnsArgs, out: &mut dyn Write) -> anyhow::Result<
     let targets = stream_targets(
         subscribe,
         template,
-        &common.url,
+        &common.node_urls(),
         &args.topic,
         streams_n,
         &tls,

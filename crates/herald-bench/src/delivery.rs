@@ -156,10 +156,11 @@ pub(crate) async fn run(
     let (template, herald_subscribe) = server.subscribe.template(audience.default_subscribe());
     let subscribers = expects.len();
     let publishers = sends.len();
+    let nodes = server.common.node_urls();
     let targets = stream_targets(
         &server.subscribe,
         template,
-        &server.common.url,
+        &nodes,
         &args.topic,
         subscribers,
         &tls,
@@ -196,7 +197,15 @@ pub(crate) async fn run(
     } else if herald_subscribe {
         match audience {
             Audience::Topic => {
-                Fleet::herald_topic_ready(&http, &target, &args.topic, connected, deadline, &bar)
+                let node_targets = nodes
+                    .iter()
+                    .map(|url| Target::parse(url, &tls))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                // Subscriber i is on node i mod n; with failed opens the
+                // shares are unknown, and the check waits for them all anyway.
+                let share = |k: usize| (connected + nodes.len() - 1 - k) / nodes.len();
+                let want: Vec<usize> = (0..nodes.len()).map(share).collect();
+                Fleet::herald_topic_ready(&http, &node_targets, &args.topic, &want, deadline, &bar)
                     .await
             }
             Audience::Users { .. } => {

@@ -27,6 +27,11 @@
 //! knowledge over plain TCP). Publishes
 //! and the stats requests go through hyper's pooled HTTP/1.1 client.
 //!
+//! A cluster is measured by giving its other nodes with `--node`: subscriber
+//! `i` opens its stream on node `i mod n` (`--url` is node 0), publishes
+//! and stats go to `--url`, and the readiness check asks each node for the
+//! subscribers opened on it.
+//!
 //! Transport and tokens, for every subcommand:
 //! - TLS (`tls.rs`): a URL goes over TLS when its scheme is `https`;
 //!   `--tls` makes every URL of the run TLS, without verifying the server's
@@ -128,6 +133,15 @@ enum BenchCommand {
     Publish(publish::PublishBenchArgs),
 }
 
+impl CommonArgs {
+    /// Every node's base URL: `--url`, then each `--node`.
+    pub(crate) fn node_urls(&self) -> Vec<&str> {
+        std::iter::once(self.url.as_str())
+            .chain(self.nodes.iter().map(String::as_str))
+            .collect()
+    }
+}
+
 impl BenchCommand {
     fn timeout_secs(&self) -> u64 {
         match self {
@@ -146,6 +160,11 @@ pub(crate) struct CommonArgs {
     /// Server base URL (`{url}` in the templates; Herald's own API is reached here).
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "HERALD_URL")]
     pub url: String,
+    /// Another node of the same cluster (repeatable): subscriber i opens its
+    /// stream on node i mod n, `--url` being node 0 (`{url}` in the
+    /// subscribe template is that node); publishes and stats go to `--url`.
+    #[arg(long = "node", value_name = "URL")]
+    pub nodes: Vec<String>,
     /// Upper bound on the whole run, in seconds: it stops by itself and reports.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,

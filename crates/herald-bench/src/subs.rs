@@ -37,7 +37,7 @@ const LINGER: Duration = Duration::from_millis(100);
 pub(crate) async fn stream_targets(
     args: &SubscribeArgs,
     template: &str,
-    base: &str,
+    nodes: &[&str],
     topic: &str,
     n: usize,
     tls: &Arc<Tls>,
@@ -54,7 +54,7 @@ pub(crate) async fn stream_targets(
     for i in 0..n {
         let token = tokens.get(i);
         let vars = Vars {
-            url: base,
+            url: nodes[i % nodes.len()],
             i: Some(i),
             topic,
             user: None,
@@ -413,25 +413,29 @@ impl Fleet {
         self.shared.streams.first_error()
     }
 
-    /// Herald's readiness: polls `GET /v1/topics/{topic}` until the server
-    /// counts `want` subscribers (at most 10 s).
+    /// Herald's readiness: polls each node's `GET /v1/topics/{topic}` until
+    /// it counts the subscribers opened on it (`want[k]` on `nodes[k]`; at
+    /// most 10 s in all).
     pub(crate) async fn herald_topic_ready(
         http: &Http,
-        target: &Target,
+        nodes: &[Target],
         topic: &str,
-        want: usize,
+        want: &[usize],
         deadline: Instant,
         bar: &ProgressBar,
     ) {
-        let Ok(mut url) = target.url("/v1/topics/") else {
-            return;
-        };
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty().push(topic);
-        }
-        let seen = poll_count(http, url, "subscribers", want, deadline).await;
-        if seen.is_none_or(|n| n < want as u64) {
-            note(bar, &format!("the server counts {seen:?} subscribers on {topic:?}, expected {want}; publishing anyway"));
+        let deadline = deadline.min(Instant::now() + Duration::from_secs(10));
+        for (target, &want) in nodes.iter().zip(want) {
+            let Ok(mut url) = target.url("/v1/topics/") else {
+                return;
+            };
+            if let Ok(mut segments) = url.path_segments_mut() {
+                segments.pop_if_empty().push(topic);
+            }
+            let seen = poll_count(http, url, "subscribers", want, deadline).await;
+            if seen.is_none_or(|n| n < want as u64) {
+                note(bar, &format!("{} counts {seen:?} subscribers on {topic:?}, expected {want}; publishing anyway", target.base));
+            }
         }
     }
 
