@@ -8,11 +8,15 @@
 // (events published while the page waits for its new token arrive once, in
 // order); a 401 gets a fresh token; a refusal retrying cannot fix is
 // reported; typed events arrive through the catch-all `onEvent`; `herald.gap`
-// reaches `onGap`; the connection state goes through its changes.
+// reaches `onGap`; the connection state goes through its changes. And the
+// README's version of the same with a bare EventSource, run as written
+// (with Herald's and the token's URLs put in), refreshes its token on
+// `herald.expired` with nothing lost either.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import { readFileSync } from 'node:fs';
 import { publish, request, waitFor } from './lib/server.mjs';
 import { startSecured, sign, claims, nowSecs, bearer } from './lib/auth.mjs';
 import { launchChromium, noChromium } from './lib/browser.mjs';
@@ -36,14 +40,14 @@ function pageHtml(heraldUrl) {
 <pre id="out"></pre>
 <script>
   window.log = { events: [], gaps: [], states: [], errors: [] };
-  const show = () => { document.getElementById('out').textContent = JSON.stringify(window.log, null, 1); };
+  const renderLog = () => { document.getElementById('out').textContent = JSON.stringify(window.log, null, 1); };
   window.start = (options) => {
     window.client = new HeraldClient({
       getToken: () => fetch('/token').then((r) => r.text()),
-      onEvent: (e) => { log.events.push(e); show(); },
-      onGap: (g) => { log.gaps.push(g); show(); },
-      onStateChange: (s, p) => { log.states.push(s); show(); },
-      onError: (e) => { log.errors.push(e); show(); },
+      onEvent: (e) => { log.events.push(e); renderLog(); },
+      onGap: (g) => { log.gaps.push(g); renderLog(); },
+      onStateChange: (s, p) => { log.states.push(s); renderLog(); },
+      onError: (e) => { log.errors.push(e); renderLog(); },
       ...options,
     });
   };
@@ -248,4 +252,52 @@ test('herald.gap: resuming from an id that left retention calls onGap, then the 
     smallSite.server.close();
     await small.stop();
   }
+});
+
+test("the README's bare EventSource version: typed events, and a token refresh on herald.expired with nothing lost", { timeout: 60_000, skip: noChromium }, async () => {
+  const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+  const section = readme.slice(readme.indexOf('## Browser client'), readme.indexOf('## Examples'));
+  const bare = /The same page with a bare `EventSource`:\n\n```js\n([\s\S]*?)```/.exec(section);
+  assert.ok(bare, 'the README has the bare EventSource version');
+  const script = bare[1]
+    .replaceAll('https://herald.example.com', herald.url)
+    .replaceAll('/my-app/herald-token', '/token');
+
+  tokenRequests = 0;
+  let release;
+  const refreshHeld = new Promise((r) => { release = r; });
+  const grant = { 'herald.subscribe': ['orders/42'] };
+  tokenPlan = async (n) => {
+    if (n === 1) return token('bare-user', 3, grant);
+    await refreshHeld;
+    return token('bare-user', 600, grant);
+  };
+  const page = await chromium.browser.newPage();
+  await page.goto(site.url + '/');
+  // What the README's snippet calls, recorded.
+  await page.evaluate(() => {
+    window.shown = [];
+    window.show = (type, id, data) => window.shown.push({ type, id, data });
+    window.badge = { textContent: '' };
+    window.reloadFromMyDatabase = () => {};
+  });
+  await page.addScriptTag({ content: script });
+  await page.waitForFunction(() => window.badge.textContent === 'open', null, { timeout: 15_000 });
+
+  const topic = (body) => publish(herald.url, { topics: ['orders/42'], ...body }, { headers: bearer(KEY) })
+    .then((r) => { assert.equal(r.status, 201, r.text); return r.json.id; });
+  const sent = [];
+  sent.push({ type: 'order.updated', id: await topic({ event: 'order.updated', data: 'packed', retry: 60000 }), data: 'packed' });
+  sent.push({ type: 'message', id: await topic({ data: 'note 1' }), data: 'note 1' });
+  await waitFor(() => tokenRequests >= 2, 10_000, 'the snippet to ask for a fresh token at expiry');
+  sent.push({ type: 'order.updated', id: await topic({ event: 'order.updated', data: 'shipped' }), data: 'shipped' });
+  sent.push({ type: 'message', id: await topic({ data: 'note 2' }), data: 'note 2' });
+  release();
+  sent.push({ type: 'order.updated', id: await topic({ event: 'order.updated', data: 'delivered' }), data: 'delivered' });
+  await page.waitForFunction((n) => window.shown.length >= n, sent.length, { timeout: 20_000 }).catch(() => {});
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(await page.evaluate(() => window.shown), sent, 'every event once, in order, across the refresh');
+  assert.equal(tokenRequests, 2);
+  await page.evaluate(() => es.close());
+  await page.close();
 });
