@@ -14,6 +14,8 @@
  *     onStateChange: (state) => badge.textContent = state,
  *   });
  *   client.on('order.updated', (e) => ...);  // one type only
+ *   client.state;        // 'connecting' | 'open' | 'closed'
+ *   client.lastEventId;  // the id of the last event delivered
  *   client.close();
  *
  * What it adds to EventSource, and how (everything here can be done with a

@@ -197,6 +197,18 @@ test('typed events reach the catch-all onEvent; the types filter keeps unlisted 
   ]);
   assert.match(await page.evaluate(() => window.client.streamUrl()), /types=message%2Corder\.updated/);
   assert.deepEqual(log.errors, []);
+
+  // A type added later: on() widens the filter, reconnecting after the last id.
+  await page.evaluate(() => {
+    window.late = [];
+    window.client.on('invoice.paid', (e) => window.late.push(e.data));
+  });
+  await waitLog(page, (l) => l.states.filter((s) => s === 'open').length >= 2, 'the reconnection with the wider filter');
+  const paid = await pub(herald, 'typed-user', { event: 'invoice.paid', data: 'paid' });
+  const after = await waitLog(page, (l) => l.events.length >= 3, 'the event of the added type');
+  assert.deepEqual(after.events[2], { type: 'invoice.paid', id: paid, data: 'paid' });
+  assert.equal(after.events.length, 3, 'nothing replayed twice by the reconnection');
+  assert.deepEqual(await page.evaluate(() => window.late), ['paid']);
   await screenshot(page, 'herald-js-types');
   await page.evaluate(() => window.client.close());
   await page.close();
