@@ -120,10 +120,10 @@ test('herald.expired: getToken() is called and the stream resumes with no event 
   tokenRequests = 0;
   let release;
   const refreshHeld = new Promise((r) => { release = r; });
-  // The first token lives 3 s; the refresh is held until the test has
+  // The first token lives 4 s; the refresh is held until the test has
   // published what the page must get on its new stream.
   tokenPlan = async (n) => {
-    if (n === 1) return token('exp-user', 3);
+    if (n === 1) return token('exp-user', 4);
     await refreshHeld;
     return token('exp-user', 600);
   };
