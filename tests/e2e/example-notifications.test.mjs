@@ -1,7 +1,9 @@
 // examples/notifications in two Chromium tabs of the same user, started with
 // its README's command against Herald in token mode: the badge and the list
 // show what arrives and what is read, in both tabs, and a reload shows the
-// same state.
+// same state. With a tiny retention, a snapshot whose last event has left
+// Herald's log is shown without a reload loop, and a gap in the middle of a
+// session makes the page take a new snapshot.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -111,4 +113,54 @@ test('unread badge and list: new messages and mark-as-read reach both tabs of th
   assert.equal(bad.status, 400);
   assert.equal(bad.json.error.code, 'bad_request');
   for (const p of [a, b, other]) await p.close();
+});
+
+test('retention: a snapshot older than the log is shown once, a gap mid-session takes a new snapshot', { timeout: 90_000, skip: noChromium }, async () => {
+  const small = await startExampleHerald(['--retention-events', '2']);
+  const ex = await startExample('notifications', { env: small.env });
+  try {
+    const sendTo = async (user, text) => {
+      const r = await request(ex.url, '/api/messages', {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user, text }),
+      });
+      assert.equal(r.status, 201, r.text);
+    };
+    await sendTo('carol', 'Old news');
+    for (let i = 1; i <= 3; i += 1) await sendTo('dave', `dave ${i}`); // carol's event leaves the log
+
+    const page = await chromium.browser.newPage();
+    let loads = 0;
+    page.on('load', () => { loads += 1; });
+    await page.goto(`${ex.url}/?user=carol`);
+    await page.waitForFunction(() => document.querySelector('#state').dataset.state === 'open', null, { timeout: 15_000 });
+    await waitSeen(page, { badge: '1', rows: [{ text: 'Old news', read: false }] }, 'the old snapshot');
+    await new Promise((r) => setTimeout(r, 1_500));
+    assert.equal(loads, 1, 'no reload loop');
+    assert.equal(await page.evaluate(() => document.querySelector('#state').dataset.state), 'open');
+
+    // Mid-session: the page is kicked, and while it is away more changes
+    // than the log keeps are made; it comes back to a gap and re-reads its state.
+    await sendTo('carol', 'Fresh 1');
+    await waitSeen(page, { badge: '2', rows: [{ text: 'Fresh 1', read: false }, { text: 'Old news', read: false }] }, 'live again');
+    await chromium.browser.setOffline(true); // so it cannot come back before the changes are made
+    const kicked = await request(small.url, '/v1/users/carol/connections', {
+      method: 'DELETE', headers: { authorization: `Bearer ${small.env.HERALD_API_KEY}` },
+    });
+    assert.equal(kicked.json.closed, 1);
+    for (let i = 2; i <= 4; i += 1) await sendTo('carol', `Fresh ${i}`);
+    for (let i = 4; i <= 6; i += 1) await sendTo('dave', `dave ${i}`);
+    await page.waitForFunction(() => document.querySelector('#state').dataset.state === 'connecting', null, { timeout: 15_000 });
+    await chromium.browser.setOffline(false);
+    await waitSeen(page, {
+      badge: '5',
+      rows: ['Fresh 4', 'Fresh 3', 'Fresh 2', 'Fresh 1', 'Old news'].map((text) => ({ text, read: false })),
+    }, 'a new snapshot after the gap');
+    assert.equal(loads, 1, 'the page re-read its state without a reload');
+    assert.equal(await page.evaluate(() => document.body.dataset.snapshots), '2', 'one snapshot at load, one after the gap');
+    await screenshot(page, 'example-notifications-after-gap');
+    await page.close();
+  } finally {
+    await ex.stop();
+    await small.stop();
+  }
 });
