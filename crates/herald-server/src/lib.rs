@@ -2,10 +2,10 @@
 //!
 //! Routes (documented in docs/api.md): subscribe `GET /v1/events`, publish
 //! `POST /v1/publish`, the admin routes under `/v1/`, and `/healthz`,
-//! `/readyz`, `/metrics`, `/demo`. This crate owns HTTP concerns only —
-//! parsing, auth, CORS, limits, status codes, the accept loop, TLS (`tls.rs`:
-//! certificates, reload, ALPN); what an event is and how it fans out belongs
-//! to `herald-core`.
+//! `/readyz`, `/metrics`, `/herald.js` (the browser client), `/demo`. This
+//! crate owns HTTP concerns only — parsing, auth, CORS, limits, status
+//! codes, the accept loop, TLS (`tls.rs`: certificates, reload, ALPN); what
+//! an event is and how it fans out belongs to `herald-core`.
 
 #![forbid(unsafe_code)]
 
@@ -266,7 +266,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(admin)
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
-        .route("/metrics", get(routes::ops::metrics));
+        .route("/metrics", get(routes::ops::metrics))
+        .route("/herald.js", get(routes::herald_js::script));
     if state.config.dev {
         app = app
             .route("/demo", get(routes::demo::page))

@@ -844,6 +844,27 @@ async fn the_demo_page_is_served_in_dev_mode_only() {
     }
 }
 
+#[tokio::test]
+async fn the_browser_client_is_served_in_every_mode() {
+    for dev in [true, false] {
+        let app = herald_server::router(test_state(dev));
+        let response = send(&app, get("/herald.js")).await;
+        assert_eq!(response.status(), StatusCode::OK, "dev={dev}");
+        assert_eq!(
+            content_type(response.headers()),
+            "text/javascript; charset=utf-8"
+        );
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a whole body");
+        let text = String::from_utf8(body.to_vec()).expect("UTF-8");
+        assert!(
+            text.contains("window.HeraldClient = HeraldClient;"),
+            "dev={dev}"
+        );
+    }
+}
+
 mod fuzz {
     //! Arbitrary requests through the whole router: whatever the method,
     //! path, query, headers and body, the answer is never a 5xx and nothing
@@ -864,6 +885,7 @@ mod fuzz {
         "/healthz",
         "/readyz",
         "/metrics",
+        "/herald.js",
         "/demo",
         "/",
         "/v1/",

@@ -2,6 +2,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod demo;
+pub(crate) mod herald_js;
 pub(crate) mod ops;
 pub(crate) mod publish;
 pub(crate) mod subscribe;
