@@ -1,0 +1,330 @@
+//! Two or three nodes in one process — each a real `Hub` on its own
+//! `MemoryLog`, each joined to the cluster through a real `redis-server` —
+//! seen through each other's admin views.
+//!
+//! Every wait is bounded ([`eventually`]); the bounds are generous (the
+//! machine is shared), the order of what happens is what is asserted.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_cluster::testing::RedisServer;
+use herald_cluster::{url_connector, Cluster, ClusterConfig, NodeId, DEFAULT_PREFIX};
+use herald_core::{Connection, EventLog, Filter, Hub, HubConfig, Resume, Subscriber, TopicPattern};
+use herald_log::{MemoryLog, Retention};
+
+/// The presence expiry of these tests: short, so a dead node goes quickly.
+const EXPIRY: Duration = Duration::from_millis(2000);
+/// Longest any condition below is waited for.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+struct Node {
+    hub: Arc<Hub>,
+    cluster: Cluster,
+}
+
+fn node(id: &str, redis: &RedisServer) -> Node {
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(Retention::default()));
+    let hub = Hub::new(log, HubConfig::default());
+    let cluster = Cluster::start(
+        hub.clone(),
+        ClusterConfig {
+            node_id: NodeId::new(id).expect("a valid node id"),
+            prefix: DEFAULT_PREFIX.into(),
+            presence_expiry: EXPIRY,
+            listen: format!("127.0.0.1:{id}"),
+        },
+        url_connector(&redis.url()).expect("a valid Redis URL"),
+    );
+    Node { hub, cluster }
+}
+
+/// A stream of `user` on `node` (its personal topic only).
+fn connect(node: &Node, user: &str) -> Connection {
+    let topic = herald_core::Topic::new(&format!("user/{user}")).expect("a valid topic");
+    node.hub.connect(Subscriber {
+        user: Some(Arc::from(user)),
+        filter: Filter::new([TopicPattern::Exact(topic)], None),
+        resume: Resume::Live,
+        expires_at: None,
+    })
+}
+
+/// Polls `check` until it returns `Some`, for at most `PATIENCE`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "gave up after {PATIENCE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn page(users: &[(&str, usize)]) -> Vec<(String, usize)> {
+    users.iter().map(|(u, n)| (u.to_string(), *n)).collect()
+}
+
+/// Whether `conn` ends (the hub closed it) within `PATIENCE`.
+async fn ends(conn: &mut Connection) -> bool {
+    let drained = async {
+        // The preamble, maybe a heartbeat, then the end.
+        while conn.next_chunk().await.is_some() {}
+    };
+    tokio::time::timeout(PATIENCE, drained).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_two_nodes_show_in_one_page_and_the_stats_sum_both() {
+    let redis = RedisServer::start();
+    let a = node("a", &redis);
+    let b = node("b", &redis);
+    let _streams = [
+        connect(&a, "alice"),
+        connect(&a, "alice"),
+        connect(&a, "bob"),
+        connect(&b, "alice"),
+        connect(&b, "carol"),
+    ];
+    let everyone = page(&[("alice", 3), ("bob", 1), ("carol", 1)]);
+    for (name, viewer) in [("a", &a), ("b", &b)] {
+        eventually(&format!("node {name} to see both nodes' users"), || async {
+            let seen = viewer.cluster.users_page(None, 100).await.ok()?;
+            (seen == everyone).then_some(())
+        })
+        .await;
+    }
+    // Paged by id, the cursor being the last id of the previous page.
+    assert_eq!(
+        a.cluster.users_page(None, 1).await.ok(),
+        Some(page(&[("alice", 3)]))
+    );
+    assert_eq!(
+        a.cluster.users_page(Some("alice"), 1).await.ok(),
+        Some(page(&[("bob", 1)]))
+    );
+    assert_eq!(
+        a.cluster.users_page(Some("bob"), 10).await.ok(),
+        Some(page(&[("carol", 1)]))
+    );
+    assert_eq!(a.cluster.user_connections("alice").await.ok(), Some(3));
+    assert_eq!(b.cluster.user_connections("carol").await.ok(), Some(1));
+    assert_eq!(b.cluster.user_connections("nobody").await.ok(), Some(0));
+
+    let stats = a.cluster.stats().await.expect("the cluster view");
+    assert_eq!(
+        stats.node_ids(),
+        ["a", "b"],
+        "this node first, then the others"
+    );
+    assert_eq!(stats.sum(|n| n.connections), 5);
+    // alice is on both nodes: counted once.
+    assert_eq!(stats.users_online, 3);
+    assert_eq!(stats.nodes[0].connections, 3);
+    assert_eq!(stats.nodes[1].connections, 2);
+    assert_eq!(stats.nodes[1].listen, "127.0.0.1:b");
+    let from_b = b.cluster.stats().await.expect("the cluster view");
+    assert_eq!(from_b.node_ids(), ["b", "a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_node_reaches_the_others_view() {
+    let redis = RedisServer::start();
+    let a = node("a", &redis);
+    let b = node("b", &redis);
+    let bob = connect(&b, "bob");
+    let _carol = connect(&b, "carol");
+    eventually("node a to see bob and carol", || async {
+        let seen = a.cluster.users_page(None, 100).await.ok()?;
+        (seen == page(&[("bob", 1), ("carol", 1)])).then_some(())
+    })
+    .await;
+    // Gone users are deleted from the node's users hash, not left behind.
+    drop(bob);
+    let _dave = connect(&b, "dave");
+    eventually("node a to see bob gone and dave come", || async {
+        let seen = a.cluster.users_page(None, 100).await.ok()?;
+        (seen == page(&[("carol", 1), ("dave", 1)])).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_vanishes_within_the_expiry_and_not_while_it_lives() {
+    let redis = RedisServer::start();
+    let a = node("a", &redis);
+    let b = node("b", &redis);
+    let _dave = connect(&b, "dave");
+    eventually("node a to see dave on node b", || async {
+        (a.cluster.user_connections("dave").await.ok()? == 1).then_some(())
+    })
+    .await;
+    // Alive, node b stays for three expiries and more: its refreshes keep it.
+    let alive_until = Instant::now() + EXPIRY * 3;
+    while Instant::now() < alive_until {
+        let stats = a.cluster.stats().await.expect("the cluster view");
+        assert_eq!(stats.node_ids(), ["a", "b"], "a live node must not expire");
+        assert_eq!(a.cluster.user_connections("dave").await.ok(), Some(1));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its tasks stop as in a crash (the hub and dave's stream live on, so
+    // only the missing refreshes can make it go).
+    let Node {
+        hub: _b_hub,
+        cluster,
+    } = b;
+    let stopped = Instant::now();
+    drop(cluster);
+    let vanished = eventually("node b to vanish from node a's view", || async {
+        let stats = a.cluster.stats().await.ok()?;
+        (stats.node_ids() == ["a"]).then(|| stopped.elapsed())
+    })
+    .await;
+    assert!(
+        vanished <= EXPIRY + Duration::from_secs(2),
+        "node b took {vanished:?} to vanish; the expiry is {EXPIRY:?}"
+    );
+    // Its last refresh was at most a refresh period before it stopped.
+    assert!(
+        vanished >= EXPIRY / 2,
+        "node b vanished after {vanished:?}, before its presence could have expired ({EXPIRY:?})"
+    );
+    assert_eq!(a.cluster.user_connections("dave").await.ok(), Some(0));
+    assert_eq!(a.cluster.users_page(None, 100).await.ok(), Some(Vec::new()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_through_one_node_closes_the_users_streams_on_every_node() {
+    let redis = RedisServer::start();
+    let a = node("a", &redis);
+    let b = node("b", &redis);
+    let c = node("c", &redis);
+    let mut on_a = connect(&a, "eve");
+    let mut on_b = [connect(&b, "eve"), connect(&b, "eve")];
+    let mut on_c = connect(&c, "eve");
+    let _other = connect(&c, "frank");
+    eventually("node a to see eve's four streams", || async {
+        (a.cluster.user_connections("eve").await.ok()? == 4).then_some(())
+    })
+    .await;
+    // The other nodes' control tails must be reading before the kick.
+    let outcome = a.cluster.kick("eve").await;
+    assert!(outcome.error.is_none(), "{outcome:?}");
+    assert_eq!(outcome.closed_here, 1);
+    assert_eq!(
+        outcome.reports,
+        [("b".to_owned(), 2), ("c".to_owned(), 1)],
+        "{outcome:?}"
+    );
+    assert!(outcome.pending.is_empty(), "{outcome:?}");
+    assert_eq!(outcome.closed(), 4);
+    assert!(ends(&mut on_a).await, "eve's stream on node a did not end");
+    for conn in &mut on_b {
+        assert!(ends(conn).await, "eve's stream on node b did not end");
+    }
+    assert!(ends(&mut on_c).await, "eve's stream on node c did not end");
+    assert_eq!(c.hub.user_connections("frank"), 1, "only eve is kicked");
+    eventually("eve to be gone from the cluster view", || async {
+        (a.cluster.user_connections("eve").await.ok()? == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_counts_a_dead_node_as_pending_not_closed() {
+    let redis = RedisServer::start();
+    let a = node("a", &redis);
+    let b = node("b", &redis);
+    let _on_b = connect(&b, "gina");
+    eventually("node a to see gina", || async {
+        (a.cluster.user_connections("gina").await.ok()? == 1).then_some(())
+    })
+    .await;
+    // Node b's tasks stop; its presence lives on until it expires.
+    let Node {
+        hub: _b_hub,
+        cluster,
+    } = b;
+    drop(cluster);
+    let started = Instant::now();
+    let outcome = a.cluster.kick("gina").await;
+    let took = started.elapsed();
+    assert!(outcome.error.is_none(), "{outcome:?}");
+    assert_eq!(outcome.closed(), 0, "{outcome:?}");
+    assert_eq!(outcome.pending, ["b".to_owned()], "{outcome:?}");
+    assert!(took < Duration::from_secs(3), "the kick took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_the_views_fail_fast_and_after_it_is_back_all_works_again() {
+    let mut redis = RedisServer::start();
+    let a = node("a", &redis);
+    let b = node("b", &redis);
+    let _here = connect(&a, "hal");
+    let _there = connect(&b, "ivy");
+    eventually("node a to see ivy", || async {
+        (a.cluster.user_connections("ivy").await.ok()? == 1).then_some(())
+    })
+    .await;
+
+    redis.kill();
+    let bound = Duration::from_millis(2500);
+    let started = Instant::now();
+    let stats = a.cluster.stats().await;
+    assert!(stats.is_err(), "{stats:?}");
+    let users = a.cluster.users_page(None, 100).await;
+    assert!(users.is_err(), "{users:?}");
+    let user = a.cluster.user_connections("ivy").await;
+    assert!(user.is_err(), "{user:?}");
+    assert!(started.elapsed() < bound * 3, "{:?}", started.elapsed());
+    // A kick still closes this node's streams, and says the others were not told.
+    let started = Instant::now();
+    let outcome = a.cluster.kick("hal").await;
+    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+    assert_eq!(outcome.closed_here, 1);
+    assert!(outcome.error.is_some(), "{outcome:?}");
+    assert_eq!(a.hub.user_connections("hal"), 0);
+    // Local figures need no Redis.
+    assert_eq!(a.cluster.local_figures().connections, 0);
+
+    // Back, empty: every node writes its presence whole again, and the
+    // control tails read again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart();
+    eventually("node a to see ivy again", || async {
+        (a.cluster.user_connections("ivy").await.ok()? == 1).then_some(())
+    })
+    .await;
+    let mut ivy = connect(&b, "ivy");
+    eventually("node a to see ivy's second stream", || async {
+        (a.cluster.user_connections("ivy").await.ok()? == 2).then_some(())
+    })
+    .await;
+    let outcome = eventually("a kick to reach node b again", || async {
+        let outcome = a.cluster.kick("ivy").await;
+        (outcome.error.is_none() && outcome.closed() > 0).then_some(outcome)
+    })
+    .await;
+    assert_eq!(outcome.reports, [("b".to_owned(), 2)], "{outcome:?}");
+    assert!(ends(&mut ivy).await, "ivy's stream on node b did not end");
+    let metrics = a.cluster.metrics_text();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from {metrics}"))
+    };
+    assert!(value("herald_cluster_presence_write_failures_total") > 0);
+    assert!(value("herald_cluster_control_tail_reconnects_total") > 0);
+    assert_eq!(value("herald_cluster_nodes_alive"), 2);
+}
