@@ -111,6 +111,27 @@ impl RedisServer {
         }
     }
 
+    /// Stops the process (SIGSTOP): connections stay open and nothing
+    /// answers, as with a wedged server or a network that drops packets.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Starts it again on the same port, empty.
     ///
     /// # Panics
@@ -127,6 +148,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // SIGKILL ends a frozen one too.
         self.kill();
     }
 }

@@ -328,3 +328,55 @@ async fn with_redis_down_the_views_fail_fast_and_after_it_is_back_all_works_agai
     assert!(value("herald_cluster_control_tail_reconnects_total") > 0);
     assert_eq!(value("herald_cluster_nodes_alive"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_frozen_nothing_waits_past_the_bound_and_the_tail_recovers() {
+    let redis = RedisServer::start();
+    let a = node("a", &redis);
+    let b = node("b", &redis);
+    let _there = connect(&b, "jo");
+    eventually("node a to see jo", || async {
+        (a.cluster.user_connections("jo").await.ok()? == 1).then_some(())
+    })
+    .await;
+    // Nothing answers, and no connection is refused: only deadlines help.
+    redis.freeze();
+    let bound = Duration::from_millis(2500);
+    let started = Instant::now();
+    let stats = a.cluster.stats().await;
+    assert!(stats.is_err(), "{stats:?}");
+    assert!(
+        started.elapsed() < bound,
+        "stats took {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let outcome = a.cluster.kick("nobody").await;
+    assert!(
+        started.elapsed() < bound,
+        "the kick took {:?}",
+        started.elapsed()
+    );
+    assert!(outcome.error.is_some(), "{outcome:?}");
+    // Long enough for the control tails to see their reads wedged.
+    tokio::time::sleep(herald_cluster::CONTROL_BLOCK + herald_cluster::WEDGE_SLACK * 2).await;
+    redis.thaw();
+    let mut jo = connect(&b, "jo");
+    let outcome = eventually("a kick to reach node b after the freeze", || async {
+        let outcome = a.cluster.kick("jo").await;
+        (outcome.error.is_none() && outcome.closed() > 0).then_some(outcome)
+    })
+    .await;
+    assert_eq!(outcome.reports, [("b".to_owned(), 2)], "{outcome:?}");
+    assert!(ends(&mut jo).await, "jo's stream on node b did not end");
+    let reconnects = b
+        .cluster
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_cluster_control_tail_reconnects_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        reconnects.is_some_and(|n| n > 0),
+        "the wedged tail was not replaced: {reconnects:?}"
+    );
+}
