@@ -213,6 +213,9 @@ impl From<RedisError> for ClusterError {
 #[derive(Debug, Default)]
 struct Metrics {
     presence_write_failures: AtomicU64,
+    /// Refreshes that rewrote the users hash whole (the first, and after
+    /// any doubt); every other one writes only the changes.
+    presence_rewrites: AtomicU64,
     control_tail_reconnects: AtomicU64,
     /// Live nodes counted at the last presence refresh (0 before the first).
     nodes_alive: AtomicU64,
@@ -377,6 +380,12 @@ impl Cluster {
             "counter",
             "Presence refreshes that Redis did not take.",
             m.presence_write_failures.load(Ordering::Relaxed),
+        );
+        metric(
+            "herald_cluster_presence_rewrites_total",
+            "counter",
+            "Presence refreshes that wrote the node's users whole (at start, after a failure or a mismatch); the others write changes only.",
+            m.presence_rewrites.load(Ordering::Relaxed),
         );
         metric(
             "herald_cluster_control_tail_reconnects_total",

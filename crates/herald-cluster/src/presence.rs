@@ -95,8 +95,10 @@ async fn refresh(shared: &Shared, written: &mut Written) -> Result<(), ClusterEr
         .arg(&keys.own_node)
         .arg(expiry_ms)
         .ignore();
+    let mut rewrite = false;
     match written.as_ref() {
         None => {
+            rewrite = true;
             pipe.cmd("DEL").arg(&keys.own_users).ignore();
             let all: Vec<_> = users.iter().collect();
             set_users(&mut pipe, &keys.own_users, &all);
@@ -139,6 +141,12 @@ async fn refresh(shared: &Shared, written: &mut Written) -> Result<(), ClusterEr
     pipe.cmd("ZCOUNT").arg(&keys.nodes).arg(now).arg("+inf");
     let (stored, alive): (usize, u64) = pipe.query_async(&mut conn).await?;
     shared.metrics.nodes_alive.store(alive, Ordering::Relaxed);
+    if rewrite {
+        shared
+            .metrics
+            .presence_rewrites
+            .fetch_add(1, Ordering::Relaxed);
+    }
     *written = (stored == users.len()).then_some(users);
     Ok(())
 }
