@@ -6,6 +6,7 @@
 //! machine is shared), the order of what happens is what is asserted.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,8 @@ use herald_cluster::testing::RedisServer;
 use herald_cluster::{url_connector, Cluster, ClusterConfig, NodeId, DEFAULT_PREFIX};
 use herald_core::{Connection, EventLog, Filter, Hub, HubConfig, Resume, Subscriber, TopicPattern};
 use herald_log::{MemoryLog, Retention};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// The presence expiry of these tests: short, so a dead node goes quickly.
 const EXPIRY: Duration = Duration::from_millis(2000);
@@ -25,6 +28,11 @@ struct Node {
 }
 
 fn node(id: &str, redis: &RedisServer) -> Node {
+    node_with(id, &redis.url(), EXPIRY)
+}
+
+/// A node reaching Redis at `url`, its presence expiring after `expiry`.
+fn node_with(id: &str, url: &str, expiry: Duration) -> Node {
     let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(Retention::default()));
     let hub = Hub::new(log, HubConfig::default());
     let cluster = Cluster::start(
@@ -32,12 +40,88 @@ fn node(id: &str, redis: &RedisServer) -> Node {
         ClusterConfig {
             node_id: NodeId::new(id).expect("a valid node id"),
             prefix: DEFAULT_PREFIX.into(),
-            presence_expiry: EXPIRY,
+            presence_expiry: expiry,
             listen: format!("127.0.0.1:{id}"),
         },
-        url_connector(&redis.url()).expect("a valid Redis URL"),
+        url_connector(url).expect("a valid Redis URL"),
     );
     Node { hub, cluster }
+}
+
+/// A TCP proxy in front of Redis that can wedge the connections it
+/// carries: they stay open and nothing more passes either way (a dead NAT
+/// entry, a peer that vanished without a reset). Connections made after
+/// the wedge pass again.
+struct WedgingProxy {
+    port: u16,
+    generation: Arc<AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl WedgingProxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let port = listener.local_addr().expect("bound").port();
+        let generation = Arc::new(AtomicU64::new(0));
+        let current = generation.clone();
+        let accept = tokio::spawn(async move {
+            // Dropped with this task: every forwarding task goes with it.
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let born = current.load(Ordering::SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                pipes.spawn(forward(client_read, server_write, born, current.clone()));
+                pipes.spawn(forward(server_read, client_write, born, current.clone()));
+            }
+        });
+        Self {
+            port,
+            generation,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Every connection open now stops passing bytes, for good.
+    fn wedge(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for WedgingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copies `from` to `to` until the proxy is wedged, then holds both open
+/// without passing anything.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    born: u64,
+    generation: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if generation.load(Ordering::SeqCst) != born {
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// A stream of `user` on `node` (its personal topic only).
@@ -334,7 +418,7 @@ async fn with_redis_down_the_views_fail_fast_and_after_it_is_back_all_works_agai
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_redis_frozen_nothing_waits_past_the_bound_and_the_tail_recovers() {
+async fn with_redis_frozen_nothing_waits_past_the_bound() {
     let redis = RedisServer::start();
     let a = node("a", &redis);
     let b = node("b", &redis);
@@ -365,12 +449,6 @@ async fn with_redis_frozen_nothing_waits_past_the_bound_and_the_tail_recovers() 
     // Long enough for the control tails to see their reads wedged.
     tokio::time::sleep(herald_cluster::CONTROL_BLOCK + herald_cluster::WEDGE_SLACK * 2).await;
     redis.thaw();
-    // Redis kept its data, so only the failure tells node b to write its
-    // users whole again (what a Redis restored from an old snapshot needs).
-    eventually("node b to rewrite its presence after the freeze", || async {
-        (metric(&b, "herald_cluster_presence_rewrites_total") > 1).then_some(())
-    })
-    .await;
     let mut jo = connect(&b, "jo");
     let outcome = eventually("a kick to reach node b after the freeze", || async {
         let outcome = a.cluster.kick("jo").await;
@@ -383,4 +461,54 @@ async fn with_redis_frozen_nothing_waits_past_the_bound_and_the_tail_recovers() 
         metric(&b, "herald_cluster_control_tail_reconnects_total") > 0,
         "the wedged tail was not replaced"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_makes_the_next_one_rewrite_the_presence_whole() {
+    let redis = RedisServer::start();
+    // An expiry long enough that nothing expires while Redis is frozen:
+    // Redis keeps all it had, and only the failure can call for a rewrite
+    // (what a Redis restored from an old snapshot needs).
+    let expiry = Duration::from_secs(20);
+    let b = node_with("b", &redis.url(), expiry);
+    let _jo = connect(&b, "jo");
+    eventually("node b's first refresh", || async {
+        (metric(&b, "herald_cluster_presence_rewrites_total") == 1).then_some(())
+    })
+    .await;
+    redis.freeze();
+    // Longer than a refresh may take: one fails.
+    tokio::time::sleep(herald_cluster::ADMIN_DEADLINE + Duration::from_secs(1)).await;
+    redis.thaw();
+    eventually(
+        "node b to rewrite its presence after the failure",
+        || async {
+            let failed = metric(&b, "herald_cluster_presence_write_failures_total") > 0;
+            (failed && metric(&b, "herald_cluster_presence_rewrites_total") > 1).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_control_tail_is_replaced_and_the_kick_made_meanwhile_reaches_its_node() {
+    let redis = RedisServer::start();
+    let proxy = WedgingProxy::start(redis.port()).await;
+    let a = node("a", &redis);
+    let b = node_with("b", &proxy.url(), EXPIRY);
+    let mut kate = connect(&b, "kate");
+    eventually("node a to see kate", || async {
+        (a.cluster.user_connections("kate").await.ok()? == 1).then_some(())
+    })
+    .await;
+    // Node b's connections stay open and go silent: no error will come.
+    proxy.wedge();
+    let outcome = a.cluster.kick("kate").await;
+    assert!(outcome.error.is_none(), "{outcome:?}");
+    assert!(
+        ends(&mut kate).await,
+        "the kick never reached node b: its wedged control tail was not replaced"
+    );
+    assert_eq!(b.hub.user_connections("kate"), 0);
+    assert!(metric(&b, "herald_cluster_control_tail_reconnects_total") > 0);
 }
