@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_cluster::testing::RedisServer;
-use herald_cluster::{url_connector, Cluster, ClusterConfig, NodeId, DEFAULT_PREFIX};
+use herald_cluster::{Cluster, ClusterConfig, Connector, NodeId, DEFAULT_PREFIX};
 use herald_core::{Connection, EventLog, Filter, Hub, HubConfig, Resume, Subscriber, TopicPattern};
 use herald_log::{MemoryLog, Retention};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,9 +43,27 @@ fn node_with(id: &str, url: &str, expiry: Duration) -> Node {
             presence_expiry: expiry,
             listen: format!("127.0.0.1:{id}"),
         },
-        url_connector(url).expect("a valid Redis URL"),
+        patient_connector(url),
     );
     Node { hub, cluster }
+}
+
+/// Connections with neither a connect nor a response timeout of their own
+/// (the client's defaults would hide a missing bound of the cluster's):
+/// every bound the tests see is the cluster's.
+fn patient_connector(url: &str) -> Connector {
+    let client = redis::Client::open(url).expect("a valid Redis URL");
+    Arc::new(move || {
+        let client = client.clone();
+        Box::pin(async move {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(None)
+                .set_response_timeout(None);
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+        })
+    })
 }
 
 /// A TCP proxy in front of Redis that can wedge the connections it
