@@ -111,6 +111,9 @@ async fn tail(
                         .first()
                         .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()),
                 );
+                // Every kick from now on will be read: the node may show
+                // itself to the others (see `presence::run`).
+                shared.tail_positioned.send_replace(true);
             }
         }
     }

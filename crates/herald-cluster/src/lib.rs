@@ -27,6 +27,8 @@
 //!   rewritten): nothing grows without bound.
 //! - The local node's figures in every admin view come from its hub, fresh;
 //!   only the other nodes' come from Redis (at most one refresh old).
+//! - A node writes its presence only once its control tail knows where it
+//!   starts reading, so every kick made while the node is visible reaches it.
 //! - No call into Redis made for an admin request waits longer than
 //!   [`ADMIN_DEADLINE`]; the control tail's reads are bounded by their
 //!   block time plus [`WEDGE_SLACK`], after which the connection is thought
@@ -237,6 +239,10 @@ struct Shared {
     published: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
     started_at_ms: u64,
     metrics: Metrics,
+    /// Set once the control tail knows where it starts reading: until
+    /// then the node writes no presence, so no kick made while the node
+    /// is visible can miss it.
+    tail_positioned: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -299,6 +305,7 @@ impl Cluster {
             published: OnceLock::new(),
             started_at_ms,
             metrics: Metrics::default(),
+            tail_positioned: tokio::sync::watch::Sender::new(false),
         });
         let tasks = vec![
             tokio::spawn(presence::run(shared.clone())).abort_handle(),

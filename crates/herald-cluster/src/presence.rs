@@ -27,6 +27,11 @@ type Written = Option<HashMap<Arc<str>, usize>>;
 
 /// Refreshes the presence forever.
 pub(crate) async fn run(shared: Arc<Shared>) {
+    // Visible only once kicks can reach this node (see the crate doc).
+    let mut positioned = shared.tail_positioned.subscribe();
+    if positioned.wait_for(|ready| *ready).await.is_err() {
+        return;
+    }
     let mut interval = tokio::time::interval(shared.config.refresh_every());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut written: Written = None;

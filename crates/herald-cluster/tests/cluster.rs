@@ -432,7 +432,10 @@ async fn with_redis_down_the_views_fail_fast_and_after_it_is_back_all_works_agai
     assert!(metric(&a, "herald_cluster_presence_write_failures_total") > 0);
     assert!(metric(&b, "herald_cluster_presence_rewrites_total") > 1);
     assert!(metric(&b, "herald_cluster_control_tail_reconnects_total") > 0);
-    assert_eq!(metric(&a, "herald_cluster_nodes_alive"), 2);
+    eventually("node a to count both nodes alive", || async {
+        (metric(&a, "herald_cluster_nodes_alive") == 2).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,23 +166,23 @@ async fn stats_and_users_answer_for_every_node() {
         bob,
         json!({"id": "bob", "online": true, "connections": 1, "cluster_view": "complete"})
     );
-    let (status, metrics) = {
+    // Counted at node a's refresh: one after node b's first.
+    let metrics = eventually("the metrics to count both nodes", || async {
         let request = Request::get("/metrics")
             .header(header::HOST, "localhost")
             .body(Body::empty())
             .expect("a valid request");
         let response = app.clone().oneshot(request).await.expect("never fails");
-        let status = response.status();
+        assert_eq!(response.status(), StatusCode::OK);
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("a whole body");
-        (status, String::from_utf8_lossy(&body).into_owned())
-    };
-    assert_eq!(status, StatusCode::OK);
-    assert!(
-        metrics.contains("\nherald_cluster_nodes_alive 2\n"),
-        "{metrics}"
-    );
+        let metrics = String::from_utf8_lossy(&body).into_owned();
+        metrics
+            .contains("\nherald_cluster_nodes_alive 2\n")
+            .then_some(metrics)
+    })
+    .await;
     assert!(metrics.contains("herald_cluster_presence_write_failures_total 0"));
 }
 
