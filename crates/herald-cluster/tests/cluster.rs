@@ -422,13 +422,15 @@ async fn with_redis_down_the_views_fail_fast_and_after_it_is_back_all_works_agai
         (a.cluster.user_connections("ivy").await.ok()? == 2).then_some(())
     })
     .await;
-    let outcome = eventually("a kick to reach node b again", || async {
-        let outcome = a.cluster.kick("ivy").await;
-        (outcome.error.is_none() && outcome.closed() > 0).then_some(outcome)
+    // Node a's Redis connection may still be coming back: retried until
+    // the kick is appended. Node b carries it out when its tail reads it,
+    // at once or after its reconnect (so what it reports in time varies).
+    eventually("a kick to reach node b again", || async {
+        a.cluster.kick("ivy").await.error.is_none().then_some(())
     })
     .await;
-    assert_eq!(outcome.reports, [("b".to_owned(), 2)], "{outcome:?}");
     assert!(ends(&mut ivy).await, "ivy's stream on node b did not end");
+    assert_eq!(b.hub.user_connections("ivy"), 0);
     assert!(metric(&a, "herald_cluster_presence_write_failures_total") > 0);
     assert!(metric(&b, "herald_cluster_presence_rewrites_total") > 1);
     assert!(metric(&b, "herald_cluster_control_tail_reconnects_total") > 0);
@@ -471,13 +473,15 @@ async fn with_redis_frozen_nothing_waits_past_the_bound() {
     tokio::time::sleep(herald_cluster::CONTROL_BLOCK + herald_cluster::WEDGE_SLACK * 2).await;
     redis.thaw();
     let mut jo = connect(&b, "jo");
-    let outcome = eventually("a kick to reach node b after the freeze", || async {
-        let outcome = a.cluster.kick("jo").await;
-        (outcome.error.is_none() && outcome.closed() > 0).then_some(outcome)
+    // Node a's Redis connection may still be coming back: retried until
+    // the kick is appended. Node b carries it out when its tail reads it,
+    // at once or after its reconnect (so what it reports in time varies).
+    eventually("a kick to reach node b after the freeze", || async {
+        a.cluster.kick("jo").await.error.is_none().then_some(())
     })
     .await;
-    assert_eq!(outcome.reports, [("b".to_owned(), 2)], "{outcome:?}");
     assert!(ends(&mut jo).await, "jo's stream on node b did not end");
+    assert_eq!(b.hub.user_connections("jo"), 0);
     assert!(
         metric(&b, "herald_cluster_control_tail_reconnects_total") > 0,
         "the wedged tail was not replaced"
