@@ -488,6 +488,17 @@ impl Hub {
         users
     }
 
+    /// Every online user with its stream count, in no order (the cluster's
+    /// presence writer diffs it against what it last wrote).
+    pub fn users_online(&self) -> Vec<(Arc<str>, usize)> {
+        let index = self.index.read();
+        index
+            .users
+            .iter()
+            .map(|(id, set)| (id.clone(), set.len()))
+            .collect()
+    }
+
     /// Streams whose subscriptions match `topic` (exact, prefix or `*`).
     pub fn topic_subscribers(&self, topic: &str) -> usize {
         self.index.read().topic_subscribers(topic)

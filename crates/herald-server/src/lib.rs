@@ -204,6 +204,9 @@ pub struct AppState {
     bodies: body::BodyBudget,
     /// Every connection's write deadline, and the count of its closes.
     write_timeout: Arc<io::WriteTimeout>,
+    /// The cluster this node is part of (`--redis`): the admin routes then
+    /// answer for every live node. `None`: a single node.
+    pub cluster: Option<Arc<herald_cluster::Cluster>>,
 }
 
 impl AppState {
@@ -215,6 +218,18 @@ impl AppState {
         config: ServerConfig,
         auth: Auth,
     ) -> Arc<Self> {
+        Self::with_cluster(hub, log, config, auth, None)
+    }
+
+    /// [`AppState::new`] for a node of `cluster` (whose hub is `hub`): the
+    /// cluster is told this node's publish count, which it shares.
+    pub fn with_cluster(
+        hub: Arc<Hub>,
+        log: Arc<dyn EventLog>,
+        config: ServerConfig,
+        auth: Auth,
+        cluster: Option<Arc<herald_cluster::Cluster>>,
+    ) -> Arc<Self> {
         let publish_rate = limits::PublishRate::new(config.publish_rate_per_sec);
         let budget = ConnectionBudget::new(config.max_connections, config.fd_limit);
         let stream_slots = limits::StreamSlots::new(
@@ -224,7 +239,7 @@ impl AppState {
         );
         let bodies = body::BodyBudget::new(config.max_body_bytes_in_flight);
         let write_timeout = io::WriteTimeout::new(config.write_timeout);
-        Arc::new(Self {
+        let state = Arc::new(Self {
             hub,
             log,
             config,
@@ -236,7 +251,18 @@ impl AppState {
             publish_rate,
             bodies,
             write_timeout,
-        })
+            cluster,
+        });
+        if let Some(cluster) = &state.cluster {
+            // Weak: the cluster must not keep the state (and its hub) alive.
+            let weak = Arc::downgrade(&state);
+            cluster.count_published_with(move || {
+                weak.upgrade().map_or(0, |s| {
+                    s.published.load(std::sync::atomic::Ordering::Relaxed)
+                })
+            });
+        }
+        state
     }
 
     /// Connections closed since start because their socket took no byte

@@ -201,6 +201,12 @@ pub(crate) struct Config {
     /// Publishes get 503 `overloaded` while the median stream is more than this many ms behind (0: never).
     #[arg(long, value_name = "MS", default_value_t = ServerConfig::DEFAULT_MAX_DELIVERY_LAG_MS)]
     pub max_delivery_lag_ms: u64,
+    /// This node's id in a cluster (`--redis`): ASCII letters, digits, `.`, `_`, `-`, at most 64 bytes (default: host name, port and a random suffix).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Cluster: ms a node's presence (its users and counts) outlives its last refresh, so a dead node's connections vanish within it (1000 to 60000).
+    #[arg(long, value_name = "MS", default_value_t = herald_cluster::DEFAULT_PRESENCE_EXPIRY_MS)]
+    pub presence_expiry_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax); logs go to stderr.
     #[arg(long, value_name = "FILTER", default_value = DEFAULT_LOG)]
     pub log: String,
@@ -366,6 +372,9 @@ impl Config {
                 "the Redis cluster engine is not available in this version yet; run without it",
             ));
         }
+        if let Some(id) = &self.node_id {
+            herald_cluster::NodeId::new(id).map_err(|e| bad("node_id", &e.to_string()))?;
+        }
         if self.max_connections_per_user == 0 {
             return Err(bad("max_connections_per_user", "must be at least 1"));
         }
@@ -518,6 +527,11 @@ const RANGES: &[Bounds] = &[
         min: 0,
         max: DAY_SECS * 1_000,
     },
+    Bounds {
+        key: "presence_expiry_ms",
+        min: *herald_cluster::PRESENCE_EXPIRY_RANGE_MS.start(),
+        max: *herald_cluster::PRESENCE_EXPIRY_RANGE_MS.end(),
+    },
 ];
 
 impl Config {
@@ -546,6 +560,7 @@ impl Config {
             "body_read_timeout_secs" => self.body_read_timeout_secs,
             "write_timeout_secs" => self.write_timeout_secs,
             "max_delivery_lag_ms" => self.max_delivery_lag_ms,
+            "presence_expiry_ms" => self.presence_expiry_ms,
             _ => return None,
         })
     }
@@ -908,6 +923,24 @@ mod tests {
                     <= herald_log::record_limits::MAX_RECORD_TOPICS
             )
         };
+    }
+
+    #[test]
+    fn a_node_id_is_checked_when_the_configuration_loads() {
+        assert!(load_with(&["--node-id", "web-1.eu_west"]).is_ok());
+        for bad in ["a:b", "", "with space"] {
+            let err = load_with(&["--node-id", bad]).expect_err(bad);
+            let message = err.to_string();
+            assert!(
+                message.contains("`node_id` (from flag --node-id)"),
+                "{bad:?}: {message}"
+            );
+        }
+        let long = "a".repeat(herald_cluster::MAX_NODE_ID_BYTES + 1);
+        let message = load_with(&["--node-id", &long])
+            .expect_err("too long")
+            .to_string();
+        assert!(message.contains("at most 64 bytes"), "{message}");
     }
 
     #[test]

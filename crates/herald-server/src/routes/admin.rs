@@ -1,5 +1,12 @@
 //! Admin routes: who is online, closing a user's streams, topic info, stats.
 //! The router lets a request reach them only through [`require_admin`].
+//!
+//! On a node of a cluster (`AppState::cluster`) the stats, users and kick
+//! routes answer for every live node (`herald_cluster`). When Redis cannot
+//! be reached in time the reads answer with this node's figures alone and
+//! say so (`"cluster_view": "unavailable"`, `cluster_error`); a kick then
+//! closes this node's streams and answers `503 log_unavailable`, since the
+//! other nodes' were not closed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,8 +15,9 @@ use axum::extract::{Path, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use herald_cluster::{Cluster, ClusterError};
 use herald_core::Topic;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::query::QueryPairs;
@@ -35,7 +43,7 @@ pub(crate) async fn require_admin(
 pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
     let counts = state.hub.counts();
     let lag = state.hub.delivery_lag();
-    Json(json!({
+    let mut stats = json!({
         "connections": counts.connections,
         // The cap in force: `max_connections`, lowered to fit the fd limit.
         "max_connections": state.budget.streams,
@@ -52,7 +60,7 @@ pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
         },
         "streams_behind": lag.streams_behind,
         "uptime_s": state.hub.uptime().as_secs(),
-        "nodes": ["local"],
+        "nodes": [LOCAL_NODE],
         "refusals": state
             .refusals
             .by_code()
@@ -64,8 +72,59 @@ pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
             "max_connections_per_ip": state.refusals.over_ip_limit.load(Ordering::Relaxed),
             "max_connections_per_user": state.refusals.over_user_limit.load(Ordering::Relaxed),
         },
-    }))
-    .into_response()
+    });
+    if let Some(cluster) = &state.cluster {
+        cluster_stats(cluster, &mut stats).await;
+    }
+    Json(stats).into_response()
+}
+
+/// What `nodes` says on a single node.
+const LOCAL_NODE: &str = "local";
+
+/// Turns this node's `stats` into the cluster's: the counts summed over the
+/// live nodes (users counted once however many nodes they are on), the
+/// nodes listed, each node's figures under `node_stats`. The limits, lag
+/// and refusals stay this node's.
+async fn cluster_stats(cluster: &Cluster, stats: &mut Value) {
+    stats["node"] = json!(cluster.node_id().as_str());
+    match cluster.stats().await {
+        Ok(view) => {
+            stats["connections"] = json!(view.sum(|n| n.connections));
+            stats["users_online"] = json!(view.users_online);
+            stats["topics"] = json!(view.sum(|n| n.topics));
+            stats["events_published"] = json!(view.sum(|n| n.events_published));
+            stats["events_delivered"] = json!(view.sum(|n| n.events_delivered));
+            stats["nodes"] = json!(view.node_ids());
+            stats["node_stats"] = view
+                .nodes
+                .iter()
+                .map(|n| {
+                    json!({
+                        "id": n.id,
+                        "listen": n.listen,
+                        "connections": n.connections,
+                        "users_online": n.users_online,
+                        "topics": n.topics,
+                        "events_published": n.events_published,
+                        "events_delivered": n.events_delivered,
+                        "uptime_s": n.uptime_s,
+                    })
+                })
+                .collect();
+            stats["cluster_view"] = json!("complete");
+        }
+        Err(err) => {
+            stats["nodes"] = json!([cluster.node_id().as_str()]);
+            unavailable(stats, &err);
+        }
+    }
+}
+
+/// Marks an answer as this node's alone.
+fn unavailable(answer: &mut Value, err: &ClusterError) {
+    answer["cluster_view"] = json!("unavailable");
+    answer["cluster_error"] = json!(format!("{err}; these figures are this node's alone"));
 }
 
 /// `GET /v1/users?limit=100&cursor=...`: online users, sorted by id. The
@@ -90,28 +149,79 @@ pub(crate) async fn users(
     };
     let cursor = query.first("cursor").filter(|c| !c.is_empty());
     // One more than asked tells whether there is a next page.
-    let mut page = state.hub.users_page(cursor, limit + 1);
+    let local_page = |state: &AppState| {
+        state
+            .hub
+            .users_page(cursor, limit + 1)
+            .into_iter()
+            .map(|(id, n)| (id.to_string(), n))
+            .collect::<Vec<_>>()
+    };
+    let (mut page, cluster_error) = match &state.cluster {
+        None => (local_page(&state), None),
+        Some(cluster) => match cluster.users_page(cursor, limit + 1).await {
+            Ok(page) => (page, None),
+            Err(err) => (local_page(&state), Some(err)),
+        },
+    };
     let next = (page.len() > limit).then(|| {
         page.truncate(limit);
-        page.last().map(|(id, _)| id.to_string())
+        page.last().map(|(id, _)| id.clone())
     });
     let users: Vec<_> = page
         .iter()
-        .map(|(id, n)| json!({"id": &**id, "connections": n}))
+        .map(|(id, n)| json!({"id": id, "connections": n}))
         .collect();
-    Ok(Json(json!({"users": users, "next": next.flatten()})).into_response())
+    let mut answer = json!({"users": users, "next": next.flatten()});
+    mark_view(&state, &mut answer, cluster_error.as_ref());
+    Ok(Json(answer).into_response())
+}
+
+/// On a cluster, says whether `answer` covers every live node.
+fn mark_view(state: &AppState, answer: &mut Value, err: Option<&ClusterError>) {
+    match (&state.cluster, err) {
+        (None, _) => {}
+        (Some(_), None) => answer["cluster_view"] = json!("complete"),
+        (Some(_), Some(err)) => unavailable(answer, err),
+    }
 }
 
 /// `GET /v1/users/{id}`.
 pub(crate) async fn user(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    let connections = state.hub.user_connections(&id);
-    Json(json!({"id": id, "online": connections > 0, "connections": connections})).into_response()
+    let (connections, cluster_error) = match &state.cluster {
+        None => (state.hub.user_connections(&id), None),
+        Some(cluster) => match cluster.user_connections(&id).await {
+            Ok(n) => (n, None),
+            Err(err) => (state.hub.user_connections(&id), Some(err)),
+        },
+    };
+    let mut answer = json!({"id": id, "online": connections > 0, "connections": connections});
+    mark_view(&state, &mut answer, cluster_error.as_ref());
+    Json(answer).into_response()
 }
 
-/// `DELETE /v1/users/{id}/connections`: ends every stream of that user.
+/// `DELETE /v1/users/{id}/connections`: ends every stream of that user (on
+/// a cluster, on every node: `closed` counts this node's and those the
+/// other nodes reported within a second; `pending_nodes` lists the live
+/// nodes that had not reported by then).
 pub(crate) async fn kick(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    let closed = state.hub.close_user(&id);
-    Json(json!({"closed": closed})).into_response()
+    let Some(cluster) = &state.cluster else {
+        let closed = state.hub.close_user(&id);
+        return Json(json!({"closed": closed})).into_response();
+    };
+    let outcome = cluster.kick(&id).await;
+    if let Some(err) = &outcome.error {
+        return ApiError::unavailable(format!(
+            "closed {} stream(s) of this user on this node, but the other nodes could not be told ({err}); retry",
+            outcome.closed_here
+        ))
+        .into_response();
+    }
+    Json(json!({
+        "closed": outcome.closed(),
+        "pending_nodes": outcome.pending,
+    }))
+    .into_response()
 }
 
 /// `GET /v1/topics/{topic}` (the topic URL-encoded; a raw `/` works too).

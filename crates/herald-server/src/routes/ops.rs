@@ -135,6 +135,9 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
          herald_streams_behind {}\n",
         lag.streams_behind,
     );
+    if let Some(cluster) = &state.cluster {
+        out.push_str(&cluster.metrics_text());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ArgMatches;
+use herald_cluster::{Cluster, ClusterConfig, NodeId};
 use herald_core::{EventId, EventLog, Hub, HubConfig};
 use herald_log::{DurableLog, DurableOptions, MemoryLog, Retention};
 use herald_server::{AppState, Auth, AuthConfig, ConnectionBudget, ServerConfig};
@@ -86,11 +87,12 @@ async fn serve(
         fd_limit,
         ..ServerConfig::from(&config)
     };
-    let state = AppState::new(hub, log, server_config, auth);
-    log_budget(&config, &state.budget);
     let shutdown = shutdown_signal()?;
     let listener = bind(listen).await?;
     let local = listener.local_addr().context("reading the bound address")?;
+    let cluster = join_cluster(&config, &hub, local)?;
+    let state = AppState::with_cluster(hub, log, server_config, auth, cluster.clone());
+    log_budget(&config, &state.budget);
     // Tests and scripts read this line to find the port (and the scheme).
     let scheme = if config.tls_files().is_some() {
         "https"
@@ -113,8 +115,46 @@ async fn serve(
     herald_server::serve(listener, state, streams, shutdown)
         .await
         .context("serving")?;
+    if let Some(cluster) = cluster {
+        // Gone from the other nodes' counts now, not after the expiry.
+        cluster.leave().await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Joins the cluster when `redis` is set: this node's presence and the
+/// control tail run on this (the control) runtime from now on.
+fn join_cluster(
+    config: &Config,
+    hub: &Arc<Hub>,
+    local: std::net::SocketAddr,
+) -> anyhow::Result<Option<Arc<Cluster>>> {
+    let Some(url) = &config.redis else {
+        return Ok(None);
+    };
+    let node_id = match &config.node_id {
+        // Checked when the configuration was loaded.
+        Some(id) => NodeId::new(id).map_err(|e| ConfigError(format!("`node_id`: {e}")))?,
+        None => NodeId::generate(local.port()),
+    };
+    // Where the event log's Redis endpoint plugs in (it resolves the
+    // primary, also through sentinels); until then, the URL itself.
+    let connector =
+        herald_cluster::url_connector(url).map_err(|e| ConfigError(format!("`redis`: {e}")))?;
+    let cluster = Cluster::start(
+        hub.clone(),
+        ClusterConfig {
+            node_id,
+            // The event log's key prefix (`{herald}`) goes here too.
+            prefix: herald_cluster::DEFAULT_PREFIX.to_owned(),
+            presence_expiry: Duration::from_millis(config.presence_expiry_ms),
+            listen: local.to_string(),
+        },
+        connector,
+    );
+    tracing::info!(node_id = %cluster.node_id(), "cluster presence in Redis");
+    Ok(Some(Arc::new(cluster)))
 }
 
 /// Raises the soft open-file limit to the hard one (every connection is a
