@@ -1,0 +1,128 @@
+// examples/ticker: Herald in token mode, the example's backend started with
+// its README's command, the page in headless Chromium. What is checked is
+// what a person sees: each chart's number of points and its last price,
+// against what the backend published — after a burst, after the page's
+// stream was cut while a burst was published, and on a page opened late.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startExampleHerald, startExample, screenshot } from './lib/examples.mjs';
+import { launchChromium, noChromium } from './lib/browser.mjs';
+import { request, sleep, pollUntil } from './lib/server.mjs';
+
+let herald;
+let example;
+let chromium;
+
+before(async () => {
+  if (noChromium) return;
+  // A queue of 4 events per stream: a burst overflows it, so the page is
+  // also served as a slow reader, from Herald's log.
+  herald = await startExampleHerald(['--queue-capacity', '4']);
+  example = await startExample('ticker', { env: { ...herald.env, TICK_MS: '0' } });
+  chromium = await launchChromium();
+});
+
+after(async () => {
+  await chromium?.close();
+  await example?.stop();
+  await herald?.stop();
+});
+
+const admin = () => ({ authorization: `Bearer ${herald.env.HERALD_API_KEY}` });
+
+/** What the page shows: per symbol, the chart's point count and the price label. */
+function readCharts(page) {
+  return page.$$eval('.symbol', (sections) => Object.fromEntries(sections.map((s) => [
+    s.dataset.symbol,
+    {
+      points: s.querySelector('polyline').getAttribute('points').trim().split(/\s+/).filter(Boolean).length,
+      price: s.querySelector('.price').textContent,
+    },
+  ])));
+}
+
+/** What the backend published, in the page's terms. */
+async function published() {
+  const r = await request(example.url, '/api/snapshot');
+  assert.equal(r.status, 200, r.text);
+  return Object.fromEntries(Object.entries(r.json.points).map(([symbol, points]) => [
+    symbol,
+    { points: points.length, price: points.length ? points.at(-1).price.toFixed(2) : '–' },
+  ]));
+}
+
+/** Waits (bounded) until the page shows `expected`, then asserts it does. */
+async function expectCharts(page, expected, what) {
+  const deadline = Date.now() + 15_000;
+  let shown = await readCharts(page);
+  while (JSON.stringify(shown) !== JSON.stringify(expected) && Date.now() < deadline) {
+    await sleep(100);
+    shown = await readCharts(page);
+  }
+  assert.deepEqual(shown, expected, what);
+}
+
+const status = (page) => page.$eval('#status', (el) => el.dataset.state);
+
+async function waitStatus(page, state) {
+  await page.waitForFunction((s) => document.getElementById('status').dataset.state === s, state, { timeout: 15_000 });
+}
+
+/** Ends every open stream (admin API), as a dropped network would. */
+async function kickEveryone() {
+  const users = await request(herald.url, '/v1/users', { headers: admin() });
+  assert.equal(users.status, 200, users.text);
+  assert.ok(users.json.users.length >= 1, 'the page is online');
+  for (const { id } of users.json.users) {
+    const r = await request(herald.url, `/v1/users/${encodeURIComponent(id)}/connections`, { method: 'DELETE', headers: admin() });
+    assert.equal(r.status, 200, r.text);
+  }
+}
+
+test('the charts end with every point: after a burst, after a cut connection, on a late page', { skip: noChromium }, async () => {
+  const page = await chromium.browser.newPage();
+  await page.goto(example.url);
+  await waitStatus(page, 'live');
+
+  // A burst from the page's own button: 50 points per symbol.
+  await page.click('#burst');
+  const afterBurst = await pollUntil(published, (p) => Object.values(p).every((s) => s.points === 50), { timeoutMs: 10_000 });
+  for (const { points } of Object.values(afterBurst)) assert.equal(points, 50);
+  await expectCharts(page, afterBurst, 'the charts after a burst of 50 points each');
+
+  // Cut the page's stream and publish a burst while it is away.
+  await kickEveryone();
+  await waitStatus(page, 'reconnecting');
+  const missed = await request(example.url, '/api/burst?rounds=100', { method: 'POST' });
+  assert.equal(missed.status, 201, missed.text);
+  assert.equal(missed.json.published, 300);
+  assert.equal(await status(page), 'reconnecting', 'the burst was published while the page was away');
+  await waitStatus(page, 'live');
+  const afterCut = await published();
+  for (const { points } of Object.values(afterCut)) assert.equal(points, 150);
+  await expectCharts(page, afterCut, 'the charts after the reconnect: every point missed is there');
+  await screenshot(page, 'example-ticker');
+
+  // A page opened now starts from the snapshot and shows the same.
+  const late = await chromium.browser.newPage();
+  await late.goto(example.url);
+  await waitStatus(late, 'live');
+  await expectCharts(late, afterCut, 'a page opened after the bursts');
+  // ...and both keep up with live points.
+  const more = await request(example.url, '/api/burst?rounds=3', { method: 'POST' });
+  assert.equal(more.status, 201, more.text);
+  const end = await published();
+  await expectCharts(page, end, 'the first page after 3 more rounds');
+  await expectCharts(late, end, 'the late page after 3 more rounds');
+  await late.close();
+  await page.close();
+});
+
+test('a bad burst size is refused with a JSON error', { skip: noChromium }, async () => {
+  for (const rounds of ['0', 'x', '1001', '2.5']) {
+    const r = await request(example.url, `/api/burst?rounds=${rounds}`, { method: 'POST' });
+    assert.equal(r.status, 400, `rounds=${rounds}: ${r.text}`);
+    assert.equal(r.json.error.code, 'invalid_rounds');
+  }
+});
