@@ -9,11 +9,9 @@ import assert from 'node:assert/strict';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  DEPLOY_DIR, layOutNginx, nginxTest, startNginx, timeEventsThroughProxy, median, noNginx,
+  DEPLOY_DIR, layOutNginx, nginxTest, startNginx, timeEventsThroughProxy, checkResumeThroughProxy, median, noNginx,
 } from './lib/proxy.mjs';
-import {
-  startHerald, openRaw, publishOk, request, EventSource, waitFor, cmpId,
-} from './lib/server.mjs';
+import { startHerald } from './lib/server.mjs';
 
 let herald;
 let nginx;
@@ -69,40 +67,5 @@ test('events go through nginx with no buffering delay', { skip: noNginx }, async
 });
 
 test('a resume through nginx with Last-Event-ID gets exactly what was missed', { skip: noNginx }, async () => {
-  // The header, sent by the client, passed on by nginx.
-  const ids = [];
-  for (const n of [1, 2, 3]) ids.push(await publishOk(herald.url, { topics: ['deploy/nginx'], data: `e${n}` }));
-  const resumed = await openRaw(nginx.url, '/v1/events?topic=deploy/nginx', { headers: { 'Last-Event-ID': ids[0] } });
-  try {
-    const got = await resumed.waitEvents(2);
-    assert.deepEqual(got.map((e) => [e.id, e.data]), [[ids[1], 'e2'], [ids[2], 'e3']]);
-  } finally {
-    resumed.close();
-  }
-
-  // A real EventSource whose stream is ended (kicked, through nginx too)
-  // reconnects by itself with Last-Event-ID and gets the event published
-  // while it was away, once.
-  const es = new EventSource(`${nginx.url}/v1/events?user=nginx-resume`);
-  const got = [];
-  let opens = 0;
-  let errors = 0;
-  es.addEventListener('message', (e) => got.push({ id: e.lastEventId, data: e.data }));
-  es.addEventListener('open', () => { opens += 1; });
-  es.addEventListener('error', () => { errors += 1; });
-  try {
-    await waitFor(() => opens === 1, 10_000, 'the EventSource to open through nginx');
-    await publishOk(herald.url, { users: ['nginx-resume'], data: 'before' });
-    await waitFor(() => got.length === 1, 10_000, 'the first event');
-    const kick = await request(nginx.url, '/v1/users/nginx-resume/connections', { method: 'DELETE' });
-    assert.equal(kick.status, 200, kick.text);
-    await waitFor(() => errors >= 1, 10_000, 'the stream to end');
-    await publishOk(herald.url, { users: ['nginx-resume'], data: 'while away' });
-    assert.equal(opens, 1, 'published while the client was away');
-    await waitFor(() => got.length >= 2 && opens === 2, 15_000, 'the reconnect and the missed event');
-    assert.deepEqual(got.map((e) => e.data), ['before', 'while away']);
-    assert.equal(cmpId(got[0].id, got[1].id), -1);
-  } finally {
-    es.close();
-  }
+  await checkResumeThroughProxy(nginx.url, herald.url, 'nginx');
 });

@@ -9,7 +9,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
-import { openRaw, publish, sleep, waitFor } from './server.mjs';
+import assert from 'node:assert/strict';
+import {
+  openRaw, publish, publishOk, request, sleep, waitFor, cmpId, EventSource,
+} from './server.mjs';
 
 export const DEPLOY_DIR = fileURLToPath(new URL('../../../deploy/', import.meta.url));
 export const NGINX = '/usr/sbin/nginx';
@@ -201,4 +204,93 @@ export async function timeEventsThroughProxy(proxyUrl, { user, rounds = 5, heade
 export function median(xs) {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/**
+ * Resume through the proxy (Herald started with a long `--retry-ms`, so a
+ * reconnecting client is surely away when the missed event is published):
+ * a raw stream sending `Last-Event-ID` gets exactly the events after it;
+ * a real EventSource whose stream is ended (kicked through the proxy)
+ * reconnects by itself with `Last-Event-ID` and gets the event published
+ * while it was away, once.
+ */
+export async function checkResumeThroughProxy(proxyUrl, heraldUrl, name) {
+  const topic = `deploy/${name}`;
+  const ids = [];
+  for (const n of [1, 2, 3]) ids.push(await publishOk(heraldUrl, { topics: [topic], data: `e${n}` }));
+  const resumed = await openRaw(proxyUrl, `/v1/events?topic=${encodeURIComponent(topic)}`, { headers: { 'Last-Event-ID': ids[0] } });
+  try {
+    const got = await resumed.waitEvents(2);
+    assert.deepEqual(got.map((e) => [e.id, e.data]), [[ids[1], 'e2'], [ids[2], 'e3']], `resumed through ${name}`);
+  } finally {
+    resumed.close();
+  }
+
+  const user = `${name}-resume`;
+  const es = new EventSource(`${proxyUrl}/v1/events?user=${user}`);
+  const got = [];
+  let opens = 0;
+  let errors = 0;
+  es.addEventListener('message', (e) => got.push({ id: e.lastEventId, data: e.data }));
+  es.addEventListener('open', () => { opens += 1; });
+  es.addEventListener('error', () => { errors += 1; });
+  try {
+    await waitFor(() => opens === 1, 10_000, `the EventSource to open through ${name}`);
+    await publishOk(heraldUrl, { users: [user], data: 'before' });
+    await waitFor(() => got.length === 1, 10_000, 'the first event');
+    const kick = await request(proxyUrl, `/v1/users/${user}/connections`, { method: 'DELETE' });
+    assert.equal(kick.status, 200, kick.text);
+    await waitFor(() => errors >= 1, 10_000, 'the stream to end');
+    await publishOk(heraldUrl, { users: [user], data: 'while away' });
+    assert.equal(opens, 1, 'published while the client was away');
+    await waitFor(() => got.length >= 2 && opens === 2, 15_000, 'the reconnect and the missed event');
+    assert.deepEqual(got.map((e) => e.data), ['before', 'while away'], `reconnected through ${name}`);
+    assert.equal(cmpId(got[0].id, got[1].id), -1);
+  } finally {
+    es.close();
+  }
+}
+
+/**
+ * Lays out Caddy with deploy/Caddyfile in a temporary directory: the file as
+ * it is, except for the site address (plain HTTP on a free loopback port,
+ * where the real file names a domain and gets a certificate), Herald's
+ * address, and global options that keep Caddy's admin port and data in the
+ * directory. Returns {dir, file, port, url, env}.
+ */
+export async function layOutCaddy(heraldUrl) {
+  const dir = mkdtempSync(join(tmpdir(), 'herald-caddy-'));
+  const port = await freePort();
+  const herald = new URL(heraldUrl);
+  let site = readFileSync(join(DEPLOY_DIR, 'Caddyfile'), 'utf8');
+  site = replaceOnce(site, 'herald.example.com {', `http://127.0.0.1:${port} {`, 'deploy/Caddyfile');
+  site = replaceOnce(site, 'reverse_proxy 127.0.0.1:8080 {', `reverse_proxy 127.0.0.1:${herald.port} {`, 'deploy/Caddyfile');
+  const file = join(dir, 'Caddyfile');
+  writeFileSync(file, `{\n\tadmin off\n\tauto_https off\n\tstorage file_system ${join(dir, 'data')}\n}\n\n${site}`);
+  const env = { HOME: dir, XDG_DATA_HOME: join(dir, 'data'), XDG_CONFIG_HOME: join(dir, 'config') };
+  return { dir, file, port, url: `http://127.0.0.1:${port}`, env };
+}
+
+/** `caddy validate` on a Caddyfile: {status, output}. */
+export function caddyValidate(file, env) {
+  const r = spawnSync(CADDY, ['validate', '--config', file, '--adapter', 'caddyfile'], {
+    encoding: 'utf8', timeout: 20_000, env: { ...process.env, ...env },
+  });
+  return { status: r.status, output: `${r.stdout}${r.stderr}` };
+}
+
+/** Runs Caddy on a laid-out Caddyfile until stop(); waits until it proxies /healthz. */
+export async function startCaddy(layout) {
+  const caddy = await startAndWait(CADDY, ['run', '--config', layout.file, '--adapter', 'caddyfile'], {
+    env: layout.env, url: `${layout.url}/healthz`, what: 'caddy',
+  });
+  return {
+    ...caddy,
+    url: layout.url,
+    stop: async () => {
+      const r = await caddy.stop();
+      rmSync(layout.dir, { recursive: true, force: true });
+      return r;
+    },
+  };
 }
