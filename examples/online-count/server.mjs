@@ -30,12 +30,27 @@ import { createHmac, randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+/**
+ * A whole number from the environment, or the default; anything else stops
+ * the backend with a message naming the variable (exit 64, like Herald).
+ */
+function intFromEnv(name, fallback, min, max) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!/^\d+$/.test(raw) || value < min || value > max) {
+    console.error(`${name}=${JSON.stringify(raw)}: expected a whole number from ${min} to ${max}`);
+    process.exit(64);
+  }
+  return value;
+}
+
 const config = {
-  port: Number(process.env.PORT ?? 3003),
+  port: intFromEnv('PORT', 3003, 0, 65535),
   heraldUrl: (process.env.HERALD_URL ?? 'http://127.0.0.1:8080').replace(/\/+$/, ''),
   jwtSecret: process.env.HERALD_JWT_SECRET ?? 'herald-examples-secret-change-me',
   apiKey: process.env.HERALD_API_KEY ?? 'herald-examples-publish-key',
-  pollMs: Number(process.env.POLL_MS ?? 1000),
+  pollMs: intFromEnv('POLL_MS', 1000, 10, 3_600_000),
 };
 config.publicHeraldUrl = (process.env.HERALD_PUBLIC_URL ?? config.heraldUrl).replace(/\/+$/, '');
 
@@ -146,6 +161,10 @@ const server = http.createServer((req, res) => {
   });
 });
 
+server.on('error', (err) => {
+  console.error(`cannot listen on 127.0.0.1:${config.port}: ${err.message}`);
+  process.exit(1);
+});
 server.listen(config.port, '127.0.0.1', () => {
   const { port } = server.address();
   console.log(`online-count example listening on http://127.0.0.1:${port} (Herald at ${config.heraldUrl})`);

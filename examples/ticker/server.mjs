@@ -18,17 +18,35 @@
 //   HERALD_JWT_SECRET              Herald's `jwt_secret` (signs page tokens)
 //   HERALD_API_KEY                 an API key with `publish=prices/*`
 //   TICK_MS [1000]                 one point per symbol this often; 0: only bursts
+//   TOKEN_TTL_SECS [3600]          lifetime of a page's token
 
 import http from 'node:http';
 import { createHmac, randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 
+/**
+ * A whole number from the environment, or the default; anything else stops
+ * the backend with a message naming the variable (exit 64, like Herald).
+ */
+function intFromEnv(name, fallback, min, max) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!/^\d+$/.test(raw) || value < min || value > max) {
+    console.error(`${name}=${JSON.stringify(raw)}: expected a whole number from ${min} to ${max}`);
+    process.exit(64);
+  }
+  return value;
+}
+
 const config = {
-  port: Number(process.env.PORT ?? 3001),
+  port: intFromEnv('PORT', 3001, 0, 65535),
   heraldUrl: (process.env.HERALD_URL ?? 'http://127.0.0.1:8080').replace(/\/+$/, ''),
   jwtSecret: process.env.HERALD_JWT_SECRET ?? 'herald-examples-secret-change-me',
   apiKey: process.env.HERALD_API_KEY ?? 'herald-examples-publish-key',
-  tickMs: Number(process.env.TICK_MS ?? 1000),
+  tickMs: intFromEnv('TICK_MS', 1000, 0, 3_600_000),
+  // Lifetime of a page's token; the page asks for a new one when it expires.
+  tokenTtlSecs: intFromEnv('TOKEN_TTL_SECS', 3600, 1, 86_400),
 };
 config.publicHeraldUrl = (process.env.HERALD_PUBLIC_URL ?? config.heraldUrl).replace(/\/+$/, '');
 
@@ -38,8 +56,6 @@ const SYMBOLS = { ACME: 120, GLOBEX: 45, INITECH: 310 };
 const WINDOW = 500;
 /** Most points per symbol one burst may ask for. */
 const MAX_BURST = 1000;
-/** Lifetime of a page's token; the page asks for a new one when it expires. */
-const TOKEN_TTL_SECS = 3600;
 
 /** symbol -> [{id, price, t}], oldest first, at most WINDOW. */
 const history = Object.fromEntries(Object.keys(SYMBOLS).map((s) => [s, []]));
@@ -52,7 +68,7 @@ const b64url = (buf) => Buffer.from(buf).toString('base64url');
 /** An HS256 JWT for Herald, signed with its `jwt_secret`. */
 function mintToken(claims) {
   const header = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
-  const exp = Math.floor(Date.now() / 1000) + TOKEN_TTL_SECS;
+  const exp = Math.floor(Date.now() / 1000) + config.tokenTtlSecs;
   const payload = b64url(JSON.stringify({ ...claims, exp }));
   const signature = createHmac('sha256', config.jwtSecret).update(`${header}.${payload}`).digest();
   return `${header}.${payload}.${b64url(signature)}`;
@@ -159,14 +175,23 @@ const server = http.createServer((req, res) => {
   });
 });
 
+server.on('error', (err) => {
+  console.error(`cannot listen on 127.0.0.1:${config.port}: ${err.message}`);
+  process.exit(1);
+});
 server.listen(config.port, '127.0.0.1', () => {
   const { port } = server.address();
   console.log(`ticker example listening on http://127.0.0.1:${port} (Herald at ${config.heraldUrl})`);
 });
 
 if (config.tickMs > 0) {
+  // A failure is logged when it starts or changes, not once a tick.
+  let lastError = '';
   setInterval(() => {
-    publishRounds(1).catch((err) => console.error(`tick not published: ${err.message}`));
+    publishRounds(1).then(() => { lastError = ''; }, (err) => {
+      if (err.message !== lastError) console.error(`ticks not published: ${err.message}`);
+      lastError = err.message;
+    });
   }, config.tickMs).unref();
 }
 

@@ -2,7 +2,8 @@
 // its README's command, the page in headless Chromium. What is checked is
 // what a person sees: each chart's number of points and its last price,
 // against what the backend published — after a burst, after the page's
-// stream was cut while a burst was published, and on a page opened late.
+// stream was cut while a burst was published, after the page was too busy
+// to read during one, on a page opened late, and across token renewals.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,9 +17,7 @@ let chromium;
 
 before(async () => {
   if (noChromium) return;
-  // A queue of 4 events per stream: a burst overflows it, so the page is
-  // also served as a slow reader, from Herald's log.
-  herald = await startExampleHerald(['--queue-capacity', '4']);
+  herald = await startExampleHerald();
   example = await startExample('ticker', { env: { ...herald.env, TICK_MS: '0' } });
   chromium = await launchChromium();
 });
@@ -80,7 +79,7 @@ async function kickEveryone() {
   }
 }
 
-test('the charts end with every point: after a burst, after a cut connection, on a late page', { skip: noChromium }, async () => {
+test('the charts end with every point: after a burst, a cut connection, a busy page, on a late page', { skip: noChromium }, async () => {
   const page = await chromium.browser.newPage();
   await page.goto(example.url);
   await waitStatus(page, 'live');
@@ -104,11 +103,21 @@ test('the charts end with every point: after a burst, after a cut connection, on
   await expectCharts(page, afterCut, 'the charts after the reconnect: every point missed is there');
   await screenshot(page, 'example-ticker');
 
+  // A page too busy to read (its main thread blocked for 2 s) while a burst
+  // is published: once free, it draws every point of it.
+  const busy = page.evaluate(() => { const end = Date.now() + 2_000; while (Date.now() < end); });
+  const whileBusy = await request(example.url, '/api/burst?rounds=100', { method: 'POST' });
+  assert.equal(whileBusy.status, 201, whileBusy.text);
+  await busy;
+  const afterBusy = await published();
+  for (const { points } of Object.values(afterBusy)) assert.equal(points, 250);
+  await expectCharts(page, afterBusy, 'the charts after the page was too busy to read');
+
   // A page opened now starts from the snapshot and shows the same.
   const late = await chromium.browser.newPage();
   await late.goto(example.url);
   await waitStatus(late, 'live');
-  await expectCharts(late, afterCut, 'a page opened after the bursts');
+  await expectCharts(late, afterBusy, 'a page opened after the bursts');
   // ...and both keep up with live points.
   const more = await request(example.url, '/api/burst?rounds=3', { method: 'POST' });
   assert.equal(more.status, 201, more.text);
@@ -124,5 +133,39 @@ test('a bad burst size is refused with a JSON error', { skip: noChromium }, asyn
     const r = await request(example.url, `/api/burst?rounds=${rounds}`, { method: 'POST' });
     assert.equal(r.status, 400, `rounds=${rounds}: ${r.text}`);
     assert.equal(r.json.error.code, 'invalid_rounds');
+  }
+});
+
+test('a page whose token runs out gets a new one on herald.expired and misses no point', { skip: noChromium }, async () => {
+  // Tokens of 2 s, no leeway: the stream ends with herald.expired about
+  // every 2 s while points are published every 100 ms.
+  const shortHerald = await startExampleHerald(['--jwt-leeway-secs', '0']);
+  let shortExample;
+  const page = await chromium.browser.newPage();
+  try {
+    shortExample = await startExample('ticker', { env: { ...shortHerald.env, TICK_MS: '0', TOKEN_TTL_SECS: '2' } });
+    let sessions = 0;
+    page.on('request', (r) => { if (new URL(r.url()).pathname === '/api/session') sessions += 1; });
+    await page.goto(shortExample.url);
+    await waitStatus(page, 'live');
+    const until = Date.now() + 5_000;
+    let rounds = 0;
+    while (Date.now() < until) {
+      const r = await request(shortExample.url, '/api/burst?rounds=1', { method: 'POST' });
+      assert.equal(r.status, 201, r.text);
+      rounds += 1;
+      await sleep(100);
+    }
+    const snapshot = await request(shortExample.url, '/api/snapshot');
+    const expected = Object.fromEntries(Object.entries(snapshot.json.points).map(([symbol, points]) => [
+      symbol, { points: points.length, price: points.at(-1).price.toFixed(2) },
+    ]));
+    for (const { points } of Object.values(expected)) assert.equal(points, rounds);
+    await expectCharts(page, expected, 'every point, across the token renewals');
+    assert.ok(sessions >= 3, `the page fetched a token ${sessions} times in 5 s of 2 s tokens`);
+  } finally {
+    await page.close();
+    await shortExample?.stop();
+    await shortHerald.stop();
   }
 });
