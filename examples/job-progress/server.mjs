@@ -14,7 +14,7 @@
 // Node built-ins only; it talks to Herald over HTTP, as your own app would.
 //
 // Environment (defaults in brackets):
-//   PORT [3002]                    port of this backend (0: any free port)
+//   PORT [3005]                    port of this backend (0: any free port)
 //   HERALD_URL [http://127.0.0.1:8080]    where this backend reaches Herald
 //   HERALD_PUBLIC_URL [HERALD_URL] where the browser reaches Herald
 //   HERALD_JWT_SECRET              Herald's `jwt_secret` (signs page tokens)
@@ -42,7 +42,7 @@ function intFromEnv(name, fallback, min, max) {
 }
 
 const config = {
-  port: intFromEnv('PORT', 3002, 0, 65535),
+  port: intFromEnv('PORT', 3005, 0, 65535),
   heraldUrl: (process.env.HERALD_URL ?? 'http://127.0.0.1:8080').replace(/\/+$/, ''),
   jwtSecret: process.env.HERALD_JWT_SECRET ?? 'herald-examples-secret-change-me',
   apiKey: process.env.HERALD_API_KEY ?? 'herald-examples-publish-key',
