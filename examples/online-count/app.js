@@ -31,13 +31,45 @@ function show(users) {
   labelEl.textContent = users === 1 ? 'user online' : 'users online';
 }
 
+const FIRST_RETRY_MS = 1000;
+let retryDelayMs = FIRST_RETRY_MS;
+
+/**
+ * A new token, and a new stream from the count shown; with no event
+ * received yet there is no id to resume from, so the backend is asked again.
+ */
+async function reopen() {
+  if (!shownId) return start();
+  session = await getJson('/api/session');
+  return connect(String(shownId));
+}
+
+/** reopen() after a delay that doubles at each failure, up to 30 s. */
+function reopenLater() {
+  setStatus('reconnecting');
+  setTimeout(() => reopen().catch(reopenLater), retryDelayMs);
+  retryDelayMs = Math.min(retryDelayMs * 2, 30_000);
+}
+
 function connect(fromId) {
   const query = new URLSearchParams({ topic: session.topic, access_token: session.token });
   if (fromId) query.set('lastEventId', fromId);
   source = new EventSource(`${session.herald_url}/v1/events?${query}`);
-  source.addEventListener('open', () => setStatus('live'));
+  source.addEventListener('open', () => {
+    retryDelayMs = FIRST_RETRY_MS;
+    setStatus('live');
+  });
   source.addEventListener('error', () => {
-    setStatus(source.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting');
+    setStatus('reconnecting');
+    // CLOSED: Herald refused the reconnection (EventSource gives up for
+    // good on any answer but 200), most often because the token ran out
+    // while the page was away. And before the first event EventSource has
+    // no id to send when it reconnects, so what is published meanwhile
+    // would be missed. Either way: close, and reopen() ourselves.
+    if (source.readyState === EventSource.CLOSED || !shownId) {
+      source.close();
+      reopenLater();
+    }
   });
   source.addEventListener('online', (event) => {
     const id = BigInt(event.lastEventId);
@@ -45,11 +77,10 @@ function connect(fromId) {
     shownId = id;
     show(JSON.parse(event.data).users);
   });
-  source.addEventListener('herald.expired', async () => {
+  source.addEventListener('herald.expired', () => {
     source.close();
     setStatus('reconnecting');
-    session = await getJson('/api/session');
-    connect(shownId ? String(shownId) : '');
+    reopen().catch(reopenLater);
   });
   // Only the newest count matters: after a gap, ask the backend again.
   source.addEventListener('herald.gap', () => {

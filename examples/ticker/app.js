@@ -69,7 +69,7 @@ function draw(points, section) {
     .map((p, i) => `${(i * step).toFixed(1)},${(SVG_HEIGHT - 5 - ((p - min) / span) * (SVG_HEIGHT - 10)).toFixed(1)}`)
     .join(' '));
   section.querySelector('.price').textContent = points.length ? points[points.length - 1].toFixed(2) : '–';
-  section.querySelector('.count').textContent = `${points.length} points`;
+  section.querySelector('.count').textContent = points.length === 1 ? '1 point' : `${points.length} points`;
 }
 
 function addPoint(symbol, price) {
@@ -87,22 +87,53 @@ function onPrice(event) {
   scheduleDraw();
 }
 
+const FIRST_RETRY_MS = 1000;
+let retryDelayMs = FIRST_RETRY_MS;
+
+/**
+ * A new token, and a new stream from the newest point drawn; with no event
+ * received yet there is no id to resume from, so the backend is asked again.
+ */
+async function reopen() {
+  if (!newestId) return start();
+  session = await getJson('/api/session');
+  return connect(String(newestId));
+}
+
+/** reopen() after a delay that doubles at each failure, up to 30 s. */
+function reopenLater() {
+  setStatus('reconnecting');
+  setTimeout(() => reopen().catch(reopenLater), retryDelayMs);
+  retryDelayMs = Math.min(retryDelayMs * 2, 30_000);
+}
+
 function connect(fromId) {
   const query = new URLSearchParams({ topic: 'prices/*', access_token: session.token });
   if (fromId) query.set('lastEventId', fromId);
   source = new EventSource(`${session.herald_url}/v1/events?${query}`);
-  source.addEventListener('open', () => setStatus('live'));
+  source.addEventListener('open', () => {
+    retryDelayMs = FIRST_RETRY_MS;
+    setStatus('live');
+  });
   source.addEventListener('error', () => {
-    setStatus(source.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting');
+    setStatus('reconnecting');
+    // CLOSED: Herald refused the reconnection (EventSource gives up for
+    // good on any answer but 200), most often because the token ran out
+    // while the page was away. And before the first event EventSource has
+    // no id to send when it reconnects, so what is published meanwhile
+    // would be missed. Either way: close, and reopen() ourselves.
+    if (source.readyState === EventSource.CLOSED || !newestId) {
+      source.close();
+      reopenLater();
+    }
   });
   source.addEventListener('price', onPrice);
   // The token ran out: the stream ends with this event. Get a new token
   // and carry on from the newest point drawn.
-  source.addEventListener('herald.expired', async () => {
+  source.addEventListener('herald.expired', () => {
     source.close();
     setStatus('reconnecting');
-    session = await getJson('/api/session');
-    connect(newestId ? String(newestId) : '');
+    reopen().catch(reopenLater);
   });
   // Herald no longer has the points after our newest one (it was restarted,
   // or we were away longer than its retention): start again from a snapshot.

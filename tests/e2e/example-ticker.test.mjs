@@ -7,9 +7,11 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startExampleHerald, startExample, screenshot } from './lib/examples.mjs';
+import {
+  startExampleHerald, startExample, screenshot, EXAMPLE_JWT_SECRET, EXAMPLE_API_KEY,
+} from './lib/examples.mjs';
 import { launchChromium, noChromium } from './lib/browser.mjs';
-import { request, sleep, pollUntil } from './lib/server.mjs';
+import { request, sleep, pollUntil, startHerald } from './lib/server.mjs';
 
 let herald;
 let example;
@@ -28,8 +30,6 @@ after(async () => {
   await herald?.stop();
 });
 
-const admin = () => ({ authorization: `Bearer ${herald.env.HERALD_API_KEY}` });
-
 /** What the page shows: per symbol, the chart's point count and the price label. */
 function readCharts(page) {
   return page.$$eval('.symbol', (sections) => Object.fromEntries(sections.map((s) => [
@@ -42,8 +42,8 @@ function readCharts(page) {
 }
 
 /** What the backend published, in the page's terms. */
-async function published() {
-  const r = await request(example.url, '/api/snapshot');
+async function published(from = example) {
+  const r = await request(from.url, '/api/snapshot');
   assert.equal(r.status, 200, r.text);
   return Object.fromEntries(Object.entries(r.json.points).map(([symbol, points]) => [
     symbol,
@@ -68,17 +68,6 @@ async function waitStatus(page, state) {
   await page.waitForFunction((s) => document.getElementById('status').dataset.state === s, state, { timeout: 15_000 });
 }
 
-/** Ends every open stream (admin API), as a dropped network would. */
-async function kickEveryone() {
-  const users = await request(herald.url, '/v1/users', { headers: admin() });
-  assert.equal(users.status, 200, users.text);
-  assert.ok(users.json.users.length >= 1, 'the page is online');
-  for (const { id } of users.json.users) {
-    const r = await request(herald.url, `/v1/users/${encodeURIComponent(id)}/connections`, { method: 'DELETE', headers: admin() });
-    assert.equal(r.status, 200, r.text);
-  }
-}
-
 test('the charts end with every point: after a burst, a cut connection, a busy page, on a late page', { skip: noChromium }, async () => {
   const page = await chromium.browser.newPage();
   await page.goto(example.url);
@@ -91,7 +80,7 @@ test('the charts end with every point: after a burst, a cut connection, a busy p
   await expectCharts(page, afterBurst, 'the charts after a burst of 50 points each');
 
   // Cut the page's stream and publish a burst while it is away.
-  await kickEveryone();
+  await cutEveryone(herald);
   await waitStatus(page, 'reconnecting');
   const missed = await request(example.url, '/api/burst?rounds=100', { method: 'POST' });
   assert.equal(missed.status, 201, missed.text);
@@ -156,10 +145,7 @@ test('a page whose token runs out gets a new one on herald.expired and misses no
       rounds += 1;
       await sleep(100);
     }
-    const snapshot = await request(shortExample.url, '/api/snapshot');
-    const expected = Object.fromEntries(Object.entries(snapshot.json.points).map(([symbol, points]) => [
-      symbol, { points: points.length, price: points.at(-1).price.toFixed(2) },
-    ]));
+    const expected = await published(shortExample);
     for (const { points } of Object.values(expected)) assert.equal(points, rounds);
     await expectCharts(page, expected, 'every point, across the token renewals');
     assert.ok(sessions >= 3, `the page fetched a token ${sessions} times in 5 s of 2 s tokens`);
@@ -167,5 +153,75 @@ test('a page whose token runs out gets a new one on herald.expired and misses no
     await page.close();
     await shortExample?.stop();
     await shortHerald.stop();
+  }
+});
+
+/** Ends every open stream of `on` (admin API), as a dropped network would. */
+async function cutEveryone(on) {
+  const adminKey = { authorization: `Bearer ${on.env?.HERALD_API_KEY ?? EXAMPLE_API_KEY}` };
+  const users = await request(on.url, '/v1/users', { headers: adminKey });
+  assert.equal(users.status, 200, users.text);
+  assert.ok(users.json.users.length >= 1, 'the page is online');
+  for (const { id } of users.json.users) {
+    const r = await request(on.url, `/v1/users/${encodeURIComponent(id)}/connections`, { method: 'DELETE', headers: adminKey });
+    assert.equal(r.status, 200, r.text);
+  }
+}
+
+test('a page cut off before its first point still gets the points published while it was away', { skip: noChromium }, async () => {
+  // A backend of its own, so its snapshot has no point and no id yet.
+  // EventSource has no id to send when it reconnects (500 ms later), so
+  // the page must ask its backend again instead.
+  const fresh = await startExample('ticker', { env: { ...herald.env, TICK_MS: '0' } });
+  const page = await chromium.browser.newPage();
+  try {
+    await page.goto(fresh.url);
+    await waitStatus(page, 'live');
+    await cutEveryone(herald);
+    await waitStatus(page, 'reconnecting');
+    const missed = await request(fresh.url, '/api/burst?rounds=20', { method: 'POST' });
+    assert.equal(missed.status, 201, missed.text);
+    await expectCharts(page, await published(fresh), 'the points published while a page with none was away');
+  } finally {
+    await page.close();
+    await fresh.stop();
+  }
+});
+
+test('a page refused on reconnect (its token ran out while it was away) gets a new token and misses no point', { skip: noChromium }, async () => {
+  // Herald as startExampleHerald() starts it, but with a 4 s retry and no
+  // leeway, so a page whose 2 s token was fine when its stream was cut is
+  // refused (401) when EventSource comes back: EventSource then gives up
+  // for good, and only the page can start again.
+  const slowRetry = await startHerald([
+    '--jwt-secret', EXAMPLE_JWT_SECRET, '--api-key', `${EXAMPLE_API_KEY};publish=*;admin`,
+    '--retry-ms', '4000', '--jwt-leeway-secs', '0',
+  ], { dev: false });
+  let shortExample;
+  const page = await chromium.browser.newPage();
+  try {
+    shortExample = await startExample('ticker', {
+      env: { HERALD_URL: slowRetry.url, HERALD_JWT_SECRET: EXAMPLE_JWT_SECRET, HERALD_API_KEY: EXAMPLE_API_KEY, TICK_MS: '0', TOKEN_TTL_SECS: '2' },
+    });
+    const refusals = [];
+    page.on('response', (r) => {
+      if (new URL(r.url()).pathname === '/v1/events' && r.status() !== 200) refusals.push(r.status());
+    });
+    await page.goto(shortExample.url);
+    await waitStatus(page, 'live');
+    // A point first, so the page has an id to resume from.
+    const first = await request(shortExample.url, '/api/burst?rounds=1', { method: 'POST' });
+    assert.equal(first.status, 201, first.text);
+    await expectCharts(page, await published(shortExample), 'the first point');
+    await cutEveryone(slowRetry);
+    await waitStatus(page, 'reconnecting');
+    const missed = await request(shortExample.url, '/api/burst?rounds=20', { method: 'POST' });
+    assert.equal(missed.status, 201, missed.text);
+    await expectCharts(page, await published(shortExample), 'every point, after the refused reconnect');
+    assert.ok(refusals.includes(401), `Herald refused the expired token's reconnect (answers seen: ${refusals.join(', ') || 'none'})`);
+  } finally {
+    await page.close();
+    await shortExample?.stop();
+    await slowRetry.stop();
   }
 });
