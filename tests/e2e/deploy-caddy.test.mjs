@@ -48,7 +48,7 @@ test('events go through Caddy with no buffering delay', { skip: noCaddy }, async
   assert.equal(status, 200);
   assert.match(contentType, /^text\/event-stream/);
   const shown = latenciesMs.map((ms) => ms.toFixed(1)).join(', ');
-  // The issue's bound, as for nginx: the median of five within 100 ms.
+  // The same bound as through nginx: the median of five within 100 ms.
   assert.ok(median(latenciesMs) <= 100, `publish-to-client through Caddy, ms: ${shown}`);
   console.log(`# publish-to-client through Caddy, ms: ${shown}`);
 });

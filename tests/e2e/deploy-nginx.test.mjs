@@ -59,7 +59,7 @@ test('events go through nginx with no buffering delay', { skip: noNginx }, async
   assert.equal(status, 200);
   assert.match(contentType, /^text\/event-stream/);
   const shown = latenciesMs.map((ms) => ms.toFixed(1)).join(', ');
-  // The issue's bound: an event is on the client within 100 ms of its
+  // The bound the README promises: an event is on the client within 100 ms of its
   // publish. The median of five, so one stall of this shared machine does
   // not fail it; a buffering proxy holds every one of them.
   assert.ok(median(latenciesMs) <= 100, `publish-to-client through nginx, ms: ${shown}`);
