@@ -113,12 +113,13 @@ export async function layOutNginx(heraldUrl, { snippet } = {}) {
   site = replaceOnce(site, 'listen 80;', `listen 127.0.0.1:${port};`, 'deploy/nginx/herald.conf');
   writeFileSync(join(dir, 'conf.d', 'herald.conf'), site);
   // The main config: what /etc/nginx/nginx.conf would be, with every path
-  // in the temporary prefix (Debian's build puts temp files in /var/lib/nginx).
+  // in the temporary prefix (Debian's build puts temp files in /var/lib/nginx),
+  // and one process, so a test that dies cannot leave a worker behind.
   const temp = join(dir, 'temp');
   const conf = join(dir, 'nginx.conf');
   writeFileSync(conf, `
 daemon off;
-master_process on;
+master_process off;
 worker_processes 1;
 pid ${join(dir, 'nginx.pid')};
 error_log stderr warn;
