@@ -93,18 +93,19 @@ test('herald starts with deploy/herald.toml', async () => {
   // overridden by flags (flags win over the file), as is the secret's
   // place: the environment, as herald.env gives it.
   const dataDir = mkdtempSync(join(tmpdir(), 'herald-deploy-toml-'));
-  const herald = await startHerald(
-    ['--config', join(DEPLOY_DIR, 'herald.toml'), '--data-dir', dataDir, '--listen', '127.0.0.1:0'],
-    { dev: false, env: { HERALD_JWT_SECRET: 'a-secret-of-at-least-16-bytes' } },
-  );
+  let herald;
   try {
+    herald = await startHerald(
+      ['--config', join(DEPLOY_DIR, 'herald.toml'), '--data-dir', dataDir, '--listen', '127.0.0.1:0'],
+      { dev: false, env: { HERALD_JWT_SECRET: 'a-secret-of-at-least-16-bytes' } },
+    );
     const health = await request(herald.url, '/healthz');
     assert.equal(health.status, 200, health.text);
     // Token mode: a subscription without a token is refused.
     const anonymous = await request(herald.url, '/v1/events?topic=news', { timeoutMs: 5_000 });
     assert.equal(anonymous.status, 401, anonymous.text);
   } finally {
-    await herald.stop();
+    await herald?.stop();
     rmSync(dataDir, { recursive: true, force: true });
   }
 });
