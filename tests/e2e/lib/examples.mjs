@@ -24,8 +24,7 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import net from 'node:net';
-import { startHerald, sleep } from './server.mjs';
+import { startHerald, sleep, freePort } from './server.mjs';
 
 /** The repository root (where the READMEs' commands are run from). */
 export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -84,18 +83,6 @@ export function exampleCommand(name) {
 }
 
 /** A port nobody listens on right now (the OS picks it). */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
 /**
  * Runs examples/<name>'s README command (bash -c, cwd = repository root) with
  * process.env + `env` + PORT=<a free port>, and waits (up to startTimeoutMs)

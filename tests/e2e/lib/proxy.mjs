@@ -8,10 +8,9 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync,
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import net from 'node:net';
 import assert from 'node:assert/strict';
 import {
-  openRaw, publish, publishOk, request, sleep, waitFor, cmpId, EventSource,
+  openRaw, publish, publishOk, request, sleep, waitFor, cmpId, EventSource, freePort,
 } from './server.mjs';
 
 export const DEPLOY_DIR = fileURLToPath(new URL('../../../deploy/', import.meta.url));
@@ -29,18 +28,6 @@ process.on('exit', () => {
 const idle = (ms) => new Promise((r) => setTimeout(r, ms, null).unref());
 
 /** A port nobody listens on right now (the OS picks it). */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
 /**
  * Replaces `from` (a string that must occur exactly once) with `to`, so a
  * change to the deploy file's shape fails loudly instead of testing

@@ -108,6 +108,19 @@ export async function startHerald(extraArgs = [], { env = {}, startTimeoutMs = 2
   return { url, pid: proc.pid, proc, stop, output: () => log, exited: () => exited };
 }
 
+/** A free TCP port on 127.0.0.1 (bound, then released) for a process a test starts. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
 /** VmRSS of a process in KiB (Linux /proc). */
 export function rssKiB(pid) {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
