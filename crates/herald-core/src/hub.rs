@@ -488,6 +488,26 @@ impl Hub {
         users
     }
 
+    /// Subscribed topics and patterns as written (`news`, `orders/*`, `*`;
+    /// personal topics included), each with the number of streams that name
+    /// it, sorted by name; starting after `after`, at most `limit`.
+    pub fn subscriptions_page(&self, after: Option<&str>, limit: usize) -> Vec<(String, usize)> {
+        let mut all = self.index.read().subscriptions();
+        all.retain(|(name, _)| after.is_none_or(|a| name.as_str() > a));
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.truncate(limit);
+        all
+    }
+
+    /// The `limit` subscribed topics and patterns named by the most streams,
+    /// busiest first (ties by name).
+    pub fn busiest_subscriptions(&self, limit: usize) -> Vec<(String, usize)> {
+        let mut all = self.index.read().subscriptions();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        all
+    }
+
     /// Streams whose subscriptions match `topic` (exact, prefix or `*`).
     pub fn topic_subscribers(&self, topic: &str) -> usize {
         self.index.read().topic_subscribers(topic)

@@ -187,6 +187,19 @@ impl Index {
             .filter_map(|cut| self.prefixes.get(cut))
     }
 
+    /// Every subscribed topic and pattern as a subscriber wrote it
+    /// (`orders/*`, `*`), with how many streams name it; unordered.
+    pub(crate) fn subscriptions(&self) -> Vec<(String, usize)> {
+        let exact = self.exact.iter().map(|(t, set)| (t.to_string(), set.len()));
+        let prefixes = self
+            .prefixes
+            .iter()
+            .map(|(p, set)| (format!("{p}*"), set.len()));
+        let everything =
+            (!self.everything.is_empty()).then(|| ("*".to_owned(), self.everything.len()));
+        exact.chain(prefixes).chain(everything).collect()
+    }
+
     /// Streams whose subscriptions match `topic` (by the filter's own rule).
     pub(crate) fn topic_subscribers(&self, topic: &str) -> usize {
         self.streams
@@ -346,6 +359,21 @@ mod tests {
         assert_eq!(index.topic_count(), 0);
         assert!(index.prefixes.is_empty() && index.prefix_lengths.is_empty());
         assert!(index.exact.is_empty() && index.everything.is_empty() && index.streams.is_empty());
+    }
+
+    #[test]
+    fn subscriptions_are_listed_as_written_with_their_stream_counts() {
+        let mut index = Index::default();
+        let _a = subscribe(&mut index, 1, &["news", "orders/*", "*"]);
+        let _b = subscribe(&mut index, 2, &["news", "orders/*"]);
+        let _c = subscribe(&mut index, 3, &["news"]);
+        let mut listed = index.subscriptions();
+        listed.sort();
+        let expected = [("*", 1), ("news", 3), ("orders/*", 2)];
+        let expected: Vec<(String, usize)> =
+            expected.iter().map(|(t, n)| (t.to_string(), *n)).collect();
+        assert_eq!(listed, expected);
+        assert_eq!(listed.len(), index.topic_count());
     }
 
     #[test]
