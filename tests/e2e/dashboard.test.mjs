@@ -66,6 +66,33 @@ async function subscriberPage(t, query, types) {
 
 const userRow = (page, id) => page.locator(`#users tr[data-user="${id}"]`);
 
+test('the stats stream ends on the server when its client leaves', { timeout: 60_000 }, async () => {
+  // Open descriptors of the server process (Linux).
+  const fds = async () => readdirSync(`/proc/${server.pid}/fd`).length;
+  // Before any page holds a connection (this test runs first), and once
+  // the count has settled.
+  let baseline = await fds();
+  for (let i = 0; i < 20; i++) {
+    await sleep(200);
+    const now = await fds();
+    if (now === baseline) break;
+    baseline = now;
+  }
+  const streams = [];
+  for (let i = 0; i < 20; i++) streams.push(await openRaw(server.url, '/v1/stats/stream'));
+  await Promise.all(streams.map((s) => s.waitEvents(1, 5_000)));
+  for (const s of streams) {
+    assert.equal(s.events[0].type, 'stats');
+    assert.ok(!s.events[0].id, 'a stats frame has no id: it is not in the event log');
+  }
+  const open = await fds();
+  assert.ok(open >= baseline + 20, `20 more descriptors while the streams are open (${baseline} → ${open})`);
+  for (const s of streams) s.close();
+  // The next frame's write fails, and the server drops the connection.
+  const after = await pollUntil(fds, (n) => n <= baseline + 2, { timeoutMs: 5_000, intervalMs: 200 });
+  assert.ok(after <= baseline + 2, `descriptors back to about ${baseline} (have ${after})`);
+});
+
 test('a subscriber appears within 2 s of connecting and vanishes when it leaves', { timeout: 60_000, skip: noChromium }, async (t) => {
   const page = await dashboard(t);
   const before = Number((await page.textContent('#v-connections')).replace(/,/g, ''));
@@ -223,25 +250,6 @@ test('the console shows every event type, group events included, and resumes aft
   await page.waitForFunction(() => document.querySelector('#con-state').textContent === 'CLOSED', null, { timeout: 5_000 });
   const s = await pollUntil(() => request(server.url, '/v1/users/7777'), (r) => r.json.connections === 0, { timeoutMs: 4_000 });
   assert.equal(s.json.connections, 0, 'closing the console ends its stream');
-});
-
-test('the stats stream ends on the server when its client leaves', { timeout: 60_000 }, async () => {
-  // Open descriptors of the server process (Linux).
-  const fds = async () => readdirSync(`/proc/${server.pid}/fd`).length;
-  const baseline = await fds();
-  const streams = [];
-  for (let i = 0; i < 20; i++) streams.push(await openRaw(server.url, '/v1/stats/stream'));
-  await Promise.all(streams.map((s) => s.waitEvents(1, 5_000)));
-  for (const s of streams) {
-    assert.equal(s.events[0].type, 'stats');
-    assert.ok(!s.events[0].id, 'a stats frame has no id: it is not in the event log');
-  }
-  const open = await fds();
-  assert.ok(open >= baseline + 20, `20 more descriptors while the streams are open (${baseline} → ${open})`);
-  for (const s of streams) s.close();
-  // The next frame's write fails, and the server drops the connection.
-  const after = await pollUntil(fds, (n) => n <= baseline + 2, { timeoutMs: 5_000, intervalMs: 200 });
-  assert.ok(after <= baseline + 2, `descriptors back to about ${baseline} (have ${after})`);
 });
 
 test('token mode: the page asks for the admin token once and works with it', { timeout: 60_000, skip: noChromium }, async (t) => {

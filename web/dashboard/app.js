@@ -270,7 +270,7 @@ function drawChart(canvas, now, series) {
     const v = (top * i) / divisions;
     const py = Math.round(y(v)) + 0.5;
     g.beginPath(); g.moveTo(left, py); g.lineTo(right, py); g.stroke();
-    g.fillText(v >= 10 || v === 0 ? integer(v) : v.toFixed(1), left - 6, py);
+    g.fillText(Number.isInteger(v) ? integer(v) : v.toFixed(1), left - 6, py);
   }
   g.textAlign = 'center';
   g.textBaseline = 'alphabetic';
