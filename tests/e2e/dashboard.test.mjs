@@ -88,7 +88,7 @@ test('the stats stream ends on the server when its client leaves', { timeout: 60
   const open = await fds();
   assert.ok(open >= baseline + 20, `20 more descriptors while the streams are open (${baseline} → ${open})`);
   for (const s of streams) s.close();
-  // The next frame's write fails, and the server drops the connection.
+  // The server sees each client go and drops its connection.
   const after = await pollUntil(fds, (n) => n <= baseline + 2, { timeoutMs: 5_000, intervalMs: 200 });
   assert.ok(after <= baseline + 2, `descriptors back to about ${baseline} (have ${after})`);
 });
