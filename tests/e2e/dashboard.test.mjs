@@ -93,6 +93,22 @@ test('the stats stream ends on the server when its client leaves', { timeout: 60
   assert.ok(after <= baseline + 2, `descriptors back to about ${baseline} (have ${after})`);
 });
 
+test('a stats stream ends with the server: it holds no shutdown up', { timeout: 60_000 }, async () => {
+  const own = await startHerald();
+  try {
+    const stream = await openRaw(own.url, '/v1/stats/stream');
+    await stream.waitEvents(1, 5_000);
+    const exit = await own.stop();
+    assert.equal(exit.code, 0, 'SIGTERM: a clean exit');
+    await stream.waitEnd(5_000);
+    // Ended by the server (the chunked body's last chunk), not cut when the
+    // shutdown grace ran out.
+    assert.equal(stream.ended, true, 'the stream was ended, not dropped');
+  } finally {
+    await own.stop();
+  }
+});
+
 test('a subscriber appears within 2 s of connecting and vanishes when it leaves', { timeout: 60_000, skip: noChromium }, async (t) => {
   const page = await dashboard(t);
   const before = Number((await page.textContent('#v-connections')).replace(/,/g, ''));

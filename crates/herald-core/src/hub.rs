@@ -120,6 +120,9 @@ pub struct Hub {
     dispatching_since_ms: AtomicU64,
     /// The delivery lag at the last sample ([`Hub::run_lag_sampler`]).
     lag: LagGauge,
+    /// Set once by [`Hub::close_all`]: streams the hub does not hold (the
+    /// stats stream) watch it to end with the others.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Who is connecting and what they want.
@@ -153,6 +156,7 @@ impl Hub {
             started: Instant::now(),
             dispatching_since_ms: AtomicU64::new(0),
             lag: LagGauge::default(),
+            closing: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -452,9 +456,19 @@ impl Hub {
 
     /// Ends every stream (shutdown).
     pub fn close_all(&self) {
+        self.closing.send_replace(true);
         let mut index = self.index.write();
         for entry in std::mem::take(&mut *index).streams.into_values() {
             entry.sender.close();
+        }
+    }
+
+    /// Resolves once [`Hub::close_all`] has been called (at once if it was).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            // An error means the hub is gone, which is as closed as it gets.
+            let _ = closing.wait_for(|closed| *closed).await;
         }
     }
 

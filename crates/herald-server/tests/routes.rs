@@ -828,6 +828,24 @@ async fn metrics_are_prometheus_text() {
 }
 
 #[tokio::test]
+async fn the_stats_stream_ends_when_the_server_closes_its_streams() {
+    let state = test_state(true);
+    let app = herald_server::router(state.clone());
+    let mut stats = send(&app, get("/v1/stats/stream")).await;
+    assert_eq!(stats.status(), StatusCode::OK);
+    // Shutdown ends the hub's streams; the stats stream ends with them, so
+    // it holds no graceful shutdown up.
+    state.hub.close_all();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = stats.body_mut().frame().await {
+            frame.expect("the body never fails");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stats stream ended after close_all");
+}
+
+#[tokio::test]
 async fn the_dashboard_is_served_in_both_modes_and_the_demo_points_to_it() {
     for dev in [true, false] {
         let app = herald_server::router(test_state(dev));

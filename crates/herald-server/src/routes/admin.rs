@@ -192,18 +192,21 @@ const STATS_FRAME_USERS: usize = 100;
 /// `GET /v1/stats/stream`: the dashboard's figures as an event stream, one
 /// `stats` event a second, the first at once. The frames are made for this
 /// stream alone and never enter the event log (they have no id), and the
-/// stream holds nothing but a timer: it ends when the client goes, at the
-/// latest with the next frame's failed write.
+/// stream holds nothing but a timer: it ends when the client goes, and when
+/// the server shuts down (with the hub's streams, so it holds no shutdown
+/// up; the client reconnects as after any ended stream).
 pub(crate) async fn stats_stream(State(state): State<Arc<AppState>>, version: Version) -> Response {
     let preamble = herald_sse::encode_notice(Some(state.hub.config().retry_ms), "ok");
     let mut ticks = tokio::time::interval(STATS_STREAM_PERIOD);
     // A late frame is sent late, not followed by a burst of catch-up frames.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let closed = state.hub.closed();
     let frames = stream::unfold((state, ticks), |(state, mut ticks)| async move {
         ticks.tick().await;
         let frame = stats_frame(&state);
         Some((Ok::<Bytes, Infallible>(frame), (state, ticks)))
-    });
+    })
+    .take_until(closed);
     let body = stream::once(std::future::ready(Ok(preamble))).chain(frames);
     let mut response = Body::from_stream(body).into_response();
     set_stream_headers(response.headers_mut(), version);
