@@ -217,6 +217,9 @@ test('the charts move while a load runs', { timeout: 90_000, skip: noChromium },
     const id = await publishOk(server.url, body);
     await page.locator(`#con-events .event[data-id="${id}"][data-type="${type}"]`).waitFor({ timeout: 5_000 });
   }
+  // The console's own stream is in the next frame's figures.
+  await page.waitForFunction(() => document.querySelector('#users tr[data-user="load0"] .count')?.textContent === '2',
+    null, { timeout: 3_000 });
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: ARTIFACTS + 'dashboard-desktop.png', fullPage: true });
   await page.setViewportSize({ width: 390, height: 844 });
@@ -283,6 +286,8 @@ test('token mode: the page asks for the admin token once and works with it', { t
   await page.goto(secured.url + '/');
   const dialog = page.locator('#token-dialog');
   await dialog.waitFor({ state: 'visible', timeout: 5_000 });
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: ARTIFACTS + 'dashboard-token.png' });
   // A token without admin rights is refused, in the server's words.
   await page.fill('#token-input', plain);
   await page.click('#token-use');
