@@ -227,7 +227,7 @@ fn stats_frame(state: &AppState) -> Bytes {
         .collect();
     let users: Vec<_> = state
         .hub
-        .users_page(None, STATS_FRAME_USERS)
+        .first_users(STATS_FRAME_USERS)
         .iter()
         .map(|(id, n)| json!({"id": &**id, "connections": n}))
         .collect();
