@@ -40,6 +40,10 @@ after(async () => {
 async function dashboard(t, path = '/', { width = 1280, height = 800 } = {}) {
   const page = await browser.newPage();
   t.after(() => page.close());
+  // Script errors and refused loads (the page's Content-Security-Policy) land here.
+  page.errors = [];
+  page.on('pageerror', (err) => page.errors.push(err.message));
+  page.on('console', (msg) => { if (msg.type() === 'error') page.errors.push(msg.text()); });
   await page.setViewportSize({ width, height });
   await page.goto(server.url + path);
   await page.waitForFunction(() => document.querySelector('#live').dataset.state === 'OPEN', null, { timeout: 10_000 });
@@ -228,6 +232,7 @@ test('the charts move while a load runs', { timeout: 90_000, skip: noChromium },
   // Nothing sticks out sideways at phone width.
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`);
+  assert.deepEqual(page.errors, [], 'no script error, nothing refused by the page policy');
   for (const es of listeners) es.close();
 });
 

@@ -852,6 +852,10 @@ async fn the_dashboard_is_served_in_both_modes_and_the_demo_points_to_it() {
         let page = send(&app, get("/")).await;
         assert_eq!(page.status(), StatusCode::OK, "dev {dev}");
         assert!(content_type(page.headers()).starts_with("text/html"));
+        let policy = page.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("ASCII");
+        assert!(policy.contains("default-src 'self'") && policy.contains("frame-ancestors 'none'"));
         let html = axum::body::to_bytes(page.into_body(), usize::MAX)
             .await
             .expect("a whole body");

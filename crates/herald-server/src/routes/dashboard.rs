@@ -37,15 +37,26 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
             (header::CONTENT_TYPE, content_type),
             // Always asked again, so an upgraded server never runs an old page.
             (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         body,
     )
         .into_response()
 }
 
+/// What the page may load and who may frame it: only its own files and
+/// routes, and no one (the page holds an admin token and has buttons that
+/// act with it: nothing injected may run, no other site may overlay it).
+const PAGE_POLICY: &str = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+
 /// `GET /`.
 pub(crate) async fn page() -> Response {
-    asset("text/html; charset=utf-8", INDEX_HTML)
+    let mut response = asset("text/html; charset=utf-8", INDEX_HTML);
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_POLICY),
+    );
+    response
 }
 
 /// `GET /dashboard/{file}`.
