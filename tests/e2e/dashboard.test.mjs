@@ -312,4 +312,20 @@ test('token mode: the page asks for the admin token once and works with it', { t
   // And the token is used for actions too.
   await userRow(page, '7777').locator('button', { hasText: 'Disconnect' }).click();
   await member.waitEnd(5_000);
+
+  // The console subscribes with the token: `*` is refused for a token that
+  // does not cover it, with the server's reason and what to do.
+  await page.fill('#con-user', 'ops');
+  await page.click('#con-connect');
+  await page.waitForFunction(() => /topic_not_allowed/.test(document.querySelector('#con-error').textContent), null, { timeout: 5_000 });
+  assert.match(await page.textContent('#con-error'), /clear it/);
+  await page.fill('#con-topics', '');
+  await page.click('#con-connect');
+  await page.waitForFunction(() => document.querySelector('#con-state').textContent === 'OPEN', null, { timeout: 5_000 });
+  assert.equal(await page.isVisible('#con-error'), false);
+  // A publish the admin token may not make says so.
+  await page.selectOption('#pub-target', 'broadcast');
+  await page.click('#pub-send');
+  await page.waitForFunction(() => document.querySelector('#pub-result').classList.contains('bad'), null, { timeout: 5_000 });
+  assert.match(await page.textContent('#pub-result'), /broadcast/);
 });
