@@ -120,6 +120,9 @@ pub struct Hub {
     dispatching_since_ms: AtomicU64,
     /// The delivery lag at the last sample ([`Hub::run_lag_sampler`]).
     lag: LagGauge,
+    /// Set once by [`Hub::close_all`]: streams the hub does not hold (the
+    /// stats stream) watch it to end with the others.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Who is connecting and what they want.
@@ -153,6 +156,7 @@ impl Hub {
             started: Instant::now(),
             dispatching_since_ms: AtomicU64::new(0),
             lag: LagGauge::default(),
+            closing: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -452,9 +456,19 @@ impl Hub {
 
     /// Ends every stream (shutdown).
     pub fn close_all(&self) {
+        self.closing.send_replace(true);
         let mut index = self.index.write();
         for entry in std::mem::take(&mut *index).streams.into_values() {
             entry.sender.close();
+        }
+    }
+
+    /// Resolves once [`Hub::close_all`] has been called (at once if it was).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            // An error means the hub is gone, which is as closed as it gets.
+            let _ = closing.wait_for(|closed| *closed).await;
         }
     }
 
@@ -499,10 +513,71 @@ impl Hub {
             .collect()
     }
 
+    /// Subscribed topics and patterns as written (`news`, `orders/*`, `*`;
+    /// personal topics included), each with the number of streams that name
+    /// it, sorted by name; starting after `after`, at most `limit`.
+    pub fn subscriptions_page(&self, after: Option<&str>, limit: usize) -> Vec<(String, usize)> {
+        let index = self.index.read();
+        let mut all = index.subscriptions();
+        if let Some(after) = after {
+            all.retain(|(name, _)| name.cmp_written(after).is_gt());
+        }
+        first(all, limit, |a, b| a.0.cmp(&b.0))
+            .into_iter()
+            .map(|(name, n)| (name.to_string(), n))
+            .collect()
+    }
+
+    /// The `limit` subscribed topics and patterns named by the most streams,
+    /// busiest first (ties by name).
+    pub fn busiest_subscriptions(&self, limit: usize) -> Vec<(String, usize)> {
+        let index = self.index.read();
+        first(index.subscriptions(), limit, |a, b| {
+            b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0))
+        })
+        .into_iter()
+        .map(|(name, n)| (name.to_string(), n))
+        .collect()
+    }
+
+    /// The first `limit` online users by id, with their stream counts (what
+    /// [`Hub::users_page`] gives for a first page, without sorting them all).
+    pub fn first_users(&self, limit: usize) -> Vec<(Arc<str>, usize)> {
+        let index = self.index.read();
+        let all: Vec<(&Arc<str>, usize)> = index
+            .users
+            .iter()
+            .map(|(id, set)| (id, set.len()))
+            .collect();
+        first(all, limit, |a, b| a.0.cmp(b.0))
+            .into_iter()
+            .map(|(id, n)| (id.clone(), n))
+            .collect()
+    }
+
     /// Streams whose subscriptions match `topic` (exact, prefix or `*`).
     pub fn topic_subscribers(&self, topic: &str) -> usize {
         self.index.read().topic_subscribers(topic)
     }
+}
+
+/// The first `limit` of `items` in `order`, in order: a selection, then a
+/// sort of those few only. The stats stream asks for ten topics and a
+/// hundred users a second, of a server that may hold 100,000 of each.
+fn first<T>(
+    mut items: Vec<T>,
+    limit: usize,
+    order: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> Vec<T> {
+    if limit == 0 {
+        return Vec::new();
+    }
+    if items.len() > limit {
+        items.select_nth_unstable_by(limit - 1, &order);
+        items.truncate(limit);
+    }
+    items.sort_unstable_by(order);
+    items
 }
 
 impl Registry for Hub {
@@ -518,5 +593,27 @@ impl Registry for Hub {
         totals
             .lagged_by_closed
             .fetch_add(shared.lagged.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The selection gives what sorting everything and keeping the
+        /// first `limit` gives, ties included.
+        #[test]
+        fn first_is_the_head_of_the_whole_sort(
+            items in proptest::collection::vec((0u8..8, 0u8..4), 0..60),
+            limit in 0usize..70,
+        ) {
+            let order = |a: &(u8, u8), b: &(u8, u8)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+            let mut sorted = items.clone();
+            sorted.sort_by(order);
+            sorted.truncate(limit);
+            prop_assert_eq!(first(items, limit, order), sorted);
+        }
     }
 }

@@ -68,6 +68,47 @@ impl Entry {
 
 type StreamSet = HashMap<ConnId, Arc<Entry>>;
 
+/// A subscribed topic or pattern as written: `text`, then `*` for a prefix
+/// pattern (`*` alone is every topic). Ordered as that written form is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubscriptionName<'a> {
+    text: &'a str,
+    star: bool,
+}
+
+impl SubscriptionName<'_> {
+    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.text.bytes().chain(self.star.then_some(b'*'))
+    }
+
+    /// How this name compares with the written form `other`.
+    pub(crate) fn cmp_written(&self, other: &str) -> std::cmp::Ordering {
+        self.bytes().cmp(other.bytes())
+    }
+}
+
+impl Ord for SubscriptionName<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.bytes().cmp(other.bytes())
+    }
+}
+
+impl PartialOrd for SubscriptionName<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Display for SubscriptionName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text)?;
+        if self.star {
+            f.write_str("*")?;
+        }
+        Ok(())
+    }
+}
+
 /// Streams keyed by what they subscribe to.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
@@ -185,6 +226,34 @@ impl Index {
             .range(..=topic.len())
             .filter_map(move |(&len, _)| topic.get(..len))
             .filter_map(|cut| self.prefixes.get(cut))
+    }
+
+    /// Every subscribed topic and pattern, named as a subscriber wrote it
+    /// (`orders/*`, `*`), with how many streams name it; unordered, and
+    /// borrowed, so a caller that keeps a few allocates only those.
+    pub(crate) fn subscriptions(&self) -> Vec<(SubscriptionName<'_>, usize)> {
+        let exact = self.exact.iter().map(|(t, set)| {
+            let name = SubscriptionName {
+                text: t,
+                star: false,
+            };
+            (name, set.len())
+        });
+        let prefixes = self.prefixes.iter().map(|(p, set)| {
+            let name = SubscriptionName {
+                text: p,
+                star: true,
+            };
+            (name, set.len())
+        });
+        let everything = (!self.everything.is_empty()).then(|| {
+            let name = SubscriptionName {
+                text: "",
+                star: true,
+            };
+            (name, self.everything.len())
+        });
+        exact.chain(prefixes).chain(everything).collect()
     }
 
     /// Streams whose subscriptions match `topic` (by the filter's own rule).
@@ -346,6 +415,25 @@ mod tests {
         assert_eq!(index.topic_count(), 0);
         assert!(index.prefixes.is_empty() && index.prefix_lengths.is_empty());
         assert!(index.exact.is_empty() && index.everything.is_empty() && index.streams.is_empty());
+    }
+
+    #[test]
+    fn subscriptions_are_listed_as_written_with_their_stream_counts() {
+        let mut index = Index::default();
+        let _a = subscribe(&mut index, 1, &["news", "orders/*", "*"]);
+        let _b = subscribe(&mut index, 2, &["news", "orders/*"]);
+        let _c = subscribe(&mut index, 3, &["news"]);
+        let mut listed: Vec<(String, usize)> = index
+            .subscriptions()
+            .into_iter()
+            .map(|(name, n)| (name.to_string(), n))
+            .collect();
+        listed.sort();
+        let expected = [("*", 1), ("news", 3), ("orders/*", 2)];
+        let expected: Vec<(String, usize)> =
+            expected.iter().map(|(t, n)| (t.to_string(), *n)).collect();
+        assert_eq!(listed, expected);
+        assert_eq!(listed.len(), index.topic_count());
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! Routes (documented in docs/api.md): subscribe `GET /v1/events`, publish
 //! `POST /v1/publish`, the admin routes under `/v1/`, and `/healthz`,
-//! `/readyz`, `/metrics`, `/herald.js` (the browser client), `/demo`. This
-//! crate owns HTTP concerns only — parsing, auth, CORS, limits, status
-//! codes, the accept loop, TLS (`tls.rs`: certificates, reload, ALPN); what
-//! an event is and how it fans out belongs to `herald-core`.
+//! `/readyz`, `/metrics`, `/herald.js` (the browser client), and the
+//! dashboard at `/`. This crate owns HTTP concerns only — parsing, auth,
+//! CORS, limits, status codes, the accept loop, TLS (`tls.rs`: certificates,
+//! reload, ALPN); what an event is and how it fans out belongs to
+//! `herald-core`.
 
 #![forbid(unsafe_code)]
 
@@ -45,7 +46,7 @@ pub use tls::{check_tls, TlsError, TlsFile, TlsFiles};
 /// HTTP-level options (the hub and the log have their own).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Dev mode: no tokens; identity from `?user=`; the demo page is served.
+    /// Dev mode: no tokens; identity from `?user=`; admin routes open.
     pub dev: bool,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
@@ -282,6 +283,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/users/{id}", get(routes::admin::user))
         .route("/v1/users/{id}/connections", delete(routes::admin::kick))
         .route("/v1/topics/{*topic}", get(routes::admin::topic))
+        .route("/v1/topics", get(routes::admin::topics))
+        .route("/v1/stats/stream", get(routes::admin::stats_stream))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::admin::require_admin,
@@ -294,14 +297,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .route("/herald.js", get(routes::herald_js::script));
+    // The dashboard, in both modes: the page shows nothing without admin access.
+    app = app
+        .route("/", get(routes::dashboard::page))
+        .route("/dashboard/{file}", get(routes::dashboard::file))
+        .route("/demo", get(routes::dashboard::demo));
     if state.config.dev {
-        app = app
-            .route("/demo", get(routes::demo::page))
-            .route("/", get(routes::demo::root))
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                cors::dev_host_guard,
-            ));
+        app = app.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::dev_host_guard,
+        ));
     }
     app.fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)

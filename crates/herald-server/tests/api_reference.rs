@@ -19,12 +19,15 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/users/{id}"),
     ("DELETE", "/v1/users/{id}/connections"),
     ("GET", "/v1/topics/{*topic}"),
+    ("GET", "/v1/topics"),
+    ("GET", "/v1/stats/stream"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/herald.js"),
-    ("GET", "/demo"),
     ("GET", "/"),
+    ("GET", "/dashboard/{file}"),
+    ("GET", "/demo"),
 ];
 
 fn read(relative: &str) -> String {

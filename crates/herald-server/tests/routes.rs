@@ -828,19 +828,60 @@ async fn metrics_are_prometheus_text() {
 }
 
 #[tokio::test]
-async fn the_demo_page_is_served_in_dev_mode_only() {
-    let dev = herald_server::router(test_state(true));
-    let response = send(&dev, get("/demo")).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(content_type(response.headers()).starts_with("text/html"));
-    let response = send(&dev, get("/")).await;
-    assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
-    assert_eq!(response.headers()[header::LOCATION], "/demo");
+async fn the_stats_stream_ends_when_the_server_closes_its_streams() {
+    let state = test_state(true);
+    let app = herald_server::router(state.clone());
+    let mut stats = send(&app, get("/v1/stats/stream")).await;
+    assert_eq!(stats.status(), StatusCode::OK);
+    // Shutdown ends the hub's streams; the stats stream ends with them, so
+    // it holds no graceful shutdown up.
+    state.hub.close_all();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = stats.body_mut().frame().await {
+            frame.expect("the body never fails");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stats stream ended after close_all");
+}
 
-    let production = herald_server::router(test_state(false));
-    for uri in ["/demo", "/"] {
-        let a = answer(&production, get(uri)).await;
+#[tokio::test]
+async fn the_dashboard_is_served_in_both_modes_and_the_demo_points_to_it() {
+    for dev in [true, false] {
+        let app = herald_server::router(test_state(dev));
+        let page = send(&app, get("/")).await;
+        assert_eq!(page.status(), StatusCode::OK, "dev {dev}");
+        assert!(content_type(page.headers()).starts_with("text/html"));
+        let policy = page.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("ASCII");
+        assert!(policy.contains("default-src 'self'") && policy.contains("frame-ancestors 'none'"));
+        let html = axum::body::to_bytes(page.into_body(), usize::MAX)
+            .await
+            .expect("a whole body");
+        let html = String::from_utf8_lossy(&html);
+        // Every file the page loads is served, with its type (app.js
+        // imports sse.js).
+        for (file, kind) in [
+            ("/dashboard/app.js", "text/javascript"),
+            ("/dashboard/sse.js", "text/javascript"),
+            ("/dashboard/style.css", "text/css"),
+        ] {
+            if !file.ends_with("sse.js") {
+                assert!(html.contains(file), "the page loads {file}");
+            }
+            let response = send(&app, get(file)).await;
+            assert_eq!(response.status(), StatusCode::OK, "{file}");
+            assert!(content_type(response.headers()).starts_with(kind), "{file}");
+        }
+        let a = answer(&app, get("/dashboard/nope.js")).await;
         assert_error(&a, StatusCode::NOT_FOUND, "not_found");
+
+        let demo = send(&app, get("/demo?user=7777")).await;
+        assert_eq!(demo.status(), StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(demo.headers()[header::LOCATION], "/?user=7777#console");
+        let demo = send(&app, get("/demo")).await;
+        assert_eq!(demo.headers()[header::LOCATION], "/#console");
     }
 }
 
@@ -865,6 +906,94 @@ async fn the_browser_client_is_served_in_every_mode() {
     }
 }
 
+#[tokio::test]
+async fn topics_are_listed_as_subscribed_with_their_streams_by_name() {
+    let app = app();
+    let mut open = Vec::new();
+    for uri in [
+        "/v1/events?topic=news&topic=orders/*",
+        "/v1/events?topic=news",
+        "/v1/events?user=7777&topic=*",
+    ] {
+        open.push(subscribe(&app, uri).await);
+    }
+    let page = answer(&app, get("/v1/topics?limit=2")).await;
+    assert_eq!(page.status, StatusCode::OK, "{page:?}");
+    assert_eq!(
+        page.json,
+        json!({"topics": [{"topic": "*", "subscribers": 1}, {"topic": "news", "subscribers": 2}], "next": "news"})
+    );
+    let rest = answer(&app, get("/v1/topics?limit=2&cursor=news")).await;
+    assert_eq!(
+        rest.json,
+        json!({"topics": [{"topic": "orders/*", "subscribers": 1}, {"topic": "user/7777", "subscribers": 1}], "next": null})
+    );
+    for limit in ["0", "1001", "x", ""] {
+        let a = answer(&app, get(&format!("/v1/topics?limit={limit}"))).await;
+        assert_error(&a, StatusCode::BAD_REQUEST, "invalid_limit");
+    }
+    drop(open);
+    let gone = answer(&app, get("/v1/topics")).await;
+    assert_eq!(gone.json, json!({"topics": [], "next": null}));
+}
+
+/// The `data` of every `stats` event in `text`.
+fn stats_frames(text: &str) -> Vec<Value> {
+    let mut frames = Vec::new();
+    for block in text.split("\n\n") {
+        if !block.lines().any(|l| l == "event: stats") {
+            continue;
+        }
+        assert!(
+            !block.contains("\nid:") && !block.starts_with("id:"),
+            "no id: {block}"
+        );
+        let data: String = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        frames.push(serde_json::from_str(&data).expect("a stats frame is JSON"));
+    }
+    frames
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stats_stream_sends_a_frame_at_once_and_then_every_second() {
+    let app = app();
+    let _s = subscribe(&app, "/v1/events?user=7777&topic=news").await;
+    let _t = subscribe(&app, "/v1/events?topic=news").await;
+    publish_value(&app, json!({"topics": ["news"], "data": "x"})).await;
+    let mut stats = send(&app, get("/v1/stats/stream")).await;
+    assert_eq!(stats.status(), StatusCode::OK);
+    assert!(content_type(stats.headers()).starts_with("text/event-stream"));
+    let mut text = String::new();
+    let mut frames = Vec::new();
+    // The preamble, then one frame at once, then one per (paused) second.
+    while frames.len() < 3 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), stats.body_mut().frame())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the stream goes on")
+            .expect("the body never fails");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+        frames = stats_frames(&text);
+    }
+    assert!(text.starts_with("retry: "), "{text}");
+    let first = &frames[0];
+    assert_eq!(first["connections"], 2);
+    assert_eq!(first["users_online"], 1);
+    assert_eq!(first["events_published"], 1);
+    assert_eq!(
+        first["top_topics"][0],
+        json!({"topic": "news", "subscribers": 2})
+    );
+    assert_eq!(first["users"], json!([{"id": "7777", "connections": 1}]));
+    let at: Vec<u64> = frames.iter().filter_map(|f| f["at_ms"].as_u64()).collect();
+    assert_eq!(at.len(), 3, "each frame has at_ms");
+}
+
 mod fuzz {
     //! Arbitrary requests through the whole router: whatever the method,
     //! path, query, headers and body, the answer is never a 5xx and nothing
@@ -882,6 +1011,8 @@ mod fuzz {
         "/v1/users/7777/connections",
         "/v1/topics/news",
         "/v1/topics/a/b/*",
+        "/v1/topics",
+        "/dashboard/app.js",
         "/healthz",
         "/readyz",
         "/metrics",

@@ -58,7 +58,7 @@ pub(crate) struct Config {
     /// Address and port to listen on (default: 127.0.0.1:8080 with --dev, else 0.0.0.0:8080).
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
-    /// Dev mode: no tokens, `?user=` names the subscriber, admin open, demo page at /demo.
+    /// Dev mode: no tokens, `?user=` names the subscriber, admin routes (and so the dashboard) open.
     #[arg(long)]
     pub dev: bool,
     /// HMAC secret of HS256/384/512 tokens (repeatable: old and new while rotating).

@@ -1,4 +1,5 @@
-//! The `herald` binary: `serve`, `publish`, `subscribe`, `bench`, `token`.
+//! The `herald` binary: `serve`, `publish`, `subscribe`, `bench`, `token`,
+//! `status`.
 //!
 //! Exit codes: 0 success, 64 bad usage or configuration, 1 runtime failure.
 
@@ -40,6 +41,9 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Mint a token signed with the server's secret or a private key.
     Token(cmd::token::TokenArgs),
+    /// One screen of a running server: connections, users, rates, lag,
+    /// busiest topics, online users (what the dashboard at `/` shows).
+    Status(cmd::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Subscribe(args) => cmd::subscribe::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Token(args) => cmd::token::run(args),
+        Command::Status(args) => cmd::status::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
 //! `GET /herald.js`: the browser client (`web/herald.js`), served in every
 //! mode so a page can load it from the Herald it talks to. Embedded at build
-//! time like the demo page, so the binary stays one file.
+//! time like the dashboard, so the binary stays one file.
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
