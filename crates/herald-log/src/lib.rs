@@ -19,6 +19,7 @@ mod ids;
 mod memory;
 mod names;
 mod page;
+pub mod redis;
 
 pub use durable::{
     Durability, DurableError, DurableLog, DurableOptions, RecoveryReport, FORMAT_VERSION,
