@@ -29,6 +29,12 @@ pub enum LogError {
     /// The log cannot take or serve events right now; nothing was stored.
     #[error("event log unavailable: {0}")]
     Unavailable(String),
+    /// The batch may be stored, but not at the durability the log is
+    /// configured for, or the log could not confirm it (the Redis log: a
+    /// `WAIT` that fewer replicas answered, a reply that never came). A
+    /// retry with the same idempotency keys returns the stored ids.
+    #[error("event log did not acknowledge: {0}")]
+    NotAcknowledged(String),
 }
 
 /// What `append` did with one event of a batch.

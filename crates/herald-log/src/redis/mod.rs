@@ -34,8 +34,9 @@
 //! **Durability** (`redis_durability`): `primary` acknowledges when the
 //! script returned; `replicas=N` then sends `WAIT N timeout` on the same
 //! connection and, if fewer replicas acknowledged in time, answers
-//! [`LogError::Unavailable`] (a 503): the batch *is* on the primary, and a
-//! retry with the same `idempotency_key` returns its original id.
+//! [`LogError::NotAcknowledged`] (a 503): the batch *is* on the primary,
+//! and a retry with the same `idempotency_key` returns its original id.
+//! So does an append whose script was sent but whose reply never came.
 //!
 //! **Retention**, in the same script: the oldest entries beyond
 //! `retention_events`, and those older than `retention_secs` (ids are
@@ -596,10 +597,9 @@ impl RedisLog {
                     .round_trip_failures
                     .fetch_add(1, Ordering::Relaxed);
                 shared.writer.broken().await;
-                return Err(unavailable(
-                    "did not confirm the append (it may be stored: a retry with the same idempotency_key returns its id)",
-                    e,
-                ));
+                return Err(LogError::NotAcknowledged(format!(
+                    "Redis did not confirm the append ({e}); it may be stored: a retry with the same idempotency_key returns its id"
+                )));
             }
         };
         let results = parse_appended(&reply, batch.len()).ok_or_else(|| {
@@ -620,8 +620,8 @@ impl RedisLog {
                         .stats
                         .replica_timeouts
                         .fetch_add(1, Ordering::Relaxed);
-                    return Err(LogError::Unavailable(format!(
-                        "only {k} of {n} Redis replicas acknowledged within {} ms: the event is on the primary but not acknowledged; retry with the same idempotency_key to get its id",
+                    return Err(LogError::NotAcknowledged(format!(
+                        "only {k} of {n} Redis replicas acknowledged within {} ms: the event is on the primary but not acknowledged; a retry with the same idempotency_key returns its id",
                         options.wait_timeout.as_millis()
                     )));
                 }
@@ -631,10 +631,9 @@ impl RedisLog {
                         .round_trip_failures
                         .fetch_add(1, Ordering::Relaxed);
                     shared.writer.broken().await;
-                    return Err(unavailable(
-                        "did not answer WAIT: the event may be stored but is not acknowledged; retry with the same idempotency_key",
-                        e,
-                    ));
+                    return Err(LogError::NotAcknowledged(format!(
+                        "Redis did not answer WAIT ({e}): the event is on the primary but not acknowledged; a retry with the same idempotency_key returns its id"
+                    )));
                 }
             }
         }
@@ -878,8 +877,8 @@ impl EventLog for RedisLog {
                     .round_trip_failures
                     .fetch_add(1, Ordering::Relaxed);
                 self.shared.writer.broken().await;
-                return Err(LogError::Unavailable(format!(
-                    "Redis did not answer the append within {budget:?} (it may be stored: a retry with the same idempotency_key returns its id)"
+                return Err(LogError::NotAcknowledged(format!(
+                    "Redis did not answer the append within {budget:?}; it may be stored: a retry with the same idempotency_key returns its id"
                 )));
             }
         };
@@ -1102,8 +1101,7 @@ async fn run_tail(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     .stats
                     .round_trip_failures
                     .fetch_add(1, Ordering::Relaxed);
-                shared.set_tail_health(false, || format!("cannot connect: {e}"));
-                tracing::warn!(err = %e, "the Redis tail cannot connect; retrying");
+                tail_down(&shared, format!("cannot connect: {e}"));
                 continue;
             }
             Err(_) => {
@@ -1111,11 +1109,13 @@ async fn run_tail(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     .stats
                     .round_trip_failures
                     .fetch_add(1, Ordering::Relaxed);
-                shared.set_tail_health(false, || "connecting timed out".into());
-                tracing::warn!("the Redis tail's connection attempt timed out; retrying");
+                tail_down(&shared, format!("connecting took over {TAIL_GRACE:?}"));
                 continue;
             }
         };
+        if shared.tail_attempted.load(Ordering::Acquire) && !*shared.tail_healthy.borrow() {
+            tracing::info!(after = ?resume, "the Redis tail is reading again");
+        }
         shared.set_tail_health(true, String::new);
         backoff = Duration::from_millis(50);
         let block_ms = shared.options.tail_block.as_millis() as u64;
@@ -1158,24 +1158,32 @@ async fn run_tail(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                         .stats
                         .round_trip_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    shared.set_tail_health(false, || format!("read failed: {e}"));
-                    tracing::warn!(err = %e, "the Redis tail's read failed; reconnecting");
+                    tail_down(&shared, format!("a read failed: {e}"));
                     break;
                 }
                 Err(_) => {
                     shared.stats.tail_wedged.fetch_add(1, Ordering::Relaxed);
-                    shared.set_tail_health(false, || {
-                        format!("a read did not return within {deadline:?} (wedged)")
-                    });
-                    tracing::warn!(
-                        ?deadline,
-                        "the Redis tail's read did not return in time; reconnecting"
+                    tail_down(
+                        &shared,
+                        format!("a read did not return within {deadline:?} (a wedged connection)"),
                     );
                     break;
                 }
             }
         }
     }
+}
+
+/// Marks the tail down; warns once per outage (each retry after is a
+/// debug line).
+fn tail_down(shared: &Shared, why: String) {
+    let was_up = *shared.tail_healthy.borrow() || !shared.tail_attempted.load(Ordering::Acquire);
+    if was_up {
+        tracing::warn!(%why, "the Redis tail is not reading; retrying (at least every second)");
+    } else {
+        tracing::debug!(%why, "the Redis tail is still not reading");
+    }
+    shared.set_tail_health(false, || why);
 }
 
 /// Connects the tail and decides where it continues: after the newest

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::ArgMatches;
 use herald_core::{EventId, EventLog, Hub, HubConfig};
+use herald_log::redis::RedisLog;
 use herald_log::{DurableLog, DurableOptions, MemoryLog, Retention};
 use herald_server::{AppState, Auth, AuthConfig, ConnectionBudget, ServerConfig};
 
@@ -47,7 +48,7 @@ async fn serve(
     fd_limit: Option<usize>,
     streams: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
-    let (log, trim) = open_log(&config)?;
+    let (log, trim) = open_log(&config).await?;
     let hub = Hub::new(log.clone(), HubConfig::from(&config));
     // The dispatcher and the lag sampler run here, on the control thread,
     // beside the publishes: an append wakes the dispatcher without waking
@@ -207,7 +208,32 @@ fn listen_socket(listen: std::net::SocketAddr) -> std::io::Result<tokio::net::Tc
 
 /// The event log the configuration asks for: in memory, or durable in the data
 /// directory (the default).
-fn open_log(config: &Config) -> anyhow::Result<(Arc<dyn EventLog>, Trim)> {
+async fn open_log(config: &Config) -> anyhow::Result<(Arc<dyn EventLog>, Trim)> {
+    let redis = config
+        .redis_log()
+        .map_err(|(key, why)| ConfigError(format!("`{key}`: {why}")))?;
+    if let Some((endpoint, options)) = redis {
+        let log = Arc::new(RedisLog::new(endpoint, options));
+        // A node comes up while Redis is down for a moment: it serves
+        // (publishes answer 503, /readyz fails) and catches up once Redis
+        // answers.
+        match log.connect().await {
+            Ok(()) => tracing::info!(
+                redis = %log.endpoint(),
+                prefix = %config.redis_prefix,
+                durability = %config.redis_durability,
+                newest_id = %shown(log.last_fetched()),
+                "event log on Redis"
+            ),
+            Err(err) => tracing::error!(
+                redis = %log.endpoint(),
+                %err,
+                "Redis is not reachable at start-up: serving anyway; publishes answer 503 and /readyz fails until it is"
+            ),
+        }
+        // Retention is applied by the append script itself.
+        return Ok((log, Arc::new(|| {})));
+    }
     if config.memory {
         tracing::warn!("--memory: events are kept in memory only and lost on restart");
         let log = Arc::new(MemoryLog::new(Retention::from(config)));
