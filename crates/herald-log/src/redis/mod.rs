@@ -1101,7 +1101,7 @@ async fn run_tail(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     .stats
                     .round_trip_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tail_down(&shared, format!("cannot connect: {e}"));
+                tail_down(&shared, format!("cannot connect: {e}")).await;
                 continue;
             }
             Err(_) => {
@@ -1109,7 +1109,7 @@ async fn run_tail(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     .stats
                     .round_trip_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tail_down(&shared, format!("connecting took over {TAIL_GRACE:?}"));
+                tail_down(&shared, format!("connecting took over {TAIL_GRACE:?}")).await;
                 continue;
             }
         };
@@ -1158,7 +1158,7 @@ async fn run_tail(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                         .stats
                         .round_trip_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    tail_down(&shared, format!("a read failed: {e}"));
+                    tail_down(&shared, format!("a read failed: {e}")).await;
                     break;
                 }
                 Err(_) => {
@@ -1166,7 +1166,8 @@ async fn run_tail(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     tail_down(
                         &shared,
                         format!("a read did not return within {deadline:?} (a wedged connection)"),
-                    );
+                    )
+                    .await;
                     break;
                 }
             }
@@ -1175,8 +1176,13 @@ async fn run_tail(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Marks the tail down; warns once per outage (each retry after is a
-/// debug line).
-fn tail_down(shared: &Shared, why: String) {
+/// debug line). The writer's and reader's kept connections go too: Redis
+/// is likely gone for them as well, and a fresh connection attempt tells
+/// a publish at once that nothing was stored (a dead kept connection could
+/// only say "maybe").
+async fn tail_down(shared: &Shared, why: String) {
+    shared.writer.broken().await;
+    shared.reader.broken().await;
     let was_up = *shared.tail_healthy.borrow() || !shared.tail_attempted.load(Ordering::Acquire);
     if was_up {
         tracing::warn!(%why, "the Redis tail is not reading; retrying (at least every second)");

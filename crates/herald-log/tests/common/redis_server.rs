@@ -28,6 +28,9 @@ pub struct RedisServer {
     pub dir: PathBuf,
     args: Vec<String>,
     process: Option<Running>,
+    /// Whether the wrapper removes `dir` when the test process ends (for a
+    /// server that is never dropped).
+    remove_dir_at_exit: bool,
 }
 
 #[derive(Debug)]
@@ -61,6 +64,25 @@ pub fn command(port: u16, line: &str) -> std::io::Result<String> {
     Ok(reply.trim_end().to_owned())
 }
 
+/// One field of `INFO` (e.g. `connected_slaves`), `None` if Redis does
+/// not answer or has no such field.
+pub fn info(port: u16, field: &str) -> Option<String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"INFO\r\n").ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).ok()?;
+    let len: usize = header.trim_end().strip_prefix('$')?.parse().ok()?;
+    let mut body = vec![0; len];
+    std::io::Read::read_exact(&mut reader, &mut body).ok()?;
+    let body = String::from_utf8_lossy(&body);
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(str::to_owned)
+}
+
 impl RedisServer {
     /// A server without persistence.
     pub fn start() -> Self {
@@ -79,24 +101,17 @@ impl RedisServer {
         ])
     }
 
+    /// A server without persistence on `port`.
+    pub fn start_on(port: u16) -> Self {
+        let mut server = Self::new(&["--save", "", "--appendonly", "no"]);
+        server.port = port;
+        assert!(server.spawn(), "redis-server did not start on port {port}");
+        server
+    }
+
     /// A server with `extra` arguments, in its own temporary directory.
     pub fn start_with(extra: &[&str]) -> Self {
-        assert!(
-            Path::new(REDIS_SERVER).exists(),
-            "{REDIS_SERVER} is missing: these tests start real Redis servers (scripts/test installs redis-server; or apt-get install redis-server)"
-        );
-        let dir = std::env::temp_dir().join(format!(
-            "herald-log-redis-{}-{}",
-            std::process::id(),
-            unique()
-        ));
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let mut server = Self {
-            port: 0,
-            dir,
-            args: extra.iter().map(|s| (*s).to_owned()).collect(),
-            process: None,
-        };
+        let mut server = Self::new(extra);
         for _ in 0..5 {
             server.port = free_port();
             if server.spawn() {
@@ -109,18 +124,46 @@ impl RedisServer {
         );
     }
 
+    fn new(extra: &[&str]) -> Self {
+        assert!(
+            Path::new(REDIS_SERVER).exists(),
+            "{REDIS_SERVER} is missing: these tests start real Redis servers (scripts/test installs redis-server; or apt-get install redis-server)"
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "herald-log-redis-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Self {
+            port: 0,
+            dir,
+            args: extra.iter().map(|s| (*s).to_owned()).collect(),
+            process: None,
+            remove_dir_at_exit: false,
+        }
+    }
+
     /// Starts the server on its port and directory; true once it answers.
     fn spawn(&mut self) -> bool {
         let log = self.dir.join("redis.log");
         let mut wrapper = Command::new("sh")
             .arg("-c")
             // The server's pid on stdout; then wait for stdin to close.
-            .arg(r#"exec 3<&0; "$0" "$@" </dev/null >>"$LOG" 2>&1 & echo $!; read _ <&3; kill -9 $! 2>/dev/null; wait"#)
+            .arg(r#"exec 3<&0; "$0" "$@" </dev/null >>"$LOG" 2>&1 & echo $!; read _ <&3; kill -9 $! 2>/dev/null; wait; if [ -n "$REMOVE_DIR" ]; then rm -rf "$REMOVE_DIR"; fi"#)
             .arg(REDIS_SERVER)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--dir"])
             .arg(&self.dir)
             .args(&self.args)
             .env("LOG", &log)
+            .env(
+                "REMOVE_DIR",
+                if self.remove_dir_at_exit {
+                    self.dir.as_os_str()
+                } else {
+                    std::ffi::OsStr::new("")
+                },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -210,7 +253,17 @@ impl Drop for RedisServer {
 /// then kills it.
 pub fn shared_server() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
+    SERVER.get_or_init(|| {
+        let mut server = RedisServer::new(&["--save", "", "--appendonly", "no"]);
+        server.remove_dir_at_exit = true;
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start (5 tries)");
+    })
 }
 
 /// A prefix no other log of this process uses.
