@@ -516,6 +516,18 @@ async fn a_wedged_tail_is_detected_within_seconds_and_reconnected() {
         "{:?}",
         started.elapsed()
     );
+    // A publish through a Redis that accepts connections but never answers
+    // is refused within the append's deadline, not left hanging.
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), log.append(vec![on("a", "silent")]))
+        .await
+        .expect("the publish is not left hanging")
+        .expect_err("Redis is silent");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}: {err}",
+        started.elapsed()
+    );
     let while_down = append_each(&direct, "a", 2).await;
     proxy.unwedge_new_connections();
     eventually(
@@ -593,4 +605,29 @@ fn redis_durability_parses() {
     ] {
         assert!(bad.parse::<RedisDurability>().is_err(), "{bad}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_stay_above_what_a_node_has_seen_even_when_redis_lost_it_and_its_clock_is_behind() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("floor");
+    let log = log_on(server.endpoint(), options(&prefix));
+    let first = append_each(&log, "a", 1).await[0];
+    // An event an hour ahead of the clock (another node's, written while
+    // Redis's clock was ahead): this node's tail fetches it.
+    let ahead = first.0 + 3_600_000_000;
+    server.cmd(&format!(
+        "XADD {{{prefix}}}:events {ahead}-0 e {first} s 1 d ahead b 1"
+    ));
+    eventually(Duration::from_secs(5), "the tail fetches it", || async {
+        *log.head().borrow() == Some(EventId(ahead))
+    })
+    .await;
+    // Redis loses everything; the clock alone would give ids below `ahead`.
+    server.cmd("FLUSHALL");
+    let next = append_each(&log, "a", 1).await[0];
+    assert!(
+        next.0 > ahead,
+        "{next} must be above {ahead}, which this node handed out"
+    );
 }
