@@ -631,3 +631,107 @@ async fn ids_stay_above_what_a_node_has_seen_even_when_redis_lost_it_and_its_clo
         "{next} must be above {ahead}, which this node handed out"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinels_a_failover_keeps_what_replicas_1_acknowledged() {
+    let mut primary = RedisServer::start();
+    let port = primary.port.to_string();
+    let replica = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--replicaof",
+        "127.0.0.1",
+        &port,
+    ]);
+    eventually(
+        Duration::from_secs(10),
+        "the replica is in sync",
+        || async {
+            common::redis_server::info(primary.port, "slave0")
+                .is_some_and(|s| s.contains("state=online"))
+        },
+    )
+    .await;
+    let service = "herald-test";
+    let sentinels: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start_sentinel(primary.port, service))
+        .collect();
+    eventually(
+        Duration::from_secs(20),
+        "the sentinels know each other and the replica",
+        || async {
+            sentinels.iter().all(|s| {
+                common::redis_server::info(s.port, "master0")
+                    .is_some_and(|m| m.contains("slaves=1") && m.contains("sentinels=3"))
+            })
+        },
+    )
+    .await;
+    let url = format!(
+        "redis+sentinel://{}/{service}",
+        sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let endpoint = RedisEndpoint::parse(&url, None).unwrap();
+    let prefix = unique_prefix("sentinel");
+    let acked_log = log_on(
+        endpoint.clone(),
+        RedisOptions {
+            durability: RedisDurability::Replicas(1),
+            ..options(&prefix)
+        },
+    );
+    let mut acked = append_each(&acked_log, "a", 3).await;
+    // A log whose connections are made before the failover.
+    let log = log_on(endpoint, options(&prefix));
+    acked.extend(append_each(&log, "a", 1).await);
+    eventually(
+        Duration::from_secs(10),
+        "the last one is on the replica",
+        || async {
+            let on_primary = common::redis_server::info(primary.port, "master_repl_offset");
+            let on_replica = common::redis_server::info(replica.port, "slave_repl_offset");
+            on_primary.is_some() && on_primary == on_replica
+        },
+    )
+    .await;
+
+    primary.kill();
+    // Publishes fail until the sentinels promote the replica, then work
+    // through it (the log asks the sentinels again after the failure).
+    let mut after = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while after.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no publish succeeded within 30 s of the primary's death"
+        );
+        if let Ok(r) = log.append(vec![on("a", "after")]).await {
+            after.push(r[0].id);
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(
+        common::redis_server::info(replica.port, "role").as_deref(),
+        Some("master"),
+        "the publish went to the promoted replica"
+    );
+    let (events, _, _) = read_to_end(&*log, Position::Oldest, &Filter::everything(), 10).await;
+    assert_eq!(
+        ids(&events),
+        [acked, after].concat(),
+        "every acknowledged event survived"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the log is ready on the new primary",
+        || async { log.ready().await.is_ok() },
+    )
+    .await;
+}

@@ -28,6 +28,8 @@ pub struct RedisServer {
     pub dir: PathBuf,
     args: Vec<String>,
     process: Option<Running>,
+    /// A configuration file given first (a sentinel's, which it rewrites).
+    config_file: Option<PathBuf>,
     /// Whether the wrapper removes `dir` when the test process ends (for a
     /// server that is never dropped).
     remove_dir_at_exit: bool,
@@ -109,6 +111,34 @@ impl RedisServer {
         server
     }
 
+    /// A sentinel watching the primary on `primary_port` as `service`
+    /// (quorum 2, down after 1 s).
+    pub fn start_sentinel(primary_port: u16, service: &str) -> Self {
+        let mut server = Self::new(&["--sentinel"]);
+        let conf = server.dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor {service} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {service} 1000\n\
+                 sentinel failover-timeout {service} 10000\n\
+                 sentinel parallel-syncs {service} 1\n"
+            ),
+        )
+        .expect("the sentinel's configuration");
+        server.config_file = Some(conf);
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!(
+            "redis-sentinel did not start (5 tries; see its log in {})",
+            server.dir.display()
+        );
+    }
+
     /// A server with `extra` arguments, in its own temporary directory.
     pub fn start_with(extra: &[&str]) -> Self {
         let mut server = Self::new(extra);
@@ -141,6 +171,7 @@ impl RedisServer {
             args: extra.iter().map(|s| (*s).to_owned()).collect(),
             process: None,
             remove_dir_at_exit: false,
+            config_file: None,
         }
     }
 
@@ -152,6 +183,7 @@ impl RedisServer {
             // The server's pid on stdout; then wait for stdin to close.
             .arg(r#"exec 3<&0; "$0" "$@" </dev/null >>"$LOG" 2>&1 & echo $!; read _ <&3; kill -9 $! 2>/dev/null; wait; if [ -n "$REMOVE_DIR" ]; then rm -rf "$REMOVE_DIR"; fi"#)
             .arg(REDIS_SERVER)
+            .args(&self.config_file)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--dir"])
             .arg(&self.dir)
             .args(&self.args)
