@@ -735,3 +735,60 @@ async fn through_sentinels_a_failover_keeps_what_replicas_1_acknowledged() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_works_and_without_it_is_refused() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let dir = std::env::temp_dir().join(unique_prefix("herald-log-redis-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+    let server = RedisServer::start_tls(&cert_file, &key_file);
+    let url = format!("rediss://localhost:{}", server.port);
+    let prefix = unique_prefix("tls");
+    let log = log_on(
+        RedisEndpoint::parse(&url, Some(&ca_file)).unwrap(),
+        options(&prefix),
+    );
+    let appended = append_each(&log, "a", 2).await;
+    let (got, _) = all_after(&log, Position::Oldest).await;
+    assert_eq!(got, appended);
+    eventually(
+        Duration::from_secs(5),
+        "the tail reads over TLS",
+        || async { log.ready().await.is_ok() && *log.head().borrow() == Some(appended[1]) },
+    )
+    .await;
+
+    // The system's roots do not know this CA: refused, nothing stored.
+    let untrusting = log_on(RedisEndpoint::parse(&url, None).unwrap(), options(&prefix));
+    let err = untrusting
+        .append(vec![on("a", "x")])
+        .await
+        .expect_err("an unknown CA");
+    assert!(
+        matches!(&err, LogError::Unavailable(m) if m.contains("nothing was stored")),
+        "{err}"
+    );
+    let (got, _) = all_after(&log, Position::Oldest).await;
+    assert_eq!(got, appended);
+    let _ = std::fs::remove_dir_all(&dir);
+}

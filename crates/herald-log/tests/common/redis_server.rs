@@ -111,6 +111,39 @@ impl RedisServer {
         server
     }
 
+    /// A server that speaks only TLS, with `cert` and `key` (PEM files),
+    /// not asking clients for certificates.
+    pub fn start_tls(cert: &Path, key: &Path) -> Self {
+        let mut server = Self::new(&[]);
+        for _ in 0..5 {
+            server.port = free_port();
+            let port = server.port.to_string();
+            server.args = [
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(["--tls-cert-file".to_owned(), cert.display().to_string()])
+            .chain(["--tls-key-file".to_owned(), key.display().to_string()])
+            .chain(["--tls-auth-clients".to_owned(), "no".to_owned()])
+            .collect();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!(
+            "redis-server (TLS) did not start (5 tries; see its log in {})",
+            server.dir.display()
+        );
+    }
+
     /// A sentinel watching the primary on `primary_port` as `service`
     /// (quorum 2, down after 1 s).
     pub fn start_sentinel(primary_port: u16, service: &str) -> Self {
@@ -214,7 +247,13 @@ impl RedisServer {
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if command(self.port, "PING").is_ok_and(|r| r == "+PONG") {
+            let answers = if self.args.iter().any(|a| a == "--tls-port") {
+                let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            } else {
+                command(self.port, "PING").is_ok_and(|r| r == "+PONG")
+            };
+            if answers {
                 return true;
             }
             if !Path::new(&format!("/proc/{pid}")).exists() {
