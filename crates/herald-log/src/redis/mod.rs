@@ -39,7 +39,8 @@
 //! So does an append whose script was sent but whose reply never came.
 //!
 //! **Retention**, in the same script: the oldest entries beyond
-//! `retention_events`, and those older than `retention_secs` (ids are
+//! `retention_events` (at most 10000 a batch, so a lowered retention never
+//! stalls Redis long), and those older than `retention_secs` (ids are
 //! clock-anchored, so an id says its age; at most 1000 a batch), are
 //! removed with an exact `XTRIM MINID`, and the newest id removed is kept
 //! as `meta.trimmed` — ids are not contiguous, so the oldest retained id

@@ -17,8 +17,8 @@ pub(crate) const MAX_LUA_ID: u64 = 1 << 53;
 /// The error the append script answers when ids would pass [`MAX_LUA_ID`].
 pub(crate) const EXHAUSTED_REPLY: &str = "HERALD_EXHAUSTED";
 
-/// Retention trims exactly (by count, then by age, at most 1000 entries
-/// a batch) and records the newest id it removed as `meta.trimmed`.
+/// Retention trims exactly (by count, at most 10000 entries a batch, then
+/// by age, at most 1000) and records the newest id it removed as `meta.trimmed`.
 ///
 /// `KEYS`: the stream, the meta hash, then one idempotency key per keyed
 /// event. `ARGV`: floor, idempotency window (ms, 0 = off), max events,
@@ -103,7 +103,9 @@ local function trim_through(entries)
   redis.call('XTRIM', stream, 'MINID', fmt(newest + 1) .. '-0')
   if not trimmed or newest > trimmed then trimmed = newest end
 end
-local excess = redis.call('XLEN', stream) - tonumber(max_events)
+-- At most 10000 a batch: a lowered retention_events is reached over a few
+-- publishes instead of one long stall of Redis.
+local excess = math.min(redis.call('XLEN', stream) - tonumber(max_events), 10000)
 if excess > 0 then
   trim_through(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess))
 end
