@@ -548,7 +548,7 @@ impl RedisLog {
         let options = &shared.options;
         let floor = shared.floor.load(Ordering::Relaxed);
         if floor.saturating_add(batch.len() as u64) >= scripts::MAX_LUA_ID {
-            return Err(LogError::Unavailable(ids::EXHAUSTED.to_owned()));
+            return Err(LogError::Unavailable(scripts::EXHAUSTED.to_owned()));
         }
         let mut invocation = scripts::APPEND.prepare_invoke();
         invocation.key(&shared.keys.stream).key(&shared.keys.meta);
@@ -590,7 +590,7 @@ impl RedisLog {
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) if e.code() == Some(scripts::EXHAUSTED_REPLY) => {
-                return Err(LogError::Unavailable(ids::EXHAUSTED.to_owned()));
+                return Err(LogError::Unavailable(scripts::EXHAUSTED.to_owned()));
             }
             Err(e) => {
                 shared

@@ -17,6 +17,9 @@ pub(crate) const MAX_LUA_ID: u64 = 1 << 53;
 /// The error the append script answers when ids would pass [`MAX_LUA_ID`].
 pub(crate) const EXHAUSTED_REPLY: &str = "HERALD_EXHAUSTED";
 
+/// Why such an append is refused.
+pub(crate) const EXHAUSTED: &str = "event ids are exhausted (the next id would pass 2^53, the largest a Redis script counts exactly: the year 2255 in microseconds); nothing was stored";
+
 /// Retention trims exactly (by count, at most 10000 entries a batch, then
 /// by age, at most 1000) and records the newest id it removed as `meta.trimmed`.
 ///
