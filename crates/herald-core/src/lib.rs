@@ -34,6 +34,6 @@ pub use event::{now_ms, now_s, Event, EventId, FrameArena, NewEvent, RESERVED_EV
 pub use filter::Filter;
 pub use hub::{Hub, HubConfig, HubCounts, Subscriber};
 pub use lag::DeliveryLag;
-pub use log::{Appended, EventLog, Gap, LogError, Position, ReadBatch};
+pub use log::{Appended, EventLog, Gap, LogError, LogMetric, Position, ReadBatch};
 pub use stream::{ConnId, WriteThrough};
 pub use topic::{Topic, TopicError, TopicPattern, MAX_TOPIC_BYTES};

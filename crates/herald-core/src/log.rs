@@ -29,6 +29,12 @@ pub enum LogError {
     /// The log cannot take or serve events right now; nothing was stored.
     #[error("event log unavailable: {0}")]
     Unavailable(String),
+    /// The batch may be stored, but not at the durability the log is
+    /// configured for, or the log could not confirm it (the Redis log: a
+    /// `WAIT` that fewer replicas answered, a reply that never came). A
+    /// retry with the same idempotency keys returns the stored ids.
+    #[error("event log did not acknowledge: {0}")]
+    NotAcknowledged(String),
 }
 
 /// What `append` did with one event of a batch.
@@ -70,6 +76,20 @@ pub enum Position {
     After(EventId),
 }
 
+/// One figure a backend reports about itself (`/metrics`, `/v1/stats`):
+/// the Redis log's tail health and reconnects, for example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogMetric {
+    /// The Prometheus name (`herald_...`).
+    pub name: &'static str,
+    /// One line of help.
+    pub help: &'static str,
+    /// A counter (only grows) rather than a gauge.
+    pub counter: bool,
+    /// The value now.
+    pub value: u64,
+}
+
 /// An ordered, retained store of events. See the module doc for the contract.
 #[async_trait]
 pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
@@ -93,4 +113,9 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether the log can take events now (`/readyz`).
     async fn ready(&self) -> Result<(), LogError>;
+
+    /// The backend's own figures; none unless it has some.
+    fn metrics(&self) -> Vec<LogMetric> {
+        Vec::new()
+    }
 }

@@ -6,6 +6,9 @@
 //! - [`DurableLog`]: a segmented append-only log in a data directory, with
 //!   group commit; acknowledged events survive `kill -9` (or a power loss
 //!   with [`Durability::Fsync`]). Its module doc is its design doc.
+//! - [`redis::RedisLog`]: one Redis Stream shared by many nodes, tailed by
+//!   each; ids identical on every node and never reissued after Redis lost
+//!   data. Its module doc (`src/redis/mod.rs`) is its design doc.
 //!
 //! What the backends share has one home each: the read rule (gaps, pages,
 //! the scan bound) in `page`, where ids start in `ids`, building events with
@@ -19,6 +22,7 @@ mod ids;
 mod memory;
 mod names;
 mod page;
+pub mod redis;
 
 pub use durable::{
     Durability, DurableError, DurableLog, DurableOptions, RecoveryReport, FORMAT_VERSION,

@@ -120,6 +120,28 @@ pub(crate) struct Page {
 }
 
 impl Page {
+    /// An empty page of at most `limit` events that reports `gap`, for a
+    /// backend whose scan is asynchronous (the Redis log decides the start
+    /// and the gap by the same rule in one round trip, then fills the page
+    /// chunk by chunk).
+    pub(crate) fn new(gap: Option<Gap>, limit: usize) -> Self {
+        Self {
+            batch: ReadBatch {
+                gap,
+                ..ReadBatch::default()
+            },
+            limit,
+            examined: 0,
+        }
+    }
+
+    /// The batch this page holds; `reached_end` says whether nothing
+    /// follows the last event examined.
+    pub(crate) fn finish(mut self, reached_end: bool) -> ReadBatch {
+        self.batch.reached_end = reached_end;
+        self.batch
+    }
+
     /// Whether the page takes another event: fewer than `limit` matched and
     /// fewer than [`MAX_SCAN_PER_READ`] were examined.
     pub(crate) fn wants_more(&self) -> bool {

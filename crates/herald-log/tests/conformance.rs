@@ -789,3 +789,11 @@ fn durable_log_from_disk(retention: Retention) -> Arc<dyn EventLog> {
 
 conformance_suite!(durable, super::durable_log);
 conformance_suite!(durable_from_disk, super::durable_log_from_disk);
+
+/// A [`herald_log::redis::RedisLog`] with its own prefix on the binary's
+/// one `redis-server`.
+fn redis_log(retention: Retention) -> Arc<dyn EventLog> {
+    common::redis_server::redis_log(common::redis_server::shared_server(), retention)
+}
+
+conformance_suite!(redis, super::redis_log);

@@ -23,6 +23,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use figment::Figment;
 use herald_core::HubConfig;
+use herald_log::redis::{RedisConfigError, RedisDurability, RedisEndpoint, RedisOptions};
 use herald_log::{Durability, DurableOptions, Retention};
 use herald_server::{ApiKeySpec, AuthConfig, ServerConfig, TlsFile, TlsFiles};
 use serde::{Deserialize, Serialize};
@@ -105,9 +106,24 @@ pub(crate) struct Config {
     /// kill -9) or `fsync` (also fdatasync'ed: survives power loss).
     #[arg(long, value_name = "LEVEL", value_enum, default_value_t = DurabilityLevel::Process)]
     pub durability: DurabilityLevel,
-    /// Redis URL of the cluster engine (not built yet: refused).
-    #[arg(long, value_name = "URL")]
+    /// Keep the event log in Redis, shared by every node: `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS), `redis+sentinel://[user:pass@]host1:port1,host2:port2/service`; replaces the durable log (`data_dir` and `durability` are then unused).
+    #[arg(long, value_name = "URL", conflicts_with = "memory")]
     pub redis: Option<String>,
+    /// Hash tag of the Redis keys: `{PREFIX}:events`, `{PREFIX}:meta`, `{PREFIX}:idem:*` (1 to 64 characters, no braces, spaces or control characters).
+    #[arg(long, value_name = "PREFIX", default_value = RedisOptions::DEFAULT_PREFIX)]
+    pub redis_prefix: String,
+    /// When a publish to Redis is acknowledged: `primary` (the primary stored it) or `replicas=N` (also N replicas, by `WAIT`; else 503).
+    #[arg(long, value_name = "LEVEL", default_value = "primary")]
+    pub redis_durability: String,
+    /// Milliseconds `replicas=N` waits for the replicas before the publish answers 503 (1 to 60000).
+    #[arg(long, value_name = "MS", default_value_t = RedisOptions::DEFAULT_WAIT_TIMEOUT_MS)]
+    pub redis_wait_timeout_ms: u64,
+    /// PEM file of the CA that signed the Redis servers' certificates (with `rediss://`; default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// Milliseconds one tail read blocks in Redis (10 to 60000); a read silent for 3 s longer is a wedged connection, made again.
+    #[arg(long, value_name = "MS", default_value_t = RedisOptions::DEFAULT_TAIL_BLOCK_MS)]
+    pub redis_tail_block_ms: u64,
     /// Seconds between heartbeat comments on idle streams (1 to 3600).
     #[arg(long, value_name = "SECS", default_value_t = HubConfig::DEFAULT_HEARTBEAT_SECS)]
     pub heartbeat_secs: u64,
@@ -366,15 +382,16 @@ impl Config {
                 bad(key, &err.to_string())
             })?;
         }
-        if self.redis.is_some() {
+        if self.redis.is_some() && self.memory {
             return Err(bad(
                 "redis",
-                "the Redis cluster engine is not available in this version yet; run without it",
+                "conflicts with `memory`: the event log is either in Redis or in memory",
             ));
         }
         if let Some(id) = &self.node_id {
             herald_cluster::NodeId::new(id).map_err(|e| bad("node_id", &e.to_string()))?;
         }
+        self.redis_log().map_err(|(key, why)| bad(key, &why))?;
         if self.max_connections_per_user == 0 {
             return Err(bad("max_connections_per_user", "must be at least 1"));
         }
@@ -532,6 +549,17 @@ const RANGES: &[Bounds] = &[
         min: *herald_cluster::PRESENCE_EXPIRY_RANGE_MS.start(),
         max: *herald_cluster::PRESENCE_EXPIRY_RANGE_MS.end(),
     },
+    Bounds {
+        key: "redis_wait_timeout_ms",
+        min: 1,
+        max: 60_000,
+    },
+    // 0 would block forever, which the tail must never do.
+    Bounds {
+        key: "redis_tail_block_ms",
+        min: 10,
+        max: 60_000,
+    },
 ];
 
 impl Config {
@@ -561,6 +589,8 @@ impl Config {
             "write_timeout_secs" => self.write_timeout_secs,
             "max_delivery_lag_ms" => self.max_delivery_lag_ms,
             "presence_expiry_ms" => self.presence_expiry_ms,
+            "redis_wait_timeout_ms" => self.redis_wait_timeout_ms,
+            "redis_tail_block_ms" => self.redis_tail_block_ms,
             _ => return None,
         })
     }
@@ -752,6 +782,54 @@ impl From<&Config> for Retention {
     }
 }
 
+impl Config {
+    /// Where Redis is and how the log uses it, when `redis` is set; else
+    /// the option at fault and why.
+    pub(crate) fn redis_log(
+        &self,
+    ) -> Result<Option<(RedisEndpoint, RedisOptions)>, (&'static str, String)> {
+        let prefix = &self.redis_prefix;
+        if prefix.is_empty()
+            || prefix.chars().count() > 64
+            || prefix
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '{' || c == '}')
+        {
+            return Err((
+                "redis_prefix",
+                format!(
+                    "`{prefix}`: 1 to 64 characters, without braces, spaces or control characters"
+                ),
+            ));
+        }
+        let durability: RedisDurability = self
+            .redis_durability
+            .parse()
+            .map_err(|why| ("redis_durability", why))?;
+        let Some(url) = &self.redis else {
+            if self.redis_tls_ca.is_some() {
+                return Err(("redis_tls_ca", "is set but `redis` is not".to_owned()));
+            }
+            return Ok(None);
+        };
+        let endpoint = RedisEndpoint::parse(url, self.redis_tls_ca.as_deref()).map_err(|e| {
+            let key = match e {
+                RedisConfigError::TlsCa { .. } => "redis_tls_ca",
+                _ => "redis",
+            };
+            (key, e.to_string())
+        })?;
+        let options = RedisOptions {
+            retention: Retention::from(self),
+            prefix: prefix.clone(),
+            durability,
+            wait_timeout: Duration::from_millis(self.redis_wait_timeout_ms),
+            tail_block: Duration::from_millis(self.redis_tail_block_ms),
+        };
+        Ok(Some((endpoint, options)))
+    }
+}
+
 impl From<&Config> for DurableOptions {
     fn from(config: &Config) -> Self {
         Self {
@@ -871,6 +949,70 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn redis_options_are_checked_and_name_the_option() {
+        let load = |flags: &[&str]| {
+            let args = ["serve", "--dev"].iter().chain(flags);
+            let matches = Config::command()
+                .try_get_matches_from(args)
+                .expect("the flags parse");
+            let config = Config::from_arg_matches(&matches).expect("a config");
+            Config::load(&config, &matches)
+        };
+        let ok = load(&[
+            "--redis",
+            "redis://127.0.0.1:6379/2",
+            "--redis-durability",
+            "replicas=2",
+        ])
+        .expect("valid");
+        let (endpoint, options) = ok.config.redis_log().expect("valid").expect("redis is set");
+        assert_eq!(endpoint.to_string(), "redis://127.0.0.1:6379/2");
+        assert_eq!(options.durability, RedisDurability::Replicas(2));
+        assert_eq!(options.prefix, "herald");
+        for (flags, key, why) in [
+            (&["--redis", "http://h"][..], "`redis`", "unknown scheme"),
+            (
+                &["--redis", "redis://:hunter2@h:0"][..],
+                "`redis`",
+                "not a port",
+            ),
+            (
+                &["--redis", "redis://h", "--redis-durability", "replicas=0"][..],
+                "`redis_durability`",
+                "1 to 100",
+            ),
+            (
+                &["--redis", "redis://h", "--redis-durability", "all"][..],
+                "`redis_durability`",
+                "primary",
+            ),
+            (
+                &["--redis", "redis://h", "--redis-prefix", "a{b}"][..],
+                "`redis_prefix`",
+                "braces",
+            ),
+            (
+                &["--redis", "redis://h", "--redis-tls-ca", "/nonexistent.pem"][..],
+                "`redis_tls_ca`",
+                "TLS URL",
+            ),
+            (
+                &["--redis-tls-ca", "/x.pem"][..],
+                "`redis_tls_ca`",
+                "`redis` is not",
+            ),
+        ] {
+            let err = load(flags).expect_err(&format!("{flags:?}")).to_string();
+            assert!(err.contains(key) && err.contains(why), "{flags:?}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        // `memory` and `redis` are two different logs.
+        assert!(Config::command()
+            .try_get_matches_from(["serve", "--dev", "--memory", "--redis", "redis://h"])
+            .is_err());
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "streams_behind": lag.streams_behind,
         "uptime_s": state.hub.uptime().as_secs(),
         "nodes": [LOCAL_NODE],
+        // The event log backend's own figures, without the `herald_` prefix.
+        "log": state.log.metrics().iter().map(|m| (m.name.trim_start_matches("herald_").to_owned(), json!(m.value))).collect::<serde_json::Map<_, _>>(),
         "refusals": state
             .refusals
             .by_code()

@@ -138,6 +138,15 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(cluster) = &state.cluster {
         out.push_str(&cluster.metrics_text());
     }
+    // The event log backend's own figures (the Redis log's tail, ...).
+    for m in state.log.metrics() {
+        let kind = if m.counter { "counter" } else { "gauge" };
+        let _ = write!(
+            out,
+            "# HELP {0} {1}\n# TYPE {0} {kind}\n{0} {2}\n",
+            m.name, m.help, m.value
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -10,7 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_core::{Appended, NewEvent, Topic, RESERVED_EVENT_PREFIX};
+use herald_core::{Appended, LogError, NewEvent, Topic, RESERVED_EVENT_PREFIX};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -155,8 +155,10 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
     } else {
         prepare()?
     };
-    let results = state.log.append(batch).await.map_err(|e| {
-        ApiError::unavailable(format!("{e}; the event was not stored, retry later"))
+    let results = state.log.append(batch).await.map_err(|e| match e {
+        // It may be stored: the message says how to learn its id.
+        LogError::NotAcknowledged(_) => ApiError::unavailable(e.to_string()),
+        _ => ApiError::unavailable(format!("{e}; the event was not stored, retry later")),
     })?;
     let stored = results.iter().filter(|r| !r.duplicate).count() as u64;
     state.published.fetch_add(stored, Ordering::Relaxed);

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::ArgMatches;
 use herald_cluster::{Cluster, ClusterConfig, NodeId};
 use herald_core::{EventId, EventLog, Hub, HubConfig};
+use herald_log::redis::RedisLog;
 use herald_log::{DurableLog, DurableOptions, MemoryLog, Retention};
 use herald_server::{AppState, Auth, AuthConfig, ConnectionBudget, ServerConfig};
 
@@ -48,7 +49,7 @@ async fn serve(
     fd_limit: Option<usize>,
     streams: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
-    let (log, trim) = open_log(&config)?;
+    let (log, trim) = open_log(&config).await?;
     let hub = Hub::new(log.clone(), HubConfig::from(&config));
     // The dispatcher and the lag sampler run here, on the control thread,
     // beside the publishes: an append wakes the dispatcher without waking
@@ -130,7 +131,10 @@ fn join_cluster(
     hub: &Arc<Hub>,
     local: std::net::SocketAddr,
 ) -> anyhow::Result<Option<Arc<Cluster>>> {
-    let Some(url) = &config.redis else {
+    let Some((endpoint, _)) = config
+        .redis_log()
+        .map_err(|(key, why)| ConfigError(format!("`{key}`: {why}")))?
+    else {
         return Ok(None);
     };
     let node_id = match &config.node_id {
@@ -138,16 +142,18 @@ fn join_cluster(
         Some(id) => NodeId::new(id).map_err(|e| ConfigError(format!("`node_id`: {e}")))?,
         None => NodeId::generate(local.port()),
     };
-    // Where the event log's Redis endpoint plugs in (it resolves the
-    // primary, also through sentinels); until then, the URL itself.
-    let connector =
-        herald_cluster::url_connector(url).map_err(|e| ConfigError(format!("`redis`: {e}")))?;
+    // The event log's endpoint: each connection goes to the current
+    // primary (asked of the sentinels with `redis+sentinel://`).
+    let connector: herald_cluster::Connector = Arc::new(move || {
+        let endpoint = endpoint.clone();
+        Box::pin(async move { endpoint.connect().await })
+    });
     let cluster = Cluster::start(
         hub.clone(),
         ClusterConfig {
             node_id,
-            // The event log's key prefix (`{herald}`) goes here too.
-            prefix: herald_cluster::DEFAULT_PREFIX.to_owned(),
+            // The event log's key prefix: one hash tag for every key.
+            prefix: config.redis_prefix.clone(),
             presence_expiry: Duration::from_millis(config.presence_expiry_ms),
             listen: local.to_string(),
         },
@@ -247,7 +253,32 @@ fn listen_socket(listen: std::net::SocketAddr) -> std::io::Result<tokio::net::Tc
 
 /// The event log the configuration asks for: in memory, or durable in the data
 /// directory (the default).
-fn open_log(config: &Config) -> anyhow::Result<(Arc<dyn EventLog>, Trim)> {
+async fn open_log(config: &Config) -> anyhow::Result<(Arc<dyn EventLog>, Trim)> {
+    let redis = config
+        .redis_log()
+        .map_err(|(key, why)| ConfigError(format!("`{key}`: {why}")))?;
+    if let Some((endpoint, options)) = redis {
+        let log = Arc::new(RedisLog::new(endpoint, options));
+        // A node comes up while Redis is down for a moment: it serves
+        // (publishes answer 503, /readyz fails) and catches up once Redis
+        // answers.
+        match log.connect().await {
+            Ok(()) => tracing::info!(
+                redis = %log.endpoint(),
+                prefix = %config.redis_prefix,
+                durability = %config.redis_durability,
+                newest_id = %shown(log.last_fetched()),
+                "event log on Redis"
+            ),
+            Err(err) => tracing::error!(
+                redis = %log.endpoint(),
+                %err,
+                "Redis is not reachable at start-up: serving anyway; publishes answer 503 and /readyz fails until it is"
+            ),
+        }
+        // Retention is applied by the append script itself.
+        return Ok((log, Arc::new(|| {})));
+    }
     if config.memory {
         tracing::warn!("--memory: events are kept in memory only and lost on restart");
         let log = Arc::new(MemoryLog::new(Retention::from(config)));
