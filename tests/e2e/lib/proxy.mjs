@@ -82,11 +82,13 @@ async function startAndWait(command, args, { env, url, what, timeoutMs = 15_000 
 /**
  * Lays out nginx as deploy/nginx's comments say to install it —
  * `snippets/herald-sse-proxy.conf` and `conf.d/herald.conf` next to the main
- * config — in a temporary prefix. herald.conf is used as it is, except for
- * its upstream address (Herald's free port) and listen port (nginx's).
+ * config — in a temporary prefix. herald.conf (or `site`, another file of
+ * deploy/nginx) is used as it is, except for its upstream addresses
+ * (Herald's free port, or with `nodes` the cluster's example addresses
+ * become the nodes' ports) and listen port (nginx's).
  * Returns {dir, conf, port, url}.
  */
-export async function layOutNginx(heraldUrl, { snippet } = {}) {
+export async function layOutNginx(heraldUrl, { snippet, site: siteFile = 'herald.conf', nodes } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'herald-nginx-'));
   mkdirSync(join(dir, 'snippets'));
   mkdirSync(join(dir, 'conf.d'));
@@ -95,9 +97,17 @@ export async function layOutNginx(heraldUrl, { snippet } = {}) {
   else copyFileSync(join(DEPLOY_DIR, 'nginx', 'sse-proxy.conf'), join(dir, 'snippets', 'herald-sse-proxy.conf'));
   const port = await freePort();
   const herald = new URL(heraldUrl);
-  let site = readFileSync(join(DEPLOY_DIR, 'nginx', 'herald.conf'), 'utf8');
-  site = replaceOnce(site, 'server 127.0.0.1:8080;', `server 127.0.0.1:${herald.port};`, 'deploy/nginx/herald.conf');
-  site = replaceOnce(site, 'listen 80;', `listen 127.0.0.1:${port};`, 'deploy/nginx/herald.conf');
+  const file = `deploy/nginx/${siteFile}`;
+  let site = readFileSync(join(DEPLOY_DIR, 'nginx', siteFile), 'utf8');
+  if (nodes) {
+    // The cluster's upstream: its example addresses become the nodes' ports.
+    nodes.forEach((url, i) => {
+      site = replaceOnce(site, `server 10.0.0.${i + 1}:8080`, `server 127.0.0.1:${new URL(url).port}`, file);
+    });
+  } else {
+    site = replaceOnce(site, 'server 127.0.0.1:8080;', `server 127.0.0.1:${herald.port};`, file);
+  }
+  site = replaceOnce(site, 'listen 80;', `listen 127.0.0.1:${port};`, file);
   writeFileSync(join(dir, 'conf.d', 'herald.conf'), site);
   // The main config: what /etc/nginx/nginx.conf would be, with every path
   // in the temporary prefix (Debian's build puts temp files in /var/lib/nginx),
