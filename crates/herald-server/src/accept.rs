@@ -175,6 +175,9 @@ pub async fn serve(
     let _watcher = tls
         .as_ref()
         .map(|tls| AbortOnDrop(tokio::spawn(tls.clone().watch())));
+    let _metrics_upkeep = AbortOnDrop(tokio::spawn(crate::metrics::Metrics::run_upkeep(
+        state.metrics.handle(),
+    )));
     let app = crate::router(state.clone());
     let builders = Arc::new(Builders::new(state.config.header_read_timeout));
     let control = Handle::current();

@@ -19,6 +19,7 @@ mod http1_head;
 mod idle;
 mod io;
 mod limits;
+mod metrics;
 mod query;
 mod routes;
 mod tls;
@@ -204,6 +205,8 @@ pub struct AppState {
     bodies: body::BodyBudget,
     /// Every connection's write deadline, and the count of its closes.
     write_timeout: Arc<io::WriteTimeout>,
+    /// The series `/metrics` exports (`metrics.rs`).
+    pub(crate) metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -224,6 +227,8 @@ impl AppState {
         );
         let bodies = body::BodyBudget::new(config.max_body_bytes_in_flight);
         let write_timeout = io::WriteTimeout::new(config.write_timeout);
+        let metrics = metrics::Metrics::new();
+        hub.set_metrics(metrics.hub());
         Arc::new(Self {
             hub,
             log,
@@ -236,6 +241,7 @@ impl AppState {
             publish_rate,
             bodies,
             write_timeout,
+            metrics,
         })
     }
 

@@ -155,9 +155,14 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
     } else {
         prepare()?
     };
+    let appending = std::time::Instant::now();
     let results = state.log.append(batch).await.map_err(|e| {
         ApiError::unavailable(format!("{e}; the event was not stored, retry later"))
     })?;
+    state
+        .metrics
+        .log_append_seconds()
+        .record(appending.elapsed().as_secs_f64());
     let stored = results.iter().filter(|r| !r.duplicate).count() as u64;
     state.published.fetch_add(stored, Ordering::Relaxed);
     Ok(answer(&results, single))
