@@ -272,7 +272,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(admin)
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
-        .route("/metrics", get(routes::ops::metrics));
+        .route("/metrics", get(routes::ops::metrics))
+        .route("/v1/openapi.json", get(routes::ops::openapi));
     if state.config.dev {
         app = app
             .route("/demo", get(routes::demo::page))

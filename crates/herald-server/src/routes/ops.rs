@@ -30,6 +30,16 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// The OpenAPI 3.1 document of every route, written by hand and kept true
+/// by `tests/api_reference.rs` (the same routes as the router) and
+/// `tests/python/test_openapi.py` (every answer against its schema).
+const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `GET /v1/openapi.json`.
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 /// Any route not in docs/api.md.
 pub(crate) async fn not_found() -> Response {
     ApiError::new(
