@@ -305,6 +305,17 @@ impl Hub {
         self.per_stream_total(|s| &s.gaps, &self.counters.gaps_by_closed)
     }
 
+    /// Streams whose writer has not finished yet: open ones, and ones the
+    /// hub has let go of (kicked, expired, shut down) that are still
+    /// writing their last frame. A drain waits for this to reach 0.
+    pub fn streams_writing(&self) -> u64 {
+        let closed: u64 = self.disconnects().map(|(_, n)| n).sum();
+        self.counters
+            .connections_opened
+            .load(Ordering::Relaxed)
+            .saturating_sub(closed)
+    }
+
     /// Streams closed since start, for each reason.
     pub fn disconnects(&self) -> impl Iterator<Item = (CloseReason, u64)> + '_ {
         CloseReason::ALL

@@ -97,6 +97,9 @@ pub struct ServerConfig {
     /// TLS on the listening port: the certificate and key files (reloaded
     /// when they change); `None` serves plain HTTP/1.1 and h2c.
     pub tls: Option<TlsFiles>,
+    /// How long a SIGTERM/SIGINT drain may take (`accept.rs`): streams are
+    /// closed with a `retry:` each and in-flight requests finish within it.
+    pub shutdown_timeout: Duration,
     /// How long a client may take to complete the TLS handshake.
     pub tls_handshake_timeout: Duration,
 }
@@ -150,6 +153,10 @@ impl ServerConfig {
     pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
     /// Default of [`ServerConfig::max_delivery_lag`], in milliseconds.
     pub const DEFAULT_MAX_DELIVERY_LAG_MS: u64 = 10_000;
+    /// Default of [`ServerConfig::shutdown_timeout`], in milliseconds:
+    /// longer than the 5 s a stream's last `retry:` may ask clients to wait,
+    /// so a publisher retrying in that spread is still answered.
+    pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 }
 
 impl Default for ServerConfig {
@@ -175,6 +182,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(Self::DEFAULT_WRITE_TIMEOUT_SECS),
             max_delivery_lag: Some(Duration::from_millis(Self::DEFAULT_MAX_DELIVERY_LAG_MS)),
             tls: None,
+            shutdown_timeout: Duration::from_millis(Self::DEFAULT_SHUTDOWN_TIMEOUT_MS),
             tls_handshake_timeout: Duration::from_secs(Self::DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
         }
     }

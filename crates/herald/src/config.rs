@@ -201,6 +201,9 @@ pub(crate) struct Config {
     /// Publishes get 503 `overloaded` while the median stream is more than this many ms behind (0: never).
     #[arg(long, value_name = "MS", default_value_t = ServerConfig::DEFAULT_MAX_DELIVERY_LAG_MS)]
     pub max_delivery_lag_ms: u64,
+    /// Milliseconds a SIGTERM/SIGINT drain may take: streams told to come back, in-flight requests finished, then exit 0.
+    #[arg(long, value_name = "MS", default_value_t = ServerConfig::DEFAULT_SHUTDOWN_TIMEOUT_MS)]
+    pub shutdown_timeout_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax); logs go to stderr.
     #[arg(long, value_name = "FILTER", default_value = DEFAULT_LOG)]
     pub log: String,
@@ -518,6 +521,11 @@ const RANGES: &[Bounds] = &[
         min: 0,
         max: DAY_SECS * 1_000,
     },
+    Bounds {
+        key: "shutdown_timeout_ms",
+        min: 100,
+        max: DAY_SECS * 1_000,
+    },
 ];
 
 impl Config {
@@ -546,6 +554,7 @@ impl Config {
             "body_read_timeout_secs" => self.body_read_timeout_secs,
             "write_timeout_secs" => self.write_timeout_secs,
             "max_delivery_lag_ms" => self.max_delivery_lag_ms,
+            "shutdown_timeout_ms" => self.shutdown_timeout_ms,
             _ => return None,
         })
     }
@@ -721,6 +730,7 @@ impl From<&Config> for ServerConfig {
             write_timeout: Duration::from_secs(config.write_timeout_secs),
             max_delivery_lag: (config.max_delivery_lag_ms > 0)
                 .then(|| Duration::from_millis(config.max_delivery_lag_ms)),
+            shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
             ..ServerConfig::default()
         }
     }
@@ -763,6 +773,8 @@ mod tests {
             .split("## `herald serve` options")
             .nth(1)
             .expect("the README has a `herald serve` options section");
+        // Up to the next section: other sections have tables of their own.
+        let table = table.split("\n## ").next().unwrap_or(table);
         table
             .lines()
             .filter(|l| l.starts_with("| `"))
