@@ -12,7 +12,9 @@ that every counter moved by exactly the traffic made:
 - a subscription refused for a bad topic → its code's refusal counter += 1;
 - a kick → `herald_disconnects_total{reason="kicked"}` += 1;
 - a resume with `Last-Event-ID` → the resume catch-up += 1, an unknown one a
-  gap += 1.
+  gap += 1;
+- a batch of 128 events to the live subscribers → some sampled
+  publish-to-write latencies.
 Gauges (connections, users) are checked while the streams are open, the
 histograms' types and bucket order, and the process figures from /proc.
 
@@ -205,6 +207,17 @@ class MetricsTest(unittest.TestCase):
         counts = [v for _, v in append_buckets]
         self.assertEqual(counts, sorted(counts), "buckets are cumulative")
         self.assertEqual(append_buckets[-1], (float("inf"), value(after, "herald_log_append_seconds_count")))
+
+        # Publish-to-write latency is sampled (about 1 stream in 64 per
+        # event): a batch of 128 events to the live subscribers records some.
+        with httpx.Client(timeout=HTTP_TIMEOUT) as client:
+            batch = [{"topics": [TOPIC], "data": f"batch {i}"} for i in range(128)]
+            r = client.post(f"{self.url}/v1/publish", json=batch)
+            self.assertEqual(r.status_code, 201, r.text)
+        wait_for("the batch to reach the live subscribers", lambda: all(len(s.ids) == EVENTS + 128 for s in subscribers))
+        final, types, text = scrape(self.url)
+        self.assertEqual(types.get("herald_publish_to_write_seconds"), "histogram", text)
+        self.assertGreater(value(final, "herald_publish_to_write_seconds_count"), 0, text)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::event::{now_ms, Event, EventId};
+use crate::event::{Event, EventId};
 use crate::filter::Filter;
-use crate::hub::LATENCY_SAMPLE_EVERY;
 use crate::log::{EventLog, Gap, Position};
-use crate::stream::{CloseReason, Outbound, StreamReceiver, WriteThrough};
+use crate::stream::{
+    age_seconds, latency_sampled, CloseReason, Outbound, StreamReceiver, WriteThrough,
+};
 
 /// Events read from the log per catch-up step. Small on purpose: the chunk it
 /// makes is held per connection until the socket takes it, and when thousands
@@ -90,7 +91,8 @@ pub struct Connection {
     expiry_told: bool,
     /// Whether the shutdown `retry:` has been sent (the last frame too).
     drain_told: bool,
-    /// Where sampled publish-to-write latencies go (see [`LATENCY_SAMPLE_EVERY`]).
+    /// Where sampled publish-to-write latencies go (see
+    /// `crate::stream::LATENCY_SAMPLE_EVERY`).
     latency: metrics::Histogram,
     /// Whether the dispatcher may write to the socket while this writer is
     /// parked ([`Connection::write_through`]).
@@ -223,8 +225,9 @@ impl Connection {
         self.next_frames(&mut chunk).await
     }
 
-    /// Adds the next frames to `chunk`, waiting until there are some. A
-    /// stream ended because its token expired says so in one last frame.
+    /// Adds the next frames to `chunk`, waiting until there are some, and
+    /// counts their bytes. A stream ended because its token expired, or for
+    /// a shutdown, says so in one last frame.
     async fn next_frames(&mut self, chunk: &mut impl ChunkSink) -> bool {
         let more = self.stream_frames(chunk).await || self.last_frame(chunk);
         if more {
@@ -309,10 +312,10 @@ impl Connection {
                 Outbound::Heartbeat => chunk.push(&HEARTBEAT),
                 Outbound::Event(event) => {
                     oldest_ms.get_or_insert(event.stored_at_ms());
-                    events += u64::from(self.write_event(&event, chunk));
-                    if (event.id.0.wrapping_add(self.queue.id)) % LATENCY_SAMPLE_EVERY == 0 {
-                        let age_ms = now_ms().saturating_sub(event.stored_at_ms());
-                        self.latency.record(age_ms as f64 / 1000.0);
+                    let written = self.write_event(&event, chunk);
+                    events += u64::from(written);
+                    if written && latency_sampled(event.id, self.queue.id) {
+                        self.latency.record(age_seconds(&event));
                     }
                 }
             }

@@ -27,6 +27,7 @@ use crate::filter::Filter;
 use crate::index::{Entry, Index};
 use crate::lag::{self, DeliveryLag, LagGauge};
 use crate::log::{EventLog, Position};
+pub use crate::stream::LATENCY_SAMPLE_EVERY;
 use crate::stream::{stream_queue, CloseReason, ConnId, Outbound, Registry, StreamShared};
 
 /// How many events the log tail reads per step.
@@ -76,12 +77,6 @@ impl Default for HubConfig {
     }
 }
 
-/// One stream in this many records its publish-to-write latency for a given
-/// event (which ones depends on the event's id and the stream's, so each
-/// event is sampled by about 1/64 of its recipients and each stream samples
-/// about 1/64 of its events): a broadcast to 10,000 streams records ~150
-/// values, not 10,000.
-pub const LATENCY_SAMPLE_EVERY: u64 = 64;
 /// Most streams whose queue depth the lag sampler records per second.
 pub const QUEUE_DEPTH_SAMPLES: usize = 256;
 /// Lag samples ([`lag::SAMPLE_EVERY`]) between two queue-depth samples.
@@ -94,9 +89,10 @@ const QUEUE_DEPTH_EVERY_SAMPLES: u64 = 20;
 #[derive(Debug, Clone)]
 pub struct HubMetrics {
     /// Seconds from an event's storing to its write to a stream, for live
-    /// deliveries through the stream's queue, sampled (see
-    /// [`LATENCY_SAMPLE_EVERY`]). Catch-up writes are not recorded: their
-    /// age is the client's absence, not the server's latency.
+    /// deliveries (through the stream's queue, or written through by the
+    /// dispatcher), sampled (see [`LATENCY_SAMPLE_EVERY`]). Catch-up writes
+    /// are not recorded: their age is the client's absence, not the
+    /// server's latency.
     pub publish_to_write_seconds: metrics::Histogram,
     /// Items queued per stream, recorded by the lag sampler once a second
     /// for at most [`QUEUE_DEPTH_SAMPLES`] streams.
@@ -230,7 +226,10 @@ impl Hub {
         // events ahead of the replay.
         let resuming = !matches!(subscriber.resume, Resume::Live);
         let registry: Arc<dyn Registry> = self.clone();
-        let (sender, receiver) = stream_queue(id, self.config.queue_capacity, resuming, registry);
+        let (mut sender, receiver) =
+            stream_queue(id, self.config.queue_capacity, resuming, registry);
+        let metrics = self.metrics();
+        sender.record_latency_into(metrics.publish_to_write_seconds.clone());
         sender
             .shared()
             .opened_at_ms
@@ -281,7 +280,7 @@ impl Hub {
             self.config.retry_ms,
             subscriber.expires_at,
         )
-        .with_latency_histogram(self.metrics().publish_to_write_seconds)
+        .with_latency_histogram(metrics.publish_to_write_seconds)
     }
 
     /// Event frames written to streams since start.

@@ -31,10 +31,27 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::event::Event;
+use crate::event::{now_ms, Event, EventId};
 
 /// Identifies one open stream within this process.
 pub type ConnId = u64;
+
+/// One stream in this many records its publish-to-write latency for a given
+/// event (which ones depends on the event's id and the stream's, so each
+/// event is sampled by about 1/64 of its recipients and each stream samples
+/// about 1/64 of its events): a broadcast to 10,000 streams records ~150
+/// values, not 10,000.
+pub const LATENCY_SAMPLE_EVERY: u64 = 64;
+/// Whether stream `conn` records its publish-to-write latency for `event`
+/// (see [`LATENCY_SAMPLE_EVERY`]).
+pub(crate) fn latency_sampled(event: EventId, conn: ConnId) -> bool {
+    event.0.wrapping_add(conn) % LATENCY_SAMPLE_EVERY == 0
+}
+
+/// Seconds since `event` was stored.
+pub(crate) fn age_seconds(event: &Event) -> f64 {
+    now_ms().saturating_sub(event.stored_at_ms()) as f64 / 1000.0
+}
 
 /// What a stream's queue carries.
 #[derive(Debug, Clone)]
@@ -186,6 +203,10 @@ pub(crate) struct StreamSender {
     tx: mpsc::UnboundedSender<Outbound>,
     /// Items the queue may hold before the stream is switched to catch-up.
     capacity: usize,
+    /// The stream's id, for the latency sampling rule ([`LATENCY_SAMPLE_EVERY`]).
+    id: ConnId,
+    /// Where a write-through records its sampled publish-to-write latency.
+    latency: metrics::Histogram,
 }
 
 /// The writer's end of a stream's queue. Dropping it unregisters the stream.
@@ -212,6 +233,8 @@ pub(crate) fn stream_queue(
         shared: shared.clone(),
         tx,
         capacity: capacity.max(1),
+        id,
+        latency: metrics::Histogram::noop(),
     };
     let receiver = StreamReceiver {
         id,
@@ -223,6 +246,11 @@ pub(crate) fn stream_queue(
 }
 
 impl StreamSender {
+    /// Records sampled publish-to-write latencies of write-throughs into `histogram`.
+    pub(crate) fn record_latency_into(&mut self, histogram: metrics::Histogram) {
+        self.latency = histogram;
+    }
+
     /// The state shared with the writer.
     pub(crate) fn shared(&self) -> &StreamShared {
         &self.shared
@@ -278,6 +306,9 @@ impl StreamSender {
             .bytes_written
             .fetch_add(event.frame().len() as u64, Ordering::Relaxed);
         shared.wrote_recently.store(true, Ordering::Relaxed);
+        if latency_sampled(event.id, self.id) {
+            self.latency.record(age_seconds(event));
+        }
         true
     }
 
