@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -54,7 +55,11 @@ def run_schemathesis(url, *extra):
         "--no-color",
         *extra,
     ]
-    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    # In a directory of its own: schemathesis leaves its state (.schemathesis/) there.
+    with tempfile.TemporaryDirectory(prefix="herald-schemathesis-") as cwd:
+        return subprocess.run(
+            cmd, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUN_TIMEOUT
+        )
 
 
 class SchemathesisTest(unittest.TestCase):

@@ -45,7 +45,10 @@ pub const LATENCY_SAMPLE_EVERY: u64 = 64;
 /// Whether stream `conn` records its publish-to-write latency for `event`
 /// (see [`LATENCY_SAMPLE_EVERY`]).
 pub(crate) fn latency_sampled(event: EventId, conn: ConnId) -> bool {
-    event.0.wrapping_add(conn).is_multiple_of(LATENCY_SAMPLE_EVERY)
+    event
+        .0
+        .wrapping_add(conn)
+        .is_multiple_of(LATENCY_SAMPLE_EVERY)
 }
 
 /// Seconds since `event` was stored.
