@@ -12,6 +12,10 @@
 //! read finds it; an event the hub queued may also come from that read, and is
 //! dropped because its id is not above the last id written. Ids only grow, so
 //! "id ≤ last written" is exactly "already sent".
+//!
+//! A stream the server ends for shutdown gets one last frame: a `retry:` of
+//! its own, drawn from [`DRAIN_RETRY_MS`], so the clients of a restarting
+//! server do not all come back in the same instant.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,7 +26,9 @@ use bytes::{Bytes, BytesMut};
 use crate::event::{Event, EventId};
 use crate::filter::Filter;
 use crate::log::{EventLog, Gap, Position};
-use crate::stream::{Outbound, StreamReceiver, WriteThrough};
+use crate::stream::{
+    age_seconds, latency_sampled, CloseReason, Outbound, StreamReceiver, WriteThrough,
+};
 
 /// Events read from the log per catch-up step. Small on purpose: the chunk it
 /// makes is held per connection until the socket takes it, and when thousands
@@ -34,6 +40,11 @@ const MAX_CHUNK_BYTES: usize = 64 * 1024;
 const MAX_ECHOED_ID_BYTES: usize = 128;
 /// The heartbeat comment (a notice: no blank line, see `herald_sse::encode_notice`).
 const HEARTBEAT: Bytes = Bytes::from_static(herald_sse::HEARTBEAT);
+
+/// The range a shutting-down server's last `retry:` is drawn from, per
+/// stream, in ms: clients reconnect spread over these 4.5 s instead of at
+/// once.
+pub const DRAIN_RETRY_MS: std::ops::RangeInclusive<u64> = 500..=5000;
 
 /// Where a new stream starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +89,11 @@ pub struct Connection {
     expires_at: Option<SystemTime>,
     /// Whether `herald.expired` has been sent (it is the stream's last frame).
     expiry_told: bool,
+    /// Whether the shutdown `retry:` has been sent (the last frame too).
+    drain_told: bool,
+    /// Where sampled publish-to-write latencies go (see
+    /// `crate::stream::LATENCY_SAMPLE_EVERY`).
+    latency: metrics::Histogram,
     /// Whether the dispatcher may write to the socket while this writer is
     /// parked ([`Connection::write_through`]).
     write_through: bool,
@@ -124,8 +140,16 @@ impl Connection {
             unknown_resume,
             expires_at,
             expiry_told: false,
+            drain_told: false,
+            latency: metrics::Histogram::noop(),
             write_through: false,
         }
+    }
+
+    /// Records sampled publish-to-write latencies into `histogram`.
+    pub(crate) fn with_latency_histogram(mut self, histogram: metrics::Histogram) -> Self {
+        self.latency = histogram;
+        self
     }
 
     /// Lets the dispatcher write events to the socket through `to` while
@@ -201,15 +225,33 @@ impl Connection {
         self.next_frames(&mut chunk).await
     }
 
-    /// Adds the next frames to `chunk`, waiting until there are some. A
-    /// stream ended because its token expired says so in one last frame.
+    /// Adds the next frames to `chunk`, waiting until there are some, and
+    /// counts their bytes. A stream ended because its token expired, or for
+    /// a shutdown, says so in one last frame.
     async fn next_frames(&mut self, chunk: &mut impl ChunkSink) -> bool {
-        if self.stream_frames(chunk).await {
-            return true;
+        let more = self.stream_frames(chunk).await || self.last_frame(chunk);
+        if more {
+            self.queue
+                .shared
+                .bytes_written
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
-        if self.queue.shared.token_expired.load(Ordering::SeqCst) && !self.expiry_told {
+        more
+    }
+
+    /// The frame that says why the server ended the stream, once: a token
+    /// expired (`herald.expired`) or a shutdown (a `retry:` with jitter).
+    fn last_frame(&mut self, chunk: &mut impl ChunkSink) -> bool {
+        let shared = &self.queue.shared;
+        if shared.token_expired.load(Ordering::SeqCst) && !self.expiry_told {
             self.expiry_told = true;
             chunk.push(&expired_frame(self.expires_at));
+            return true;
+        }
+        if shared.close_reason() == CloseReason::Shutdown && !self.drain_told {
+            self.drain_told = true;
+            let retry = rand::Rng::gen_range(&mut rand::thread_rng(), DRAIN_RETRY_MS);
+            chunk.push(&drain_frame(retry));
             return true;
         }
         false
@@ -270,7 +312,11 @@ impl Connection {
                 Outbound::Heartbeat => chunk.push(&HEARTBEAT),
                 Outbound::Event(event) => {
                     oldest_ms.get_or_insert(event.stored_at_ms());
-                    events += u64::from(self.write_event(&event, chunk));
+                    let written = self.write_event(&event, chunk);
+                    events += u64::from(written);
+                    if written && latency_sampled(event.id, self.queue.id) {
+                        self.latency.record(age_seconds(&event));
+                    }
                 }
             }
             if chunk.len() < MAX_CHUNK_BYTES {
@@ -341,6 +387,7 @@ impl Connection {
             Ok(batch) => batch,
             Err(err) => {
                 tracing::warn!(%err, conn = self.queue.id, "catch-up read failed; closing the stream so the client resumes");
+                self.queue.closing(CloseReason::LogFailed);
                 return false;
             }
         };
@@ -356,6 +403,7 @@ impl Connection {
         };
         if let Some((gap, last_event_id)) = gap {
             chunk.push(&gap_frame(&last_event_id, &gap));
+            self.queue.shared.gaps.fetch_add(1, Ordering::Relaxed);
             // The resume point is not in the log (trimmed, or never issued
             // here): what follows is new to the client, whatever its ids.
             self.last_written = None;
@@ -482,6 +530,14 @@ fn expired_frame(expires_at: Option<SystemTime>) -> Bytes {
         retry: None,
     })
     .unwrap_or_default()
+}
+
+/// The last frame of a stream ended by a shutdown: a notice (`retry:`,
+/// which a client takes as soon as it reads the line, and a comment) with no
+/// blank line, as the preamble: some clients dispatch an empty event on a
+/// blank line once they have seen any field.
+fn drain_frame(retry_ms: u64) -> Bytes {
+    herald_sse::encode_notice(Some(retry_ms), "server shutting down; reconnect")
 }
 
 /// The `herald.gap` event: no `id:` line, so the client's last id is kept.

@@ -16,7 +16,7 @@
 //!   one lock, so it is exact the moment a stream is unregistered.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::RwLock;
@@ -27,7 +27,8 @@ use crate::filter::Filter;
 use crate::index::{Entry, Index};
 use crate::lag::{self, DeliveryLag, LagGauge};
 use crate::log::{EventLog, Position};
-use crate::stream::{stream_queue, ConnId, Outbound, Registry, StreamShared};
+pub use crate::stream::LATENCY_SAMPLE_EVERY;
+use crate::stream::{stream_queue, CloseReason, ConnId, Outbound, Registry, StreamShared};
 
 /// How many events the log tail reads per step.
 const TAIL_BATCH: usize = 1024;
@@ -76,6 +77,37 @@ impl Default for HubConfig {
     }
 }
 
+/// Most streams whose queue depth the lag sampler records per second.
+pub const QUEUE_DEPTH_SAMPLES: usize = 256;
+/// Lag samples ([`lag::SAMPLE_EVERY`]) between two queue-depth samples.
+const QUEUE_DEPTH_EVERY_SAMPLES: u64 = 20;
+
+/// The histograms the hub and its writers record into. The handles are
+/// made once by whoever exports them (the HTTP layer's `/metrics`) and held
+/// here and by each stream's writer; they record nothing until set
+/// ([`Hub::set_metrics`]).
+#[derive(Debug, Clone)]
+pub struct HubMetrics {
+    /// Seconds from an event's storing to its write to a stream, for live
+    /// deliveries (through the stream's queue, or written through by the
+    /// dispatcher), sampled (see [`LATENCY_SAMPLE_EVERY`]). Catch-up writes
+    /// are not recorded: their age is the client's absence, not the
+    /// server's latency.
+    pub publish_to_write_seconds: metrics::Histogram,
+    /// Items queued per stream, recorded by the lag sampler once a second
+    /// for at most [`QUEUE_DEPTH_SAMPLES`] streams.
+    pub queue_depth: metrics::Histogram,
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        Self {
+            publish_to_write_seconds: metrics::Histogram::noop(),
+            queue_depth: metrics::Histogram::noop(),
+        }
+    }
+}
+
 /// Monotonic counters for `/v1/stats` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -83,6 +115,14 @@ pub struct Counters {
     pub dispatched: AtomicU64,
     /// Streams opened since start.
     pub connections_opened: AtomicU64,
+    /// Streams opened with a `Last-Event-ID` (they start by catching up).
+    pub resumed: AtomicU64,
+    /// Streams closed, by [`CloseReason`] (indexed by its number).
+    disconnects: [AtomicU64; CloseReason::ALL.len()],
+    /// Frame bytes written by streams that have since closed.
+    bytes_by_closed: AtomicU64,
+    /// `herald.gap` events sent by streams that have since closed.
+    gaps_by_closed: AtomicU64,
     /// Event frames written by streams that have since closed (the open
     /// ones keep their own count; see [`Hub::events_delivered`]).
     delivered_by_closed: AtomicU64,
@@ -123,6 +163,8 @@ pub struct Hub {
     /// Set once by [`Hub::close_all`]: streams the hub does not hold (the
     /// stats stream) watch it to end with the others.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Where latencies and queue depths are recorded, once set.
+    metrics: OnceLock<HubMetrics>,
 }
 
 /// Who is connecting and what they want.
@@ -157,7 +199,18 @@ impl Hub {
             dispatching_since_ms: AtomicU64::new(0),
             lag: LagGauge::default(),
             closing: tokio::sync::watch::Sender::new(false),
+            metrics: OnceLock::new(),
         })
+    }
+
+    /// Where the hub and the writers of streams opened from now on record
+    /// their histograms; only the first call counts.
+    pub fn set_metrics(&self, metrics: HubMetrics) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn metrics(&self) -> HubMetrics {
+        self.metrics.get().cloned().unwrap_or_default()
     }
 
     /// The hub's configuration.
@@ -177,7 +230,21 @@ impl Hub {
         // events ahead of the replay.
         let resuming = !matches!(subscriber.resume, Resume::Live);
         let registry: Arc<dyn Registry> = self.clone();
-        let (sender, receiver) = stream_queue(id, self.config.queue_capacity, resuming, registry);
+        let (mut sender, receiver) =
+            stream_queue(id, self.config.queue_capacity, resuming, registry);
+        let metrics = self.metrics();
+        sender.record_latency_into(metrics.publish_to_write_seconds.clone());
+        sender
+            .shared()
+            .opened_at_ms
+            .store(now_ms(), Ordering::Relaxed);
+        tracing::debug!(
+            conn = id,
+            user = subscriber.user.as_deref().unwrap_or("-"),
+            patterns = subscriber.filter.patterns().len(),
+            resume = ?subscriber.resume,
+            "stream opened"
+        );
         let filter = Arc::new(subscriber.filter);
         // Checked: a deadline past what `Instant` can hold is no deadline
         // (the stream is never closed for it), not a panic.
@@ -203,6 +270,9 @@ impl Hub {
         self.counters
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
+        if resuming {
+            self.counters.resumed.fetch_add(1, Ordering::Relaxed);
+        }
         // Read after registering: any event newer than this is dispatched to us.
         let live_from = *self.log.head().borrow();
         Connection::new(
@@ -214,6 +284,7 @@ impl Hub {
             self.config.retry_ms,
             subscriber.expires_at,
         )
+        .with_latency_histogram(metrics.publish_to_write_seconds)
     }
 
     /// Event frames written to streams since start.
@@ -225,6 +296,35 @@ impl Hub {
     /// switched to catch-up from the log, since start.
     pub fn streams_lagged(&self) -> u64 {
         self.per_stream_total(|s| &s.lagged, &self.counters.lagged_by_closed)
+    }
+
+    /// Frame bytes written to streams since start (HTTP framing not counted).
+    pub fn bytes_written(&self) -> u64 {
+        self.per_stream_total(|s| &s.bytes_written, &self.counters.bytes_by_closed)
+    }
+
+    /// `herald.gap` events sent since start.
+    pub fn gaps_sent(&self) -> u64 {
+        self.per_stream_total(|s| &s.gaps, &self.counters.gaps_by_closed)
+    }
+
+    /// Streams whose writer has not finished yet: open ones, and ones the
+    /// hub has let go of (kicked, expired, shut down) that are still
+    /// writing their last frame. A drain waits for this to reach 0.
+    pub fn streams_writing(&self) -> u64 {
+        let closed: u64 = self.disconnects().map(|(_, n)| n).sum();
+        self.counters
+            .connections_opened
+            .load(Ordering::Relaxed)
+            .saturating_sub(closed)
+    }
+
+    /// Streams closed since start, for each reason.
+    pub fn disconnects(&self) -> impl Iterator<Item = (CloseReason, u64)> + '_ {
+        CloseReason::ALL
+            .iter()
+            .zip(&self.counters.disconnects)
+            .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
     }
 
     /// A count kept per stream: the open streams' sum plus what closed ones
@@ -351,8 +451,16 @@ impl Hub {
         let head = self.log.head();
         let mut sample = lag::Sample::default();
         let mut last = Instant::now();
+        let mut samples = 0u64;
         loop {
             interval.tick().await;
+            samples += 1;
+            // Looked up each time: the metrics may be set after this starts.
+            let queue_depth = samples
+                .is_multiple_of(QUEUE_DEPTH_EVERY_SAMPLES)
+                .then(|| self.metrics.get())
+                .flatten()
+                .map(|m| &m.queue_depth);
             let dt = last.elapsed();
             last = Instant::now();
             let now = now_ms();
@@ -360,8 +468,15 @@ impl Hub {
             sample.clear();
             let streams = {
                 let index = self.index.read();
-                for entry in index.streams.values() {
-                    sample.add(lag::sample_stream(entry.sender.shared(), now, head_id, dt));
+                // Every stride-th stream's queue depth, at most
+                // QUEUE_DEPTH_SAMPLES of them.
+                let stride = index.streams.len().div_ceil(QUEUE_DEPTH_SAMPLES).max(1);
+                for (i, entry) in index.streams.values().enumerate() {
+                    let shared = entry.sender.shared();
+                    sample.add(lag::sample_stream(shared, now, head_id, dt));
+                    if let (Some(depth), 0) = (queue_depth, i % stride) {
+                        depth.record(shared.queued() as f64);
+                    }
                 }
                 index.streams.len()
             };
@@ -411,9 +526,9 @@ impl Hub {
                             .shared()
                             .token_expired
                             .store(true, Ordering::SeqCst);
-                        expired.push(entry.id);
+                        expired.push((entry.id, CloseReason::TokenExpired));
                     } else if entry.close_at.is_some_and(|at| at <= now) {
-                        expired.push(entry.id);
+                        expired.push((entry.id, CloseReason::Lifetime));
                     } else if heartbeat_due
                         && !entry
                             .sender
@@ -428,9 +543,9 @@ impl Hub {
             }
             if !expired.is_empty() {
                 let mut index = self.index.write();
-                for id in expired {
+                for (id, reason) in expired {
                     if let Some(entry) = index.remove(id) {
-                        entry.sender.close();
+                        entry.sender.close(reason);
                     }
                 }
             }
@@ -448,18 +563,19 @@ impl Hub {
         for id in &ids {
             // Dropping the entry drops the queue's sender, which wakes the writer.
             if let Some(entry) = index.remove(*id) {
-                entry.sender.close();
+                entry.sender.close(CloseReason::Kicked);
             }
         }
         ids.len()
     }
 
-    /// Ends every stream (shutdown).
+    /// Ends every stream (shutdown): each writer sends a last `retry:` of
+    /// its own (see `crate::connection`) so clients spread their reconnects.
     pub fn close_all(&self) {
         self.closing.send_replace(true);
         let mut index = self.index.write();
         for entry in std::mem::take(&mut *index).streams.into_values() {
-            entry.sender.close();
+            entry.sender.close(CloseReason::Shutdown);
         }
     }
 
@@ -593,6 +709,23 @@ impl Registry for Hub {
         totals
             .lagged_by_closed
             .fetch_add(shared.lagged.load(Ordering::Relaxed), Ordering::Relaxed);
+        totals.bytes_by_closed.fetch_add(
+            shared.bytes_written.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        totals
+            .gaps_by_closed
+            .fetch_add(shared.gaps.load(Ordering::Relaxed), Ordering::Relaxed);
+        drop(index);
+        let reason = shared.close_reason();
+        totals.disconnects[reason as usize].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            conn = id,
+            reason = reason.as_str(),
+            duration_ms = now_ms().saturating_sub(shared.opened_at_ms.load(Ordering::Relaxed)),
+            delivered = shared.delivered.load(Ordering::Relaxed),
+            "stream closed"
+        );
     }
 }
 

@@ -25,16 +25,36 @@
 //!   wakes; the dispatcher only ever `try_lock`s it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::event::Event;
+use crate::event::{now_ms, Event, EventId};
 
 /// Identifies one open stream within this process.
 pub type ConnId = u64;
+
+/// One stream in this many records its publish-to-write latency for a given
+/// event (which ones depends on the event's id and the stream's, so each
+/// event is sampled by about 1/64 of its recipients and each stream samples
+/// about 1/64 of its events): a broadcast to 10,000 streams records ~150
+/// values, not 10,000.
+pub const LATENCY_SAMPLE_EVERY: u64 = 64;
+/// Whether stream `conn` records its publish-to-write latency for `event`
+/// (see [`LATENCY_SAMPLE_EVERY`]).
+pub(crate) fn latency_sampled(event: EventId, conn: ConnId) -> bool {
+    event
+        .0
+        .wrapping_add(conn)
+        .is_multiple_of(LATENCY_SAMPLE_EVERY)
+}
+
+/// Seconds since `event` was stored.
+pub(crate) fn age_seconds(event: &Event) -> f64 {
+    now_ms().saturating_sub(event.stored_at_ms()) as f64 / 1000.0
+}
 
 /// What a stream's queue carries.
 #[derive(Debug, Clone)]
@@ -62,11 +82,66 @@ pub(crate) struct WriteThroughSlot {
     pub(crate) parked: bool,
 }
 
+/// Why a stream ended, for the disconnect counters and the stream's log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// The client went away, or its socket failed or stopped taking bytes
+    /// (whatever the server did not decide itself).
+    Client = 0,
+    /// An admin ended the user's streams.
+    Kicked = 1,
+    /// The subscriber's token expired.
+    TokenExpired = 2,
+    /// `max_connection_lifetime` was reached.
+    Lifetime = 3,
+    /// The server is shutting down (the stream was told to come back later).
+    Shutdown = 4,
+    /// Catch-up could not read the event log.
+    LogFailed = 5,
+}
+
+impl CloseReason {
+    /// Every reason, in the order of their numbers.
+    pub const ALL: [CloseReason; 6] = [
+        CloseReason::Client,
+        CloseReason::Kicked,
+        CloseReason::TokenExpired,
+        CloseReason::Lifetime,
+        CloseReason::Shutdown,
+        CloseReason::LogFailed,
+    ];
+
+    /// The reason as metrics and logs name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Kicked => "kicked",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::LogFailed => "log_failed",
+        }
+    }
+
+    fn from_u8(n: u8) -> CloseReason {
+        Self::ALL
+            .get(usize::from(n))
+            .copied()
+            .unwrap_or(CloseReason::Client)
+    }
+}
+
 /// State shared between the hub and one stream's writer.
 #[derive(Debug, Default)]
 pub(crate) struct StreamShared {
     /// Set by kick or lifetime expiry: the writer ends the stream.
     pub(crate) closed: AtomicBool,
+    /// Why the stream was closed ([`CloseReason`] as `u8`), set before
+    /// `closed`; left at `Client` when the server did not end it.
+    close_reason: AtomicU8,
+    /// When the stream opened (ms since the epoch), for its close log line.
+    pub(crate) opened_at_ms: AtomicU64,
     /// Set (before `closed`) when the subscriber's token expired: the writer
     /// sends `herald.expired` before it ends the stream.
     pub(crate) token_expired: AtomicBool,
@@ -82,6 +157,11 @@ pub(crate) struct StreamShared {
     pub(crate) delivered: AtomicU64,
     /// Times this stream switched from live delivery to catch-up.
     pub(crate) lagged: AtomicU64,
+    /// Bytes of frames this stream handed to its socket (HTTP framing not
+    /// counted); per stream for the same reason as `delivered`.
+    pub(crate) bytes_written: AtomicU64,
+    /// `herald.gap` events this stream sent.
+    pub(crate) gaps: AtomicU64,
     /// Items in the queue (the bound is enforced with it).
     queued: AtomicUsize,
     /// When the oldest event of the write in progress was stored (ms since
@@ -106,6 +186,11 @@ impl StreamShared {
     pub(crate) fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
+
+    /// Why the stream ended (`Client` unless the server ended it).
+    pub(crate) fn close_reason(&self) -> CloseReason {
+        CloseReason::from_u8(self.close_reason.load(Ordering::SeqCst))
+    }
 }
 
 /// Where a stream is registered; told when the stream's writer goes away.
@@ -121,6 +206,10 @@ pub(crate) struct StreamSender {
     tx: mpsc::UnboundedSender<Outbound>,
     /// Items the queue may hold before the stream is switched to catch-up.
     capacity: usize,
+    /// The stream's id, for the latency sampling rule ([`LATENCY_SAMPLE_EVERY`]).
+    id: ConnId,
+    /// Where a write-through records its sampled publish-to-write latency.
+    latency: metrics::Histogram,
 }
 
 /// The writer's end of a stream's queue. Dropping it unregisters the stream.
@@ -147,6 +236,8 @@ pub(crate) fn stream_queue(
         shared: shared.clone(),
         tx,
         capacity: capacity.max(1),
+        id,
+        latency: metrics::Histogram::noop(),
     };
     let receiver = StreamReceiver {
         id,
@@ -158,6 +249,11 @@ pub(crate) fn stream_queue(
 }
 
 impl StreamSender {
+    /// Records sampled publish-to-write latencies of write-throughs into `histogram`.
+    pub(crate) fn record_latency_into(&mut self, histogram: metrics::Histogram) {
+        self.latency = histogram;
+    }
+
     /// The state shared with the writer.
     pub(crate) fn shared(&self) -> &StreamShared {
         &self.shared
@@ -209,7 +305,13 @@ impl StreamSender {
             .written_up_to
             .fetch_max(event.id.0, Ordering::Relaxed);
         shared.delivered.fetch_add(1, Ordering::Relaxed);
+        shared
+            .bytes_written
+            .fetch_add(event.frame().len() as u64, Ordering::Relaxed);
         shared.wrote_recently.store(true, Ordering::Relaxed);
+        if latency_sampled(event.id, self.id) {
+            self.latency.record(age_seconds(event));
+        }
         true
     }
 
@@ -230,9 +332,12 @@ impl StreamSender {
         self.push(Outbound::Heartbeat);
     }
 
-    /// Tells the writer to end the stream. Dropping the sender (the hub
-    /// forgets the stream) then wakes it.
-    pub(crate) fn close(&self) {
+    /// Tells the writer to end the stream, for `reason`. Dropping the
+    /// sender (the hub forgets the stream) then wakes it.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        self.shared
+            .close_reason
+            .store(reason as u8, Ordering::SeqCst);
         self.shared.closed.store(true, Ordering::SeqCst);
     }
 }
@@ -257,6 +362,17 @@ impl StreamReceiver {
     /// atomic write on the hot path.
     pub(crate) fn taken(&self, taken: usize) {
         self.shared.queued.fetch_sub(taken, Ordering::Relaxed);
+    }
+
+    /// Marks the stream ended by its writer for `reason` (a failed log
+    /// read), unless the hub gave a reason first.
+    pub(crate) fn closing(&self, reason: CloseReason) {
+        let _ = self.shared.close_reason.compare_exchange(
+            CloseReason::Client as u8,
+            reason as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
 }
 

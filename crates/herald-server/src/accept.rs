@@ -69,8 +69,8 @@ use crate::tls_stream::{self, TlsStream};
 use crate::write_through::{SharedTcp, TcpWriteThrough};
 use crate::AppState;
 
-/// How long in-flight requests get to finish after shutdown is asked for.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often a drain looks whether every stream's writer has finished.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// How long the loop pauses after an accept error that says the process is
 /// short of a resource (descriptors, memory): retrying at once would fail
 /// the same way, in a busy loop.
@@ -152,8 +152,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Serves the router on `listener` until `shutdown` resolves, then closes
-/// every stream and waits (briefly) for in-flight requests.
+/// Serves the router on `listener` until `shutdown` resolves, then drains
+/// within `shutdown_timeout` (see [`drain`]).
 ///
 /// With `state.config.tls`, the port speaks only TLS; the files are loaded
 /// here (an error is `InvalidInput`, naming the file) and watched for changes
@@ -175,6 +175,9 @@ pub async fn serve(
     let _watcher = tls
         .as_ref()
         .map(|tls| AbortOnDrop(tokio::spawn(tls.clone().watch())));
+    let _metrics_upkeep = AbortOnDrop(tokio::spawn(crate::metrics::Metrics::run_upkeep(
+        state.metrics.handle(),
+    )));
     let app = crate::router(state.clone());
     let builders = Arc::new(Builders::new(state.config.header_read_timeout));
     let control = Handle::current();
@@ -231,10 +234,49 @@ pub async fn serve(
             Some(tls) => connection.spawn_tls(stream, tls.config().clone()),
         }
     }
-    drop(listener);
-    state.hub.close_all();
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+    drain(listener, &state, graceful).await;
     Ok(())
+}
+
+/// The drain, in this order, all within `shutdown_timeout`:
+/// 1. stop accepting (the listener is closed: new connections are refused
+///    and go to another node, or retry);
+/// 2. end every stream; each writer sends a last `retry:` drawn from
+///    `herald_core::connection::DRAIN_RETRY_MS`, so clients come back spread
+///    over seconds rather than all at once, and resume with `Last-Event-ID`;
+/// 3. wait for those writers to finish, and for hyper's connections to
+///    finish their in-flight requests (a publish being stored is answered;
+///    idle keep-alive connections are closed).
+///
+/// What is left at the deadline is dropped; the caller then exits, and the
+/// event log is flushed when its last user lets go of it.
+async fn drain(listener: TcpListener, state: &AppState, graceful: GracefulShutdown) {
+    drop(listener);
+    let deadline = Instant::now() + state.config.shutdown_timeout;
+    let streams = state.hub.counts().connections;
+    tracing::info!(
+        streams,
+        timeout_ms = state.config.shutdown_timeout.as_millis() as u64,
+        "draining: not accepting; every stream gets a retry hint and is closed; in-flight requests finish"
+    );
+    state.hub.close_all();
+    while state.hub.streams_writing() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    let finished = tokio::time::timeout(left, graceful.shutdown())
+        .await
+        .is_ok();
+    let writing = state.hub.streams_writing();
+    if finished && writing == 0 {
+        tracing::info!(streams, "drained");
+    } else {
+        tracing::warn!(
+            streams_still_writing = writing,
+            requests_finished = finished,
+            "the shutdown timeout passed before everything finished; the rest is dropped"
+        );
+    }
 }
 
 /// Whether an accept error says the process is short of something (so the

@@ -20,6 +20,7 @@ mod http1_head;
 mod idle;
 mod io;
 mod limits;
+mod metrics;
 mod query;
 mod routes;
 mod tls;
@@ -97,6 +98,9 @@ pub struct ServerConfig {
     /// TLS on the listening port: the certificate and key files (reloaded
     /// when they change); `None` serves plain HTTP/1.1 and h2c.
     pub tls: Option<TlsFiles>,
+    /// How long a SIGTERM/SIGINT drain may take (`accept.rs`): streams are
+    /// closed with a `retry:` each and in-flight requests finish within it.
+    pub shutdown_timeout: Duration,
     /// How long a client may take to complete the TLS handshake.
     pub tls_handshake_timeout: Duration,
 }
@@ -150,6 +154,10 @@ impl ServerConfig {
     pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
     /// Default of [`ServerConfig::max_delivery_lag`], in milliseconds.
     pub const DEFAULT_MAX_DELIVERY_LAG_MS: u64 = 10_000;
+    /// Default of [`ServerConfig::shutdown_timeout`], in milliseconds:
+    /// longer than the 5 s a stream's last `retry:` may ask clients to wait,
+    /// so a publisher retrying in that spread is still answered.
+    pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 }
 
 impl Default for ServerConfig {
@@ -175,6 +183,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(Self::DEFAULT_WRITE_TIMEOUT_SECS),
             max_delivery_lag: Some(Duration::from_millis(Self::DEFAULT_MAX_DELIVERY_LAG_MS)),
             tls: None,
+            shutdown_timeout: Duration::from_millis(Self::DEFAULT_SHUTDOWN_TIMEOUT_MS),
             tls_handshake_timeout: Duration::from_secs(Self::DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
         }
     }
@@ -208,6 +217,8 @@ pub struct AppState {
     /// The cluster this node is part of (`--redis`): the admin routes then
     /// answer for every live node. `None`: a single node.
     pub cluster: Option<Arc<herald_cluster::Cluster>>,
+    /// The series `/metrics` exports (`metrics.rs`).
+    pub(crate) metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -240,6 +251,8 @@ impl AppState {
         );
         let bodies = body::BodyBudget::new(config.max_body_bytes_in_flight);
         let write_timeout = io::WriteTimeout::new(config.write_timeout);
+        let metrics = metrics::Metrics::new();
+        hub.set_metrics(metrics.hub());
         let state = Arc::new(Self {
             hub,
             log,
@@ -253,6 +266,7 @@ impl AppState {
             bodies,
             write_timeout,
             cluster,
+            metrics,
         });
         if let Some(cluster) = &state.cluster {
             // Weak: the cluster must not keep the state (and its hub) alive.
@@ -296,7 +310,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
-        .route("/herald.js", get(routes::herald_js::script));
+        .route("/herald.js", get(routes::herald_js::script))
+        .route("/v1/openapi.json", get(routes::ops::openapi));
     // The dashboard, in both modes: the page shows nothing without admin access.
     app = app
         .route("/", get(routes::dashboard::page))

@@ -4,7 +4,9 @@
 //! The route list below is checked against `src/lib.rs` in both directions
 //! (each listed route is registered there, each registered route is listed),
 //! and `ErrorCode::ALL` against the variants declared in `src/error.rs`, so
-//! neither list can drift from the code.
+//! neither list can drift from the code. The OpenAPI document served at
+//! `/v1/openapi.json` describes exactly the same routes (its answers are
+//! checked against the server's by `tests/python/test_openapi.py`).
 
 use std::collections::BTreeSet;
 
@@ -25,6 +27,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/herald.js"),
+    ("GET", "/v1/openapi.json"),
     ("GET", "/"),
     ("GET", "/dashboard/{file}"),
     ("GET", "/demo"),
@@ -159,4 +162,31 @@ fn every_route_is_documented() {
              (text: {in_heading_or_text}, table: {in_route_table})"
         );
     }
+}
+
+#[test]
+fn the_openapi_document_describes_exactly_the_routes() {
+    let spec: serde_json::Value =
+        serde_json::from_str(&read("src/openapi.json")).expect("openapi.json is JSON");
+    assert_eq!(spec["openapi"], "3.1.0");
+    let paths = spec["paths"].as_object().expect("openapi.json has paths");
+    let described: BTreeSet<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, operations)| {
+            operations
+                .as_object()
+                .into_iter()
+                .flat_map(|ops| ops.keys())
+                .filter(|method| method.as_str() != "parameters")
+                .map(move |method| (method.to_ascii_uppercase(), path.clone()))
+        })
+        .collect();
+    let routes: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_string(), documented_path(p)))
+        .collect();
+    assert_eq!(
+        described, routes,
+        "openapi.json must describe exactly the router's routes"
+    );
 }

@@ -223,9 +223,87 @@ pub(crate) struct Config {
     /// Cluster: ms a node's presence (its users and counts) outlives its last refresh, so a dead node's connections vanish within it (1000 to 60000).
     #[arg(long, value_name = "MS", default_value_t = herald_cluster::DEFAULT_PRESENCE_EXPIRY_MS)]
     pub presence_expiry_ms: u64,
+    /// Milliseconds a SIGTERM/SIGINT drain may take: streams told to come back, in-flight requests finished, then exit 0.
+    #[arg(long, value_name = "MS", default_value_t = ServerConfig::DEFAULT_SHUTDOWN_TIMEOUT_MS)]
+    pub shutdown_timeout_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax); logs go to stderr.
     #[arg(long, value_name = "FILTER", default_value = DEFAULT_LOG)]
     pub log: String,
+    /// Log lines as text for people, or one JSON object per line for log collectors.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines (colours on a terminal).
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`).
+    Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
+}
+
+/// Shown instead of a secret in the logged configuration.
+const REDACTED: &str = "[redacted]";
+
+impl Config {
+    /// The configuration as start-up logs it: every option, with secrets
+    /// replaced by [`REDACTED`] — HMAC secrets, API keys (their digests are
+    /// not secret and stay), any option whose name says secret, password or
+    /// token, and the password of any URL (`redis://user:pw@host`).
+    pub(crate) fn redacted(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        redact(&mut value, None);
+        value
+    }
+}
+
+/// Redacts `value` in place; `key` is the option (or field) it is under.
+fn redact(value: &mut serde_json::Value, key: Option<&str>) {
+    use serde_json::Value;
+    let secret_key = key.is_some_and(|k| {
+        let k = k.to_ascii_lowercase();
+        k == "key"
+            || ["secret", "password", "token"]
+                .iter()
+                .any(|s| k.contains(s))
+    });
+    match value {
+        Value::String(s) if secret_key => *s = REDACTED.to_owned(),
+        Value::String(s) => {
+            if let Some(clean) = without_url_password(s) {
+                *s = clean;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| redact(v, key)),
+        Value::Object(fields) => fields.iter_mut().for_each(|(k, v)| redact(v, Some(k))),
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@host...` with the password redacted; `None`
+/// when `s` holds no URL password.
+fn without_url_password(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let (userinfo, host) = authority.rsplit_once('@')?;
+    let userinfo = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:{REDACTED}"),
+        // `redis://secret@host`: a lone part is Redis's password.
+        None => REDACTED.to_owned(),
+    };
+    Some(format!("{scheme}://{userinfo}@{host}{path}"))
 }
 
 impl Default for Config {
@@ -560,6 +638,11 @@ const RANGES: &[Bounds] = &[
         min: 10,
         max: 60_000,
     },
+    Bounds {
+        key: "shutdown_timeout_ms",
+        min: 100,
+        max: DAY_SECS * 1_000,
+    },
 ];
 
 impl Config {
@@ -591,6 +674,7 @@ impl Config {
             "presence_expiry_ms" => self.presence_expiry_ms,
             "redis_wait_timeout_ms" => self.redis_wait_timeout_ms,
             "redis_tail_block_ms" => self.redis_tail_block_ms,
+            "shutdown_timeout_ms" => self.shutdown_timeout_ms,
             _ => return None,
         })
     }
@@ -766,6 +850,7 @@ impl From<&Config> for ServerConfig {
             write_timeout: Duration::from_secs(config.write_timeout_secs),
             max_delivery_lag: (config.max_delivery_lag_ms > 0)
                 .then(|| Duration::from_millis(config.max_delivery_lag_ms)),
+            shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
             ..ServerConfig::default()
         }
     }
@@ -856,6 +941,8 @@ mod tests {
             .split("## `herald serve` options")
             .nth(1)
             .expect("the README has a `herald serve` options section");
+        // Up to the next section: other sections have tables of their own.
+        let table = table.split("\n## ").next().unwrap_or(table);
         table
             .lines()
             .filter(|l| l.starts_with("| `"))
@@ -881,6 +968,40 @@ mod tests {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         }
+    }
+
+    #[test]
+    fn the_logged_configuration_has_no_secret() {
+        let config = Config {
+            jwt_secret: vec!["hmac-secret-value-0123456789".into()],
+            redis: Some("redis://app:redis-pass-42@cache:6379/0".into()),
+            jwks: Some("https://jwks.example/keys".into()),
+            api_keys: vec!["api-key-value-0123456789abcdef;publish=*"
+                .parse()
+                .expect("an api key")],
+            ..Config::default()
+        };
+        let shown = config.redacted().to_string();
+        for secret in [
+            "hmac-secret-value-0123456789",
+            "redis-pass-42",
+            "api-key-value-0123456789abcdef",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // What is not secret is still there.
+        for kept in [
+            "redis://app:[redacted]@cache:6379/0",
+            "https://jwks.example/keys",
+            "\"publish\":[\"*\"]",
+        ] {
+            assert!(shown.contains(kept), "{kept} not in {shown}");
+        }
+        assert_eq!(
+            without_url_password("redis://only-a-password@host").as_deref(),
+            Some("redis://[redacted]@host")
+        );
+        assert_eq!(without_url_password("redis://host:6379"), None);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Health, readiness, metrics, and the JSON answers for unknown routes.
 
-use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -26,119 +25,15 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format (the series are in `crate::metrics`).
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let counts = state.hub.counts();
-    let c = &state.hub.counters;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = write!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        );
-    };
-    metric(
-        "herald_connections",
-        "gauge",
-        "Open event streams.",
-        counts.connections as u64,
-    );
-    metric(
-        "herald_users_online",
-        "gauge",
-        "Users with an open stream.",
-        counts.users_online as u64,
-    );
-    metric(
-        "herald_topics",
-        "gauge",
-        "Subscribed topics and patterns.",
-        counts.topics as u64,
-    );
-    metric(
-        "herald_events_published_total",
-        "counter",
-        "Events stored via this node.",
-        state.published.load(Ordering::Relaxed),
-    );
-    metric(
-        "herald_events_dispatched_total",
-        "counter",
-        "Events fanned out by this node.",
-        c.dispatched.load(Ordering::Relaxed),
-    );
-    metric(
-        "herald_events_delivered_total",
-        "counter",
-        "Event frames written to streams.",
-        state.hub.events_delivered(),
-    );
-    metric(
-        "herald_stream_lagged_total",
-        "counter",
-        "Times a slow stream switched to catch-up from the log.",
-        state.hub.streams_lagged(),
-    );
-    metric(
-        "herald_connections_opened_total",
-        "counter",
-        "Streams opened.",
-        c.connections_opened.load(Ordering::Relaxed),
-    );
-    metric(
-        "herald_streams_write_timed_out_total",
-        "counter",
-        "Connections closed because their socket took no byte for write_timeout_secs.",
-        state.write_timeouts(),
-    );
-    metric(
-        "herald_uptime_seconds",
-        "gauge",
-        "Seconds since start.",
-        state.hub.uptime().as_secs(),
-    );
-    let _ = write!(
-        out,
-        "# HELP herald_refusals_total Requests refused, by error code.\n\
-         # TYPE herald_refusals_total counter\n"
-    );
-    for (code, n) in state.refusals.by_code() {
-        let _ = writeln!(out, "herald_refusals_total{{code=\"{code}\"}} {n}");
-    }
-    let _ = write!(
-        out,
-        "# HELP herald_streams_turned_away_total Subscribers told to come back later, by limit.\n\
-         # TYPE herald_streams_turned_away_total counter\n\
-         herald_streams_turned_away_total{{limit=\"max_connections\"}} {}\n\
-         herald_streams_turned_away_total{{limit=\"max_connections_per_ip\"}} {}\n\
-         herald_streams_turned_away_total{{limit=\"max_connections_per_user\"}} {}\n",
-        state.refusals.over_capacity.load(Ordering::Relaxed),
-        state.refusals.over_ip_limit.load(Ordering::Relaxed),
-        state.refusals.over_user_limit.load(Ordering::Relaxed),
-    );
-    let lag = state.hub.delivery_lag();
-    let _ = write!(
-        out,
-        "# HELP herald_delivery_lag_seconds How far behind streams are: the median stream, the furthest, and the dispatcher.\n\
-         # TYPE herald_delivery_lag_seconds gauge\n\
-         herald_delivery_lag_seconds{{of=\"median\"}} {:.3}\n\
-         herald_delivery_lag_seconds{{of=\"max\"}} {:.3}\n\
-         herald_delivery_lag_seconds{{of=\"dispatch\"}} {:.3}\n",
-        lag.median_ms as f64 / 1000.0,
-        lag.max_ms as f64 / 1000.0,
-        lag.dispatch_ms as f64 / 1000.0,
-    );
-    let _ = write!(
-        out,
-        "# HELP herald_streams_behind Streams with events acknowledged but not yet written.\n\
-         # TYPE herald_streams_behind gauge\n\
-         herald_streams_behind {}\n",
-        lag.streams_behind,
-    );
+    let mut out = state.metrics.render(&state);
+    // Figures of the parts that exist only in some deployments, written as
+    // text after the registered series: the cluster's presence and control
+    // tail, and the event log backend's own (the Redis log's tail, ...).
     if let Some(cluster) = &state.cluster {
         out.push_str(&cluster.metrics_text());
     }
-    // The event log backend's own figures (the Redis log's tail, ...).
     for m in state.log.metrics() {
         let kind = if m.counter { "counter" } else { "gauge" };
         let _ = write!(
@@ -148,6 +43,16 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The OpenAPI 3.1 document of every route, written by hand and kept true
+/// by `tests/api_reference.rs` (the same routes as the router) and
+/// `tests/python/test_openapi.py` (every answer against its schema).
+const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `GET /v1/openapi.json`.
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 /// Any route not in docs/api.md.

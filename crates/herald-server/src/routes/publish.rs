@@ -155,11 +155,16 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
     } else {
         prepare()?
     };
+    let appending = std::time::Instant::now();
     let results = state.log.append(batch).await.map_err(|e| match e {
         // It may be stored: the message says how to learn its id.
         LogError::NotAcknowledged(_) => ApiError::unavailable(e.to_string()),
         _ => ApiError::unavailable(format!("{e}; the event was not stored, retry later")),
     })?;
+    state
+        .metrics
+        .log_append_seconds()
+        .record(appending.elapsed().as_secs_f64());
     let stored = results.iter().filter(|r| !r.duplicate).count() as u64;
     state.published.fetch_add(stored, Ordering::Relaxed);
     Ok(answer(&results, single))

@@ -11,13 +11,18 @@ use herald_log::redis::RedisLog;
 use herald_log::{DurableLog, DurableOptions, MemoryLog, Retention};
 use herald_server::{AppState, Auth, AuthConfig, ConnectionBudget, ServerConfig};
 
-use crate::config::{Config, ConfigError, Validated};
+use crate::config::{Config, ConfigError, LogFormat, Validated};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub(crate) fn run(args: Config, matches: &ArgMatches) -> anyhow::Result<()> {
     // Validate everything before a runtime starts or a port is bound.
     let Validated { config, listen } = Config::load(&args, matches)?;
-    init_logging(&config.log);
+    init_logging(&config.log, config.log_format);
+    tracing::info!(
+        %listen,
+        config = %config.redacted(),
+        "effective configuration (secrets redacted)"
+    );
     let fd_limit = raise_fd_limit();
     // Event streams and the fan-out on a multi-threaded runtime (a worker per
     // core); the accept loop, publishes and admin requests on a runtime of
@@ -333,12 +338,20 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn init_logging(filter: &str) {
+/// Logs to stderr, as text for people or one JSON object per line. At
+/// `info` nothing is logged per event or per stream (stream opens and closes
+/// are `debug`, in `herald_core::hub`), so the volume follows what operators
+/// do, not the traffic.
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
 }
