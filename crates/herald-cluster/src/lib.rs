@@ -42,8 +42,6 @@
 mod control;
 mod keys;
 mod presence;
-#[cfg(feature = "test-support")]
-pub mod testing;
 mod view;
 
 use std::future::Future;

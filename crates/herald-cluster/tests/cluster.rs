@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_cluster::testing::RedisServer;
 use herald_cluster::{Cluster, ClusterConfig, Connector, NodeId, DEFAULT_PREFIX};
 use herald_core::{Connection, EventLog, Filter, Hub, HubConfig, Resume, Subscriber, TopicPattern};
+use herald_log::redis::testing::RedisServer;
 use herald_log::{MemoryLog, Retention};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

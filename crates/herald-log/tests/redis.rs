@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_core::{EventId, EventLog, Filter, LogError, Position};
+use herald_log::redis::testing::{info, RedisServer};
 use herald_log::redis::{RedisDurability, RedisEndpoint, RedisLog, RedisOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::redis_server::{unique_prefix, RedisServer};
+use common::redis_server::unique_prefix;
 use common::{datas, ids, keyed, on, read_to_end};
 
 fn options(prefix: &str) -> RedisOptions {
@@ -141,8 +142,8 @@ async fn a_restore_from_an_older_copy_gives_a_gap_for_lost_ids_and_new_ids_above
     let log = log_on(server.endpoint(), options(&prefix));
     let kept = append_each(&log, "a", 3).await;
     // The copy a restore brings back: everything up to here.
-    let aof = server.dir.join("appendonlydir");
-    let copy = server.dir.join("aof-copy");
+    let aof = server.dir().join("appendonlydir");
+    let copy = server.dir().join("aof-copy");
     copy_dir(&aof, &copy);
     let lost = append_each(&log, "a", 2).await;
 
@@ -226,15 +227,12 @@ async fn replicas_1_acknowledges_with_a_replica_and_refuses_without_one() {
         "--replicaof",
         "127.0.0.1",
     ];
-    let port = primary.port.to_string();
+    let port = primary.port().to_string();
     let mut replica = RedisServer::start_with(&[&replica_args[..], &[port.as_str()]].concat());
     eventually(
         Duration::from_secs(10),
         "the replica is connected",
-        || async {
-            common::redis_server::info(primary.port, "slave0")
-                .is_some_and(|s| s.contains("state=online"))
-        },
+        || async { info(primary.port(), "slave0").is_some_and(|s| s.contains("state=online")) },
     )
     .await;
     // Generous: the machine is shared, and a replica under load acks late.
@@ -271,8 +269,7 @@ async fn replicas_1_acknowledges_with_a_replica_and_refuses_without_one() {
     assert_eq!(datas(&events), ["acked", "unacked"]);
     replica.restart();
     eventually(Duration::from_secs(10), "the replica is back", || async {
-        common::redis_server::info(primary.port, "slave0")
-            .is_some_and(|s| s.contains("state=online"))
+        info(primary.port(), "slave0").is_some_and(|s| s.contains("state=online"))
     })
     .await;
     let retry = log.append(vec![keyed("a", "unacked", "k1")]).await.unwrap();
@@ -461,7 +458,7 @@ impl Drop for Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_tail_is_detected_within_seconds_and_reconnected() {
     let server = RedisServer::start();
-    let proxy = Proxy::start(server.port).await;
+    let proxy = Proxy::start(server.port()).await;
     let prefix = unique_prefix("wedge");
     let through_proxy =
         RedisEndpoint::parse(&format!("redis://127.0.0.1:{}", proxy.port), None).unwrap();
@@ -636,7 +633,7 @@ async fn ids_stay_above_what_a_node_has_seen_even_when_redis_lost_it_and_its_clo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_sentinels_a_failover_keeps_what_replicas_1_acknowledged() {
     let mut primary = RedisServer::start();
-    let port = primary.port.to_string();
+    let port = primary.port().to_string();
     let replica = RedisServer::start_with(&[
         "--save",
         "",
@@ -649,22 +646,19 @@ async fn through_sentinels_a_failover_keeps_what_replicas_1_acknowledged() {
     eventually(
         Duration::from_secs(10),
         "the replica is in sync",
-        || async {
-            common::redis_server::info(primary.port, "slave0")
-                .is_some_and(|s| s.contains("state=online"))
-        },
+        || async { info(primary.port(), "slave0").is_some_and(|s| s.contains("state=online")) },
     )
     .await;
     let service = "herald-test";
     let sentinels: Vec<RedisServer> = (0..3)
-        .map(|_| RedisServer::start_sentinel(primary.port, service))
+        .map(|_| RedisServer::start_sentinel(primary.port(), service))
         .collect();
     eventually(
         Duration::from_secs(20),
         "the sentinels know each other and the replica",
         || async {
             sentinels.iter().all(|s| {
-                common::redis_server::info(s.port, "master0")
+                info(s.port(), "master0")
                     .is_some_and(|m| m.contains("slaves=1") && m.contains("sentinels=3"))
             })
         },
@@ -674,7 +668,7 @@ async fn through_sentinels_a_failover_keeps_what_replicas_1_acknowledged() {
         "redis+sentinel://{}/{service}",
         sentinels
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
+            .map(|s| format!("127.0.0.1:{}", s.port()))
             .collect::<Vec<_>>()
             .join(",")
     );
@@ -696,8 +690,8 @@ async fn through_sentinels_a_failover_keeps_what_replicas_1_acknowledged() {
         Duration::from_secs(10),
         "the last one is on the replica",
         || async {
-            let on_primary = common::redis_server::info(primary.port, "master_repl_offset");
-            let on_replica = common::redis_server::info(replica.port, "slave_repl_offset");
+            let on_primary = info(primary.port(), "master_repl_offset");
+            let on_replica = info(replica.port(), "slave_repl_offset");
             on_primary.is_some() && on_primary == on_replica
         },
     )
@@ -720,7 +714,7 @@ async fn through_sentinels_a_failover_keeps_what_replicas_1_acknowledged() {
         }
     }
     assert_eq!(
-        common::redis_server::info(replica.port, "role").as_deref(),
+        info(replica.port(), "role").as_deref(),
         Some("master"),
         "the publish went to the promoted replica"
     );
@@ -764,7 +758,7 @@ async fn rediss_with_a_private_ca_works_and_without_it_is_refused() {
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
 
     let server = RedisServer::start_tls(&cert_file, &key_file);
-    let url = format!("rediss://localhost:{}", server.port);
+    let url = format!("rediss://localhost:{}", server.port());
     let prefix = unique_prefix("tls");
     let log = log_on(
         RedisEndpoint::parse(&url, Some(&ca_file)).unwrap(),

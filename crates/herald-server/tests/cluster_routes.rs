@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use herald_cluster::testing::RedisServer;
 use herald_cluster::{url_connector, Cluster, ClusterConfig, NodeId, DEFAULT_PREFIX};
 use herald_core::{
     Connection, EventLog, Filter, Hub, HubConfig, Resume, Subscriber, Topic, TopicPattern,
 };
+use herald_log::redis::testing::RedisServer;
 use herald_log::{MemoryLog, Retention};
 use herald_server::{AppState, Auth, ServerConfig};
 use serde_json::{json, Value};

@@ -108,6 +108,9 @@ mod codec;
 mod endpoint;
 mod scripts;
 mod tail;
+/// Real `redis-server` processes for tests.
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use std::fmt;
 use std::str::FromStr;

@@ -2,7 +2,8 @@
 //! `durable.rs`, `faults.rs`): building events, appending, paging through a
 //! read with the invariants every page keeps, opening and filling a durable
 //! log, and the pieces of the model-based tests (positions, the model of
-//! stored events, its checks), and real Redis servers (`redis_server`).
+//! stored events, its checks), and the Redis log on real Redis servers
+//! (`redis_server`).
 //!
 //! Every suite is its own crate and uses a part of this module.
 #![allow(dead_code)]
