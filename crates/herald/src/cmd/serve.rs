@@ -116,7 +116,7 @@ async fn serve(
                 "DEV MODE on {local}, which is reachable from other machines: use it on trusted networks only"
             );
         }
-        tracing::info!("demo page: {scheme}://{local}/demo");
+        tracing::info!("dashboard: {scheme}://{local}/");
     }
     herald_server::serve(listener, state, streams, shutdown)
         .await
