@@ -167,22 +167,15 @@ pub(crate) async fn users(
             .map(|(id, n)| (id.to_string(), n))
             .collect::<Vec<_>>()
     };
-    let (mut page, cluster_error) = match &state.cluster {
+    let (page, cluster_error) = match &state.cluster {
         None => (local_page(&state), None),
         Some(cluster) => match cluster.users_page(cursor, limit + 1).await {
             Ok(page) => (page, None),
             Err(err) => (local_page(&state), Some(err)),
         },
     };
-    let next = (page.len() > limit).then(|| {
-        page.truncate(limit);
-        page.last().map(|(id, _)| id.clone())
-    });
-    let users: Vec<_> = page
-        .iter()
-        .map(|(id, n)| json!({"id": id, "connections": n}))
-        .collect();
-    let mut answer = json!({"users": users, "next": next.flatten()});
+    let (users, next) = page_rows(page, limit, "id", "connections");
+    let mut answer = json!({"users": users, "next": next});
     mark_view(&state, &mut answer, cluster_error.as_ref());
     Ok(Json(answer).into_response())
 }
@@ -265,16 +258,32 @@ pub(crate) async fn topics(
     let limit = page_limit(&query)?;
     let cursor = query.first("cursor").filter(|c| !c.is_empty());
     // One more than asked tells whether there is a next page.
-    let mut page = state.hub.subscriptions_page(cursor, limit + 1);
-    let next = (page.len() > limit).then(|| {
-        page.truncate(limit);
-        page.last().map(|(name, _)| name.clone())
-    });
-    let topics: Vec<_> = page
+    let page = state.hub.subscriptions_page(cursor, limit + 1);
+    let (topics, next) = page_rows(page, limit, "topic", "subscribers");
+    Ok(Json(json!({"topics": topics, "next": next})).into_response())
+}
+
+/// A page of `(name, count)` rows read with one row more than `limit` (which
+/// tells whether there is a next page): at most `limit` rows as objects
+/// `{name_key: name, count_key: count}`, and the next page's cursor (the last
+/// name shown), `None` at the end.
+fn page_rows<N: serde::Serialize + Clone>(
+    mut rows: Vec<(N, usize)>,
+    limit: usize,
+    name_key: &str,
+    count_key: &str,
+) -> (Vec<Value>, Option<N>) {
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|(name, _)| name.clone())
+    } else {
+        None
+    };
+    let rows = rows
         .iter()
-        .map(|(name, n)| json!({"topic": name, "subscribers": n}))
+        .map(|(name, n)| json!({ name_key: name, count_key: n }))
         .collect();
-    Ok(Json(json!({"topics": topics, "next": next.flatten()})).into_response())
+    (rows, next)
 }
 
 /// `limit` of a paged admin route: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when
