@@ -9,8 +9,10 @@ provokes that status, and checks each answer against the document: the
 status is one the operation lists, the content type is one its response
 lists, required headers are present, and a JSON body validates against the
 response's schema (JSON Schema 2020-12 with `jsonschema`, `$ref`s resolved
-in the document). Finally every documented (method, path, status) must have
-been provoked, except the few in UNPROVOKED, each with the reason.
+in the document), as must a documented header's value and, for the stats
+stream, its first event and that event's JSON `data` (the `contentSchema`).
+Finally every documented (method, path, status) must have been provoked,
+except the few in UNPROVOKED, each with the reason.
 
 So a route whose answer changes shape (a field renamed, retyped, added
 where the schema is closed), a new status, or a documented status no
@@ -45,6 +47,7 @@ UNPROVOKED = {
     ("POST", "/v1/publish", "503"): "needs a failing event log or an overloaded server (herald-log's fault tests, tests/e2e/overload)",
     ("GET", "/readyz", "503"): "needs a failing event log (herald-log's fault tests)",
     ("GET", "/v1/topics/{topic}", "503"): "needs a failing event log (herald-log's fault tests)",
+    ("DELETE", "/v1/users/{id}/connections", "503"): "needs a cluster whose Redis is down (herald-server's cluster_routes, tests/e2e/cluster*)",
 }
 
 
@@ -84,8 +87,14 @@ class Checker:
         assert documented is not None, f"{method} {template} answered {status}, not in the document: {response.text[:300]}"
         documented = self.resolve(documented)
         for name, header in documented.get("headers", {}).items():
+            value = response.headers.get(name)
             if header.get("required"):
-                assert name.lower() in response.headers, f"{method} {path} {status}: no {name} header"
+                assert value is not None, f"{method} {path} {status}: no {name} header"
+            if value is not None:
+                schema = self.resolve(header["schema"])
+                typed = int(value) if schema.get("type") == "integer" else value
+                errors = list(jsonschema.Draft202012Validator(schema).iter_errors(typed))
+                assert not errors, f"{method} {path} {status}: header {name}: {errors[0].message}"
         content = documented.get("content", {})
         media = response.headers.get("content-type", "").split(";")[0].strip()
         if content:
@@ -103,6 +112,27 @@ class Checker:
         self.provoked.add((method, template, status))
         return response
 
+    def check_event(self, method, response, event):
+        """One parsed SSE event of a 200 stream against the response's schema, and
+        a JSON `data` against the schema's `contentSchema`."""
+        path = urlsplit(str(response.request.url)).path
+        template = self.template(path)
+        documented = self.resolve(self.spec["paths"][template][method.lower()]["responses"]["200"])
+        schema = self.resolve(documented["content"]["text/event-stream"]["schema"])
+        pointer = documented["content"]["text/event-stream"]["schema"]["$ref"]
+        validator = jsonschema.Draft202012Validator({"$ref": DOC + pointer}, registry=self.registry)
+        errors = sorted(validator.iter_errors(event), key=str)
+        assert not errors, f"{method} {path}: event {event}: {errors[0].message}"
+        data_schema = schema.get("properties", {}).get("data", {})
+        if data_schema.get("contentMediaType") == "application/json":
+            pointer = data_schema["contentSchema"]["$ref"]
+            validator = jsonschema.Draft202012Validator({"$ref": DOC + pointer}, registry=self.registry)
+            data = json.loads(event["data"])
+            errors = sorted(validator.iter_errors(data), key=str)
+            assert not errors, f"{method} {path}: data {data}: {errors[0].message}"
+            return data
+        return event["data"]
+
     def resolve(self, obj):
         while "$ref" in obj:
             node = self.spec
@@ -118,6 +148,41 @@ class Checker:
             for method, op in ops.items()
             for status in op["responses"]
         }
+
+
+def first_event(response, max_lines=1000):
+    """The first event of an SSE body, parsed as EventSource does (comments
+    skipped, `data` lines joined, an empty `event` left out); bounded by
+    `max_lines` and the client's read timeout."""
+    event, data = {}, []
+    for n, line in enumerate(response.iter_lines()):
+        assert n < max_lines, f"no event in the first {max_lines} lines"
+        if line == "":
+            if data:
+                return {**event, "data": "\n".join(data)}
+            event = {}
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field == "retry" and value.isdigit():
+            event["retry"] = int(value)
+        elif field in ("event", "id"):
+            event[field] = value
+    raise AssertionError("the stream ended before its first event")
+
+
+def read_stats_stream(c, client, url, **kwargs):
+    """GET /v1/stats/stream: the head, then (a 200) its first event checked; the stream is then closed."""
+    with client.stream("GET", f"{url}/v1/stats/stream", **kwargs) as r:
+        if r.status_code != 200:
+            r.read()
+            return r, None
+        c.check("GET", r, 200)
+        return r, c.check_event("GET", r, first_event(r))
 
 
 def open_stream(client, url, expect, **kwargs):
@@ -157,8 +222,27 @@ class OpenApiTest(unittest.TestCase):
         c.check("GET", h.get(f"{url}/healthz"), 200)
         c.check("GET", h.get(f"{url}/readyz"), 200)
         c.check("GET", h.get(f"{url}/metrics"), 200)
-        c.check("GET", h.get(f"{url}/demo"), 200)
-        c.check("GET", h.get(f"{url}/"), 307)
+        c.check("GET", h.get(f"{url}/herald.js"), 200)
+        c.check("GET", h.get(f"{url}/"), 200)
+        c.check("GET", h.get(f"{url}/dashboard/app.js"), 200)
+        c.check("GET", h.get(f"{url}/dashboard/style.css"), 200)
+        c.check("GET", h.get(f"{url}/dashboard/nothing.js"), 404)
+        r = c.check("GET", h.get(f"{url}/demo", params={"user": "7777"}), 307)
+        self.assertEqual(r.headers["location"], "/?user=7777#console")
+        # While ann's stream is open, the topics page and the stats stream have her in them.
+        with h.stream("GET", f"{url}/v1/events", params={"topic": "news", "user": "ann"}) as held:
+            self.assertEqual(held.status_code, 200)
+            frame = None
+            for _ in range(100):  # bounded: the stream is counted within a few ms
+                _, frame = read_stats_stream(c, h, url)
+                if frame["users"]:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(frame["users"], [{"id": "ann", "connections": 1}])
+            self.assertIn({"topic": "news", "subscribers": 1}, frame["top_topics"])
+            page = c.check("GET", h.get(f"{url}/v1/topics", params={"limit": 1}), 200).json()
+            self.assertEqual(len(page["topics"]), 1)
+        c.check("GET", h.get(f"{url}/v1/topics", params={"limit": 0}), 400)
         for params, status in [({"topic": "news", "user": "ann"}, 200), ({"topic": "bad\x01"}, 400), ({}, 400)]:
             r, expect = open_stream(h, url, status, params=params)
             c.check("GET", r, expect)
@@ -187,8 +271,11 @@ class OpenApiTest(unittest.TestCase):
         admin = {"authorization": f"Bearer {token(**{'herald.admin': True})}"}
         plain = {"authorization": f"Bearer {token()}"}
         publisher = {"authorization": f"Bearer {token(**{'herald.publish': ['news']})}"}
-        c.check("GET", h.get(f"{url}/demo"), 404)
-        c.check("GET", h.get(f"{url}/"), 404)
+        c.check("GET", h.get(f"{url}/demo"), 307)
+        c.check("GET", h.get(f"{url}/"), 200)
+        c.check("GET", h.get(f"{url}/dashboard/sse.js"), 200)
+        c.check("GET", h.get(f"{url}/dashboard/index.html"), 404)
+        c.check("GET", h.get(f"{url}/herald.js"), 200)
         c.check("GET", h.get(f"{url}/v1/openapi.json"), 200)
         for params, headers, status in [
             ({"topic": "news"}, {}, 401),
@@ -198,10 +285,15 @@ class OpenApiTest(unittest.TestCase):
             r, expect = open_stream(h, url, status, params=params, headers=headers)
             c.check("GET", r, expect)
         for method, path in [("GET", "/v1/stats"), ("GET", "/v1/users"), ("GET", "/v1/users/openapi"),
-                             ("DELETE", "/v1/users/openapi/connections"), ("GET", "/v1/topics/news")]:
+                             ("DELETE", "/v1/users/openapi/connections"), ("GET", "/v1/topics/news"),
+                             ("GET", "/v1/topics")]:
             c.check(method, h.request(method, f"{url}{path}"), 401)
             c.check(method, h.request(method, f"{url}{path}", headers=plain), 403)
             c.check(method, h.request(method, f"{url}{path}", headers=admin), 200)
+        c.check("GET", read_stats_stream(c, h, url)[0], 401)
+        c.check("GET", read_stats_stream(c, h, url, headers=plain)[0], 403)
+        _, frame = read_stats_stream(c, h, url, headers=admin)
+        self.assertIsNotNone(frame)
         c.check("POST", h.post(f"{url}/v1/publish", json={"topics": ["news"]}), 401)
         c.check("POST", h.post(f"{url}/v1/publish", json={"topics": ["other"]}, headers=publisher), 403)
         # The rate is 1/s per subject: the second of two quick publishes is refused.
