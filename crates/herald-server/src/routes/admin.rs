@@ -144,19 +144,7 @@ pub(crate) async fn users(
     request: Request,
 ) -> Result<Response, ApiError> {
     let query = QueryPairs::parse(request.uri().query());
-    let limit = match query.first("limit") {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvalidLimit,
-                    format!("limit must be a whole number from 1 to {MAX_PAGE}"),
-                )
-            })?,
-    };
+    let limit = page_limit(&query)?;
     let cursor = query.first("cursor").filter(|c| !c.is_empty());
     // One more than asked tells whether there is a next page.
     let local_page = |state: &AppState| {
