@@ -130,7 +130,7 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
             ApiError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "over the publish rate of {} requests a second for {who}; retry after                      {wait} s, or send events in batches",
+                    "over the publish rate of {} requests a second for {who}; retry after {wait} s, or send events in batches",
                     state.config.publish_rate_per_sec
                 ),
             )
