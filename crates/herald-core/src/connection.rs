@@ -216,11 +216,14 @@ impl Connection {
         self.next_frames(&mut chunk).await.then(|| chunk.finish())
     }
 
-    /// Like [`Connection::next_chunk`], but appends the bytes to `out`, for a
-    /// writer that copies frames into its own buffer anyway (it saves taking
-    /// and releasing a reference on each shared frame). `false` ends the stream.
-    pub async fn next_chunk_into(&mut self, out: &mut Vec<u8>) -> bool {
-        let start = out.len();
+    /// Like [`Connection::next_chunk`], but appends the bytes to `out` after
+    /// `room` zeroed bytes (the caller's framing goes there), for a writer
+    /// that copies frames into its own buffer anyway (it saves taking and
+    /// releasing a reference on each shared frame). `out` grows only once
+    /// there is something to write, so a waiting stream can hold an empty,
+    /// unallocated buffer. `false` ends the stream.
+    pub async fn next_chunk_into(&mut self, out: &mut Vec<u8>, room: usize) -> bool {
+        let start = out.len() + room;
         let mut chunk = CopiedChunk { out, start };
         self.next_frames(&mut chunk).await
     }
@@ -484,7 +487,8 @@ impl SharedChunk {
     }
 }
 
-/// Frames copied onto the end of a caller's buffer, after `start`.
+/// Frames copied onto the end of a caller's buffer, from `start`; the
+/// buffer is filled up to `start` (the caller's room) with the first frame.
 struct CopiedChunk<'a> {
     out: &'a mut Vec<u8>,
     start: usize,
@@ -492,16 +496,18 @@ struct CopiedChunk<'a> {
 
 impl ChunkSink for CopiedChunk<'_> {
     fn push(&mut self, frame: &Bytes) {
-        if self.len() == 0 {
-            // Room for a few more frames and the caller's trailer: one
-            // allocation for the usual write rather than several.
-            self.out.reserve(frame.len() * 2 + 16);
+        if self.out.len() < self.start {
+            // The room, and space for a few more frames and the caller's
+            // trailer: one allocation for the usual write.
+            self.out
+                .reserve(self.start - self.out.len() + frame.len() * 2 + 16);
+            self.out.resize(self.start, 0);
         }
         self.out.extend_from_slice(frame);
     }
 
     fn len(&self) -> usize {
-        self.out.len() - self.start
+        self.out.len().saturating_sub(self.start)
     }
 }
 

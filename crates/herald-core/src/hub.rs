@@ -265,6 +265,7 @@ impl Hub {
             sender,
             close_at,
             expires_at,
+            sampled: lag::StreamMemory::default(),
         });
         self.index.write().insert(entry);
         self.counters
@@ -473,7 +474,7 @@ impl Hub {
                 let stride = index.streams.len().div_ceil(QUEUE_DEPTH_SAMPLES).max(1);
                 for (i, entry) in index.streams.values().enumerate() {
                     let shared = entry.sender.shared();
-                    sample.add(lag::sample_stream(shared, now, head_id, dt));
+                    sample.add(lag::sample_stream(shared, &entry.sampled, now, head_id, dt));
                     if let (Some(depth), 0) = (queue_depth, i % stride) {
                         depth.record(shared.queued() as f64);
                     }

@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use crate::event::Event;
 use crate::filter::Filter;
+use crate::lag::StreamMemory;
 use crate::stream::{ConnId, StreamSender};
 use crate::topic::TopicPattern;
 
@@ -48,6 +49,8 @@ pub(crate) struct Entry {
     pub(crate) close_at: Option<Instant>,
     /// When the subscriber's token expires, if it has one.
     pub(crate) expires_at: Option<Instant>,
+    /// The lag sampler's own record of the stream.
+    pub(crate) sampled: StreamMemory,
 }
 
 impl Entry {
@@ -322,6 +325,7 @@ mod tests {
             sender,
             close_at: None,
             expires_at: None,
+            sampled: StreamMemory::default(),
         }));
         receiver
     }

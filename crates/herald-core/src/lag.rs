@@ -23,7 +23,7 @@
 //! - Sampling reads atomics the writers keep anyway; it takes the index's
 //!   read lock once per [`SAMPLE_EVERY`] and never blocks a writer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::stream::StreamShared;
@@ -100,22 +100,38 @@ impl LagGauge {
     }
 }
 
-/// One stream's lag now, updating its rate estimate (the sampler's own
-/// fields of `shared`). `head` is the newest id in the log.
+/// What the sampler remembers of one stream from one sample to the next.
+/// Only the sampler reads or writes it, and it is kept beside the stream's
+/// index entry, not in the [`StreamShared`] the writer updates on every
+/// write: the sampler only reads the writer's cache lines, never dirties
+/// them (atomics only because the index hands entries out shared).
+#[derive(Debug, Default)]
+pub(crate) struct StreamMemory {
+    /// `delivered` at the last sample.
+    delivered: AtomicU64,
+    /// The write rate measured (events/s, `f32` bits).
+    rate: AtomicU32,
+    /// When `delivered` was last seen to move (ms since the epoch).
+    progress_ms: AtomicU64,
+}
+
+/// One stream's lag now, updating its rate estimate in `memory`. `head` is
+/// the newest id in the log.
 pub(crate) fn sample_stream(
     shared: &StreamShared,
+    memory: &StreamMemory,
     now_ms: u64,
     head: u64,
     dt: Duration,
 ) -> StreamLag {
     let delivered = shared.delivered.load(Ordering::Relaxed);
-    let before = shared.sampled_delivered.swap(delivered, Ordering::Relaxed);
+    let before = memory.delivered.swap(delivered, Ordering::Relaxed);
     if delivered != before {
-        shared.sampled_progress_ms.store(now_ms, Ordering::Relaxed);
+        memory.progress_ms.store(now_ms, Ordering::Relaxed);
     }
-    let rate = f32::from_bits(shared.sampled_rate.load(Ordering::Relaxed));
+    let rate = f32::from_bits(memory.rate.load(Ordering::Relaxed));
     let rate = updated_rate(rate, delivered.saturating_sub(before), dt);
-    shared.sampled_rate.store(rate.to_bits(), Ordering::Relaxed);
+    memory.rate.store(rate.to_bits(), Ordering::Relaxed);
     let since = shared.writing_since_ms.load(Ordering::Relaxed);
     let age_ms = if since == 0 {
         0
@@ -133,7 +149,7 @@ pub(crate) fn sample_stream(
         shared.queued() as u64
     };
     let ms = projected_ms(age_ms, to_write, rate);
-    let progress = shared.sampled_progress_ms.load(Ordering::Relaxed);
+    let progress = memory.progress_ms.load(Ordering::Relaxed);
     let stalled_after = STALLED_AFTER.as_millis() as u64;
     StreamLag {
         ms,

@@ -3,10 +3,12 @@
 //!
 //! Invariants:
 //! - The queue holds at most `capacity` items, counted by [`StreamShared`]'s
-//!   `queued`. The channel itself is unbounded because a bounded tokio channel
-//!   takes a lock for every item received, on the hottest path there is; the
-//!   bound is soft by at most a heartbeat or two (those come from the
-//!   housekeeping task, not the dispatcher).
+//!   `queued`; the bound is soft by at most a heartbeat or two (those come
+//!   from the housekeeping task, not the dispatcher). The queue is a deque
+//!   under a lock of its own, inside the stream's shared state: a waiting
+//!   stream's queue owns no allocation (a tokio channel keeps a block of 32
+//!   slots and its own shared state per stream, about 0.5 KiB), and the
+//!   writer is woken only when it waits, by the push that ends its wait.
 //! - A full queue never blocks the producer: the stream is marked *lagging*
 //!   and its writer catches up from the event log (see `connection.rs`).
 //! - Each event is queued at most once per stream, however many of the
@@ -24,12 +26,15 @@
 //!   lock is held for the whole write and by the writer when it parks and
 //!   wakes; the dispatcher only ever `try_lock`s it.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use std::task::{Context, Poll, Waker};
+
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 
 use crate::event::{now_ms, Event, EventId};
 
@@ -171,14 +176,36 @@ pub(crate) struct StreamShared {
     /// Id of the last event this stream wrote (0: none yet): how far a
     /// catching-up stream still has to go is the log head minus this.
     pub(crate) written_up_to: AtomicU64,
-    /// `delivered` when the lag sampler last looked, and the write rate it
-    /// has measured (events/s, `f32` bits): the sampler's own, per stream.
-    pub(crate) sampled_delivered: AtomicU64,
-    pub(crate) sampled_rate: AtomicU32,
-    /// When the sampler last saw `delivered` move (ms since the epoch).
-    pub(crate) sampled_progress_ms: AtomicU64,
     /// The dispatcher's way to the socket, while the writer is parked.
     pub(crate) write_through: Mutex<WriteThroughSlot>,
+    /// What the hub queued and the writer has yet to take.
+    queue: Mutex<Queue>,
+}
+
+/// A stream's queue proper (see the module doc).
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// The writer, while it waits for an item.
+    waiting: Option<Waker>,
+    /// The hub forgot the stream: once `items` is empty, the writer ends.
+    sender_gone: bool,
+    /// The writer is gone: nothing more is kept.
+    receiver_gone: bool,
+}
+
+/// A drained queue keeps a buffer of at most this many items for the next
+/// ones; a bigger one (left by a burst) is given back.
+const KEPT_QUEUE_ROOM: usize = 8;
+
+impl Queue {
+    fn pop(&mut self) -> Option<Outbound> {
+        let item = self.items.pop_front();
+        if self.items.is_empty() && self.items.capacity() > KEPT_QUEUE_ROOM {
+            self.items = VecDeque::new();
+        }
+        item
+    }
 }
 
 impl StreamShared {
@@ -203,7 +230,6 @@ pub(crate) trait Registry: Send + Sync + fmt::Debug {
 #[derive(Debug)]
 pub(crate) struct StreamSender {
     shared: Arc<StreamShared>,
-    tx: mpsc::UnboundedSender<Outbound>,
     /// Items the queue may hold before the stream is switched to catch-up.
     capacity: usize,
     /// The stream's id, for the latency sampling rule ([`LATENCY_SAMPLE_EVERY`]).
@@ -212,12 +238,25 @@ pub(crate) struct StreamSender {
     latency: metrics::Histogram,
 }
 
+impl Drop for StreamSender {
+    fn drop(&mut self) {
+        // The writer sends what is left, then ends the stream.
+        let waiting = {
+            let mut queue = self.shared.queue.lock();
+            queue.sender_gone = true;
+            queue.waiting.take()
+        };
+        if let Some(writer) = waiting {
+            writer.wake();
+        }
+    }
+}
+
 /// The writer's end of a stream's queue. Dropping it unregisters the stream.
 #[derive(Debug)]
 pub(crate) struct StreamReceiver {
     pub(crate) id: ConnId,
     pub(crate) shared: Arc<StreamShared>,
-    rx: mpsc::UnboundedReceiver<Outbound>,
     registry: Arc<dyn Registry>,
 }
 
@@ -229,12 +268,10 @@ pub(crate) fn stream_queue(
     lagging: bool,
     registry: Arc<dyn Registry>,
 ) -> (StreamSender, StreamReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(StreamShared::default());
     shared.lagging.store(lagging, Ordering::SeqCst);
     let sender = StreamSender {
         shared: shared.clone(),
-        tx,
         capacity: capacity.max(1),
         id,
         latency: metrics::Histogram::noop(),
@@ -242,7 +279,6 @@ pub(crate) fn stream_queue(
     let receiver = StreamReceiver {
         id,
         shared,
-        rx,
         registry,
     };
     (sender, receiver)
@@ -321,8 +357,18 @@ impl StreamSender {
             return false;
         }
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        // Fails only once the writer is gone, and then nobody is counting.
-        let _ = self.tx.send(item);
+        let waiting = {
+            let mut queue = self.shared.queue.lock();
+            // Once the writer is gone nobody is counting, or taking.
+            if !queue.receiver_gone {
+                queue.items.push_back(item);
+            }
+            queue.waiting.take()
+        };
+        // Woken outside the lock: the writer's first act is to take it.
+        if let Some(writer) = waiting {
+            writer.wake();
+        }
         true
     }
 
@@ -345,17 +391,32 @@ impl StreamSender {
 impl StreamReceiver {
     /// The next item, waiting for one; `None` once the hub forgot the stream.
     pub(crate) async fn recv(&mut self) -> Option<Outbound> {
-        self.rx.recv().await
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        let mut queue = self.shared.queue.lock();
+        if let Some(item) = queue.pop() {
+            return Poll::Ready(Some(item));
+        }
+        if queue.sender_gone {
+            return Poll::Ready(None);
+        }
+        match &queue.waiting {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => queue.waiting = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// The next item if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
-        self.rx.try_recv().ok()
+        self.shared.queue.lock().pop()
     }
 
     /// Whether nothing is queued.
     pub(crate) fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.shared.queue.lock().items.is_empty()
     }
 
     /// Gives back room for `taken` items. Once per drain, not per item: one
@@ -380,6 +441,82 @@ impl Drop for StreamReceiver {
     fn drop(&mut self) {
         // No write to the socket once its writer is gone.
         self.shared.write_through.lock().to = None;
+        let mut queue = self.shared.queue.lock();
+        queue.receiver_gone = true;
+        queue.items = VecDeque::new();
+        queue.waiting = None;
+        drop(queue);
         self.registry.unregister(self.id, &self.shared);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{stream_queue, ConnId, Outbound, Registry, StreamShared, KEPT_QUEUE_ROOM};
+
+    #[derive(Debug)]
+    struct Nowhere;
+    impl Registry for Nowhere {
+        fn unregister(&self, _: ConnId, _: &StreamShared) {}
+    }
+
+    fn room(shared: &StreamShared) -> usize {
+        shared.queue.lock().items.capacity()
+    }
+
+    #[test]
+    fn a_waiting_stream_s_queue_owns_no_buffer() {
+        let (sender, mut receiver) = stream_queue(1, 1000, false, Arc::new(Nowhere));
+        assert_eq!(room(&receiver.shared), 0, "a new stream allocates no queue");
+        for _ in 0..300 {
+            assert!(sender.push(Outbound::Heartbeat));
+        }
+        assert!(room(&receiver.shared) >= 300);
+        let mut taken = 0;
+        while receiver.try_recv().is_some() {
+            taken += 1;
+        }
+        receiver.taken(taken);
+        assert_eq!(taken, 300);
+        assert!(
+            room(&receiver.shared) <= KEPT_QUEUE_ROOM,
+            "a drained burst's buffer is given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_writer_takes_what_is_left_then_learns_the_hub_forgot_it() {
+        let (sender, mut receiver) = stream_queue(1, 10, false, Arc::new(Nowhere));
+        let writer = tokio::spawn(async move {
+            let mut got = 0;
+            while let Some(item) = receiver.recv().await {
+                assert!(matches!(item, Outbound::Heartbeat));
+                got += 1;
+            }
+            got
+        });
+        // The writer is waiting (or about to): each push must wake it.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+            assert!(sender.push(Outbound::Heartbeat));
+        }
+        drop(sender);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+        assert_eq!(
+            got.ok().and_then(Result::ok),
+            Some(3),
+            "a push or the end woke no one"
+        );
+    }
+
+    #[test]
+    fn nothing_is_kept_for_a_writer_that_is_gone() {
+        let (sender, receiver) = stream_queue(1, 10, false, Arc::new(Nowhere));
+        let shared = receiver.shared.clone();
+        drop(receiver);
+        assert!(sender.push(Outbound::Heartbeat));
+        assert!(shared.queue.lock().items.is_empty());
     }
 }

@@ -219,9 +219,9 @@ where
     // module doc).
     let mut probe = [0u8; PROBE];
     loop {
-        // A fresh buffer per write, starting with room for the size line;
-        // an idle stream holds only that room.
-        let mut chunk = vec![0u8; SIZE_LINE_ROOM];
+        // A fresh buffer per write, allocated once there are frames (with
+        // room for the size line in front): a waiting stream holds none.
+        let mut chunk = Vec::new();
         // `select!` drops both futures before it runs the chosen arm, so the
         // arms may write to the socket the read future borrowed: no split
         // halves are needed (a TLS stream has no borrowed split).
@@ -229,7 +229,7 @@ where
             // Frames first: under load the read side is looked at only when
             // the queue is empty (a closed peer also fails the next write).
             biased;
-            more = connection.next_chunk_into(&mut chunk) => if more {
+            more = connection.next_chunk_into(&mut chunk, SIZE_LINE_ROOM) => if more {
                 socket.write_all(frame_chunk(&mut chunk)).await?;
                 socket.flush().await?;
             } else {
@@ -362,7 +362,11 @@ const SIZE_LINE_ROOM: usize = 18;
 /// costs the kernel less than a `writev` of three (the vfs layer, importing
 /// the iovec) on the hottest path of fan-out.
 fn frame_chunk(chunk: &mut Vec<u8>) -> &[u8] {
-    let data_len = chunk.len() - SIZE_LINE_ROOM;
+    // Nothing gathered: nothing to write (a chunk of size 0 would end the
+    // response).
+    let Some(data_len @ 1..) = chunk.len().checked_sub(SIZE_LINE_ROOM) else {
+        return &[];
+    };
     let mut size = [0u8; SIZE_LINE_ROOM];
     let size_len = chunk_size_line(data_len, &mut size);
     let start = SIZE_LINE_ROOM - size_len;
