@@ -17,6 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::RwLock;
@@ -347,14 +348,23 @@ impl Hub {
     /// Offers each event, in order, to every stream it matches, once each.
     /// Private: only the dispatcher, a single task reading the log in id
     /// order, may call it (the dedupe stamp relies on that order).
-    fn dispatch(&self, events: &[Arc<Event>], write_throughs: u32) {
+    ///
+    /// The writers an event was queued for are woken after it has been
+    /// offered to every stream, together, not one by one as it is queued:
+    /// a wake-up hands the writer's task to the streams runtime, and
+    /// interleaving 10,000 of them with the offers made both slower (the
+    /// paced 10,000-stream broadcast's p99 was lower in each of 6
+    /// interleaved runs with the wake-ups together). `wakes` is the
+    /// dispatcher's buffer for them, empty between calls.
+    fn dispatch(&self, events: &[Arc<Event>], write_throughs: u32, wakes: &mut Vec<Waker>) {
         self.counters
             .dispatched
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         // One lock per batch, not per event.
         let index = self.index.read();
         for event in events {
-            index.dispatch(event, write_throughs);
+            index.dispatch(event, write_throughs, wakes);
+            wakes.drain(..).for_each(Waker::wake);
         }
     }
 
@@ -362,7 +372,7 @@ impl Hub {
     /// tasks run after each event for many streams: the dispatcher shares
     /// its thread with publishes and admin requests, and offering an event
     /// to 10,000 streams takes milliseconds.
-    async fn dispatch_yielding(&self, events: &[Arc<Event>]) {
+    async fn dispatch_yielding(&self, events: &[Arc<Event>], wakes: &mut Vec<Waker>) {
         let mut start = 0;
         while start < events.len() {
             let (end, many) = {
@@ -375,7 +385,7 @@ impl Hub {
                 }
                 (end, many)
             };
-            self.dispatch(&events[start..end], WRITE_THROUGHS_PER_EVENT);
+            self.dispatch(&events[start..end], WRITE_THROUGHS_PER_EVENT, wakes);
             if many {
                 tokio::task::yield_now().await;
             }
@@ -391,6 +401,7 @@ impl Hub {
         let mut head = self.log.head();
         let everything = Filter::everything();
         let mut position = self.dispatch_from;
+        let mut wakes = Vec::new();
         loop {
             match self.log.read_after(position, &everything, TAIL_BATCH).await {
                 Ok(batch) => {
@@ -411,7 +422,12 @@ impl Hub {
                         self.dispatching_since_ms
                             .store(first.stored_at_ms().max(1), Ordering::Relaxed);
                     }
-                    self.dispatch_yielding(&batch.events).await;
+                    self.dispatch_yielding(&batch.events, &mut wakes).await;
+                    // A broadcast to tens of thousands of streams that
+                    // have since gone leaves a big buffer: give it back.
+                    if wakes.capacity() > 4 * self.index.read().streams.len().max(1024) {
+                        wakes = Vec::new();
+                    }
                     if let Some(id) = batch.scanned_to {
                         position = Position::After(id);
                     }

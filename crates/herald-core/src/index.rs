@@ -30,6 +30,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Instant;
 
 use crate::event::Event;
@@ -55,7 +56,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     /// Offers `event`, found through one of this stream's patterns.
-    fn offer(&self, event: &Arc<Event>, write_throughs: &mut u32) {
+    fn offer(&self, event: &Arc<Event>, write_throughs: &mut u32, wakes: &mut Vec<Waker>) {
         if !self.filter.accepts_type(event.event_type.as_deref()) {
             return;
         }
@@ -65,7 +66,7 @@ impl Entry {
             event.id,
             self.id
         );
-        self.sender.offer(event, write_throughs);
+        self.sender.offer(event, write_throughs, wakes);
     }
 }
 
@@ -134,10 +135,10 @@ impl Index {
     /// Offers `event` to every stream whose filter matches it, once each
     /// (the stream's dedupe stamp absorbs a second matching pattern), the
     /// first `write_throughs` parked ones straight to their sockets (see
-    /// `crate::stream`).
-    pub(crate) fn dispatch(&self, event: &Arc<Event>, write_throughs: u32) {
+    /// `crate::stream`). The writers to wake are added to `wakes`.
+    pub(crate) fn dispatch(&self, event: &Arc<Event>, write_throughs: u32, wakes: &mut Vec<Waker>) {
         let mut left = write_throughs;
-        let mut offer = |e: &Arc<Entry>| e.offer(event, &mut left);
+        let mut offer = |e: &Arc<Entry>| e.offer(event, &mut left, wakes);
         if event.broadcast {
             self.streams.values().for_each(offer);
             return;
@@ -370,7 +371,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            index.dispatch(&event(n as u64 + 1, &[topic]), 0);
+            index.dispatch(&event(n as u64 + 1, &[topic]), 0, &mut Vec::new());
             let got = [
                 offered(&mut orders),
                 offered(&mut orders4),
@@ -386,7 +387,7 @@ mod tests {
     fn an_event_matched_by_several_prefixes_is_offered_once() {
         let mut index = Index::default();
         let mut both = subscribe(&mut index, 1, &["a/*", "a/b*", "a/b/c"]);
-        index.dispatch(&event(1, &["a/b/c", "a/bx"]), 0);
+        index.dispatch(&event(1, &["a/b/c", "a/bx"]), 0, &mut Vec::new());
         assert_eq!(offered(&mut both), 1);
     }
 

@@ -194,6 +194,10 @@ struct Queue {
     receiver_gone: bool,
 }
 
+/// The queue was full.
+#[derive(Debug)]
+struct Full;
+
 /// A drained queue keeps a buffer of at most this many items for the next
 /// ones; a bigger one (left by a burst) is given back.
 const KEPT_QUEUE_ROOM: usize = 8;
@@ -299,8 +303,14 @@ impl StreamSender {
     /// lagging; a full queue switches the stream to catch-up. With
     /// `write_throughs` left and the writer parked, writes it to the socket
     /// instead (see the module doc), using one. The caller has decided that
-    /// the stream's filter matches `event`.
-    pub(crate) fn offer(&self, event: &Arc<Event>, write_throughs: &mut u32) {
+    /// the stream's filter matches `event`. A writer waiting for its queue
+    /// is not woken here but added to `wakes`, for the caller to wake.
+    pub(crate) fn offer(
+        &self,
+        event: &Arc<Event>,
+        write_throughs: &mut u32,
+        wakes: &mut Vec<Waker>,
+    ) {
         let id = event.id.0;
         if self.shared.last_offered.swap(id, Ordering::Relaxed) == id
             || self.shared.lagging.load(Ordering::SeqCst)
@@ -314,8 +324,10 @@ impl StreamSender {
             *write_throughs -= 1;
             return;
         }
-        if !self.push(Outbound::Event(event.clone())) {
-            self.shared.lagging.store(true, Ordering::SeqCst);
+        match self.enqueue(Outbound::Event(event.clone())) {
+            Err(Full) => self.shared.lagging.store(true, Ordering::SeqCst),
+            Ok(Some(writer)) => wakes.push(writer),
+            Ok(None) => {}
         }
     }
 
@@ -353,23 +365,31 @@ impl StreamSender {
 
     /// Queues `item` unless the queue is full; false if it was.
     pub(crate) fn push(&self, item: Outbound) -> bool {
+        match self.enqueue(item) {
+            Ok(writer) => {
+                if let Some(writer) = writer {
+                    writer.wake();
+                }
+                true
+            }
+            Err(Full) => false,
+        }
+    }
+
+    /// Queues `item` unless the queue is full, and hands back the writer if
+    /// it was waiting: whoever queued must wake it (outside the queue's
+    /// lock: the writer's first act is to take it).
+    fn enqueue(&self, item: Outbound) -> Result<Option<Waker>, Full> {
         if self.shared.queued.load(Ordering::Relaxed) >= self.capacity {
-            return false;
+            return Err(Full);
         }
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        let waiting = {
-            let mut queue = self.shared.queue.lock();
-            // Once the writer is gone nobody is counting, or taking.
-            if !queue.receiver_gone {
-                queue.items.push_back(item);
-            }
-            queue.waiting.take()
-        };
-        // Woken outside the lock: the writer's first act is to take it.
-        if let Some(writer) = waiting {
-            writer.wake();
+        let mut queue = self.shared.queue.lock();
+        // Once the writer is gone nobody is counting, or taking.
+        if !queue.receiver_gone {
+            queue.items.push_back(item);
         }
-        true
+        Ok(queue.waiting.take())
     }
 
     /// Switches the stream to catch-up, and wakes its writer so it notices.
