@@ -8,7 +8,11 @@
 //!   under a lock of its own, inside the stream's shared state: a waiting
 //!   stream's queue owns no allocation (a tokio channel keeps a block of 32
 //!   slots and its own shared state per stream, about 0.5 KiB), and the
-//!   writer is woken only when it waits, by the push that ends its wait.
+//!   writer is woken only when it waits, by the push that ends its wait —
+//!   or, from the dispatcher, after the event has been offered to every
+//!   stream (`Hub::dispatch`). The writer takes everything queued in one
+//!   go by swapping buffers with the queue, and gives back what a burst
+//!   grew only when it waits again, so a flood reallocates nothing.
 //! - A full queue never blocks the producer: the stream is marked *lagging*
 //!   and its writer catches up from the event log (see `connection.rs`).
 //! - Each event is queued at most once per stream, however many of the
@@ -198,17 +202,14 @@ struct Queue {
 #[derive(Debug)]
 struct Full;
 
-/// A drained queue keeps a buffer of at most this many items for the next
-/// ones; a bigger one (left by a burst) is given back.
+/// A writer that waits keeps buffers of at most this many items for the
+/// next ones; bigger ones (left by a burst) are given back.
 const KEPT_QUEUE_ROOM: usize = 8;
 
-impl Queue {
-    fn pop(&mut self) -> Option<Outbound> {
-        let item = self.items.pop_front();
-        if self.items.is_empty() && self.items.capacity() > KEPT_QUEUE_ROOM {
-            self.items = VecDeque::new();
-        }
-        item
+/// `items` emptied, keeping its buffer only if it is small.
+fn shrunk(items: &mut VecDeque<Outbound>) {
+    if items.capacity() > KEPT_QUEUE_ROOM {
+        *items = VecDeque::new();
     }
 }
 
@@ -261,6 +262,10 @@ impl Drop for StreamSender {
 pub(crate) struct StreamReceiver {
     pub(crate) id: ConnId,
     pub(crate) shared: Arc<StreamShared>,
+    /// Items taken from the shared queue in one go, by swapping buffers:
+    /// the writer takes the lock once per batch, not once per item, and
+    /// the buffers go back and forth instead of being reallocated.
+    taken_batch: VecDeque<Outbound>,
     registry: Arc<dyn Registry>,
 }
 
@@ -283,6 +288,7 @@ pub(crate) fn stream_queue(
     let receiver = StreamReceiver {
         id,
         shared,
+        taken_batch: VecDeque::new(),
         registry,
     };
     (sender, receiver)
@@ -414,14 +420,22 @@ impl StreamReceiver {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
-        let mut queue = self.shared.queue.lock();
-        if let Some(item) = queue.pop() {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        if let Some(item) = self.taken_batch.pop_front() {
             return Poll::Ready(Some(item));
+        }
+        let mut queue = self.shared.queue.lock();
+        if !queue.items.is_empty() {
+            std::mem::swap(&mut queue.items, &mut self.taken_batch);
+            drop(queue);
+            return Poll::Ready(self.taken_batch.pop_front());
         }
         if queue.sender_gone {
             return Poll::Ready(None);
         }
+        // About to wait with nothing queued: what a burst grew goes back.
+        shrunk(&mut queue.items);
+        shrunk(&mut self.taken_batch);
         match &queue.waiting {
             Some(waker) if waker.will_wake(cx.waker()) => {}
             _ => queue.waiting = Some(cx.waker().clone()),
@@ -431,12 +445,21 @@ impl StreamReceiver {
 
     /// The next item if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
-        self.shared.queue.lock().pop()
+        if let Some(item) = self.taken_batch.pop_front() {
+            return Some(item);
+        }
+        let mut queue = self.shared.queue.lock();
+        if queue.items.is_empty() {
+            return None;
+        }
+        std::mem::swap(&mut queue.items, &mut self.taken_batch);
+        drop(queue);
+        self.taken_batch.pop_front()
     }
 
     /// Whether nothing is queued.
     pub(crate) fn is_empty(&self) -> bool {
-        self.shared.queue.lock().items.is_empty()
+        self.taken_batch.is_empty() && self.shared.queue.lock().items.is_empty()
     }
 
     /// Gives back room for `taken` items. Once per drain, not per item: one
@@ -500,9 +523,14 @@ mod tests {
         }
         receiver.taken(taken);
         assert_eq!(taken, 300);
+        // The writer waits again: what the burst grew is given back.
+        let waker = std::task::Waker::noop();
+        let pending = receiver.poll_recv(&mut std::task::Context::from_waker(waker));
+        assert!(pending.is_pending());
         assert!(
-            room(&receiver.shared) <= KEPT_QUEUE_ROOM,
-            "a drained burst's buffer is given back"
+            room(&receiver.shared) <= KEPT_QUEUE_ROOM
+                && receiver.taken_batch.capacity() <= KEPT_QUEUE_ROOM,
+            "a drained burst's buffers are given back"
         );
     }
 
