@@ -35,7 +35,6 @@ use std::fmt;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
